@@ -1,0 +1,3 @@
+from mlfleet.agent.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""mlfleet controller: inventory, playbooks, SSH, rollout, delivery, state, CLI and the lab."""

@@ -1,0 +1,3 @@
+from mlfleet.controller.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,509 @@
+"""Bring a lab up, inspect it, take it down.
+
+`up` is idempotent: a lab that already runs the same profiles is left as it is; anything
+else (a different profile set, a crashed run's leftovers) is swept away first. A failure
+half-way sweeps away what this run made, so nothing is left half-created.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+from mlfleet.controller.errors import LabError
+from mlfleet.controller.lab import images, network
+from mlfleet.controller.lab.hardware import render_root, write_root
+from mlfleet.controller.lab.layout import LabLayout
+from mlfleet.controller.lab.model_data import write_model
+from mlfleet.controller.lab.processes import (
+    alive,
+    kill_all,
+    kill_cgroups,
+    pids_mentioning,
+    run,
+    start_daemon,
+    stop_pid,
+    wait_until,
+)
+from mlfleet.controller.lab.profiles import HostProfile, LabSpec
+from mlfleet.controller.registry import Registry
+
+REGISTRY_PORT = 5000
+SSH_USER = "root"
+Progress = Callable[[str], None]
+
+# Debian packages that provide each program the lab runs.
+REQUIRED_PROGRAMS = {
+    "ip": "iproute2",
+    "nsenter": "util-linux",
+    "unshare": "util-linux",
+    "sshd": "openssh-server",
+    "ssh-keygen": "openssh-client",
+    "dockerd": "docker.io",
+    "docker": "docker.io",
+    "busybox": "busybox-static",
+    "debootstrap": "debootstrap",
+    "docker-registry": "docker-registry",
+    "iptables": "iptables",
+    "tc": "iproute2",
+    "mkfs.ext4": "e2fsprogs",
+    "tar": "tar",
+}
+
+
+def check_system() -> None:
+    """Stop at once, with one line, when the lab cannot run here."""
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (network namespaces, engines, mounts)",
+                       hint="run it as root, e.g. with sudo")  # fmt: skip
+    path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+    missing = sorted(
+        {pkg for prog, pkg in REQUIRED_PROGRAMS.items() if not shutil.which(prog, path=path)}
+    )
+    if missing:
+        raise LabError("missing system packages: " + " ".join(missing),
+                       hint="apt-get install -y " + " ".join(missing))  # fmt: skip
+
+
+def _fingerprint(spec: LabSpec) -> str:
+    return json.dumps(
+        {"subnet": str(spec.subnet), "hosts": [asdict(h) for h in spec.hosts]}, sort_keys=True
+    )
+
+
+def read_state(layout: LabLayout) -> Optional[Dict[str, Any]]:
+    try:
+        return json.loads(layout.state_file.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_state(layout: LabLayout, state: Dict[str, Any]) -> None:
+    tmp = layout.state_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(layout.state_file)
+
+
+def host_health(layout: LabLayout, host: Dict[str, Any]) -> Dict[str, bool]:
+    pids = host["pids"]
+    health = {"sshd": alive(pids.get("sshd")), "crond": alive(pids.get("crond"))}
+    if host["profile"].get("engine", True):
+        health["dockerd"] = alive(pids.get("dockerd")) and _engine_answers(
+            layout.docker_socket(host["name"])
+        )
+    return health
+
+
+def _healthy(layout: LabLayout, state: Dict[str, Any]) -> bool:
+    if not alive(state["registry"].get("pid")):
+        return False
+    if not network.interface_exists(layout.bridge):
+        return False
+    return all(all(host_health(layout, h).values()) for h in state["hosts"])
+
+
+# --- up ----------------------------------------------------------------------------------
+
+
+def up(layout: LabLayout, spec: LabSpec, progress: Progress) -> Dict[str, Any]:
+    """Bring the lab up (or leave it, when it already runs these profiles); returns state."""
+    check_system()
+    state = read_state(layout)
+    if state and state.get("fingerprint") == _fingerprint(spec) and _healthy(layout, state):
+        progress(f"lab {layout.name!r} is already up with these profiles")
+        return state
+    if state or _leftovers(layout):
+        progress(f"cleaning up what an earlier run of lab {layout.name!r} left")
+    down(layout, quiet=True)
+    _check_subnet_free(spec.subnet, layout)
+    base = images.base_layer(layout.cache, progress)  # slow once; before anything is created
+    started = time.monotonic()
+    try:
+        state = _create(layout, spec, progress)
+    except BaseException:
+        progress("lab up failed; removing what it made")
+        down(layout, quiet=True)
+        raise
+    state["base_layer"] = base.digest
+    _write_state(layout, state)
+    progress(
+        f"lab {layout.name!r} up: {len(spec.hosts)} hosts in {time.monotonic() - started:.1f}s"
+    )
+    return state
+
+
+def _check_subnet_free(subnet: ipaddress.IPv4Network, layout: LabLayout) -> None:
+    out = run(["ip", "-o", "-4", "addr", "show"], check=False)
+    for line in out.splitlines():
+        fields = line.split()
+        if "inet" not in fields:
+            continue
+        iface = fields[1]
+        net = ipaddress.IPv4Interface(fields[fields.index("inet") + 1]).network
+        if iface != layout.bridge and net.overlaps(subnet):
+            raise LabError(
+                f"subnet {subnet} overlaps {net} on interface {iface}",
+                hint="choose another `subnet:` in the profiles file",
+            )
+
+
+def _create(layout: LabLayout, spec: LabSpec, progress: Progress) -> Dict[str, Any]:
+    for d in (layout.base, layout.run, layout.ssh_dir, layout.registry_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
+    _keygen(layout.ssh_key, f"mlfleet-lab-{layout.name}")
+    (layout.ssh_dir / "authorized_keys").write_text(layout.ssh_key.with_suffix(".pub").read_text())
+    ctrl = spec.controller_address
+    network.create_bridge(layout.bridge, ctrl, spec.subnet.prefixlen)
+    registry_pid = _start_registry(layout, ctrl)
+    registry = Registry(f"{ctrl}:{REGISTRY_PORT}")
+    wait_until(registry.ping, 15, f"registry at {registry.address}")
+
+    progress(f"starting {len(spec.hosts)} hosts (sshd, dockerd, crond each)")
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        push = pool.submit(images.build_and_push, registry, layout.cache, progress)
+        hosts = list(
+            pool.map(lambda ih: _create_host(layout, spec, ih[0], ih[1]), enumerate(spec.hosts))
+        )
+        refs = push.result()
+    known = "".join(f"{h['address']} {h['host_key']}\n" for h in hosts)
+    layout.known_hosts.write_text(known)
+    return {
+        "name": layout.name,
+        "fingerprint": _fingerprint(spec),
+        "profiles": spec.source,
+        "subnet": str(spec.subnet),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "registry": {"address": registry.address, "pid": registry_pid, "images": refs},
+        "ssh_key": str(layout.ssh_key),
+        "known_hosts": str(layout.known_hosts),
+        "hosts": hosts,
+    }
+
+
+def _keygen(path: Path, comment: str) -> None:
+    if not path.exists():
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
+
+
+def _start_registry(layout: LabLayout, address: str) -> int:
+    config = layout.registry_dir / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log: {level: warn}\n"
+        f"storage: {{filesystem: {{rootdirectory: {layout.registry_dir / 'data'}}}, "
+        "delete: {enabled: true}}\n"
+        f"http: {{addr: '{address}:{REGISTRY_PORT}'}}\n"
+    )
+    return start_daemon(
+        ["docker-registry", "serve", str(config)], layout.registry_dir / "registry.log"
+    )
+
+
+def _create_host(
+    layout: LabLayout, spec: LabSpec, index: int, profile: HostProfile
+) -> Dict[str, Any]:
+    name = profile.name
+    hdir, hrun = layout.host_dir(name), layout.host_run(name)
+    for d in (hdir, hrun, layout.agent_dir(name), layout.cron_dir(name)):
+        d.mkdir(parents=True, exist_ok=True)
+    root = layout.root(name)
+    write_root(root, render_root(profile))
+    write_model(layout.data_dir(name))
+    (layout.cron_dir(name) / "root").touch()
+    _keygen(hdir / "ssh_host_ed25519_key", name)
+    host_key = " ".join((hdir / "ssh_host_ed25519_key.pub").read_text().split()[:2])
+
+    address, netns, veth = spec.address(index), layout.netns(name), layout.veth(name)
+    network.create_host_netns(netns, veth, layout.bridge, address, spec.subnet.prefixlen)
+    if profile.link_kbit:
+        network.rate_limit(netns, veth, profile.link_kbit)
+    if not profile.registry:
+        network.block_tcp(netns, spec.controller_address, REGISTRY_PORT)
+    uts = hrun / "uts"
+    uts.touch()
+    run(["unshare", f"--uts={uts}", "hostname", name])
+
+    pids: Dict[str, int] = {}
+    if profile.engine:
+        if profile.docker_disk_mib:
+            network.make_loop_disk(
+                hdir / "docker.img", layout.docker_root(name), profile.docker_disk_mib
+            )
+        pids["dockerd"] = _start_dockerd(layout, spec, profile, netns, uts)
+    pids["sshd"] = _start_sshd(layout, profile, address, netns, uts)
+    pids["crond"] = start_daemon(
+        ["busybox", "crond", "-f", "-c", str(layout.cron_dir(name)), "-L", str(hdir / "cron.log")],
+        hdir / "crond.out", netns=netns, uts=uts,
+    )  # fmt: skip
+    wait_until(lambda: _port_open(address, 22), 15, f"sshd on {name}")
+    if profile.engine:
+        sock = layout.docker_socket(name)
+        wait_until(lambda: _engine_answers(sock), 60, f"docker engine on {name}")
+    return {
+        "name": name,
+        "address": address,
+        "netns": netns,
+        "veth": veth,
+        "host_key": host_key,
+        "profile": asdict(profile),
+        "pids": pids,
+    }
+
+
+def _engine_env(layout: LabLayout, name: str) -> Dict[str, str]:
+    # The host's own /usr/bin comes first: there the engine finds the toolkit's hook, as on
+    # a real host with the NVIDIA container toolkit installed.
+    path = f"{layout.root(name) / 'usr/bin'}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    return {"PATH": path, "HOME": "/root"}
+
+
+def _start_dockerd(
+    layout: LabLayout, spec: LabSpec, profile: HostProfile, netns: str, uts: Path
+) -> int:
+    name = profile.name
+    hdir, hrun = layout.host_dir(name), layout.host_run(name)
+    config: Dict[str, Any] = {
+        "data-root": str(layout.docker_root(name)),
+        "exec-root": str(hrun / "exec"),
+        "hosts": [layout.docker_host(name)],
+        "pidfile": str(hrun / "dockerd.pid"),
+        "insecure-registries": [f"{spec.controller_address}:{REGISTRY_PORT}"],
+        # Each engine its own identity (the default key lives in the shared /etc/docker).
+        "deprecated-key-path": str(hdir / "docker-key.json"),
+        "cgroup-parent": f"/{layout.cgroup_prefix}{name}",
+        "log-level": "warn",
+    }
+    if profile.jetson and profile.container_toolkit:
+        config["runtimes"] = {
+            "nvidia": {"path": str(layout.root(name) / "usr/bin/nvidia-container-runtime")}
+        }
+    conf_file = hdir / "daemon.json"
+    conf_file.write_text(json.dumps(config, indent=2))
+    (hrun / "dockerd.pid").unlink(missing_ok=True)
+    return start_daemon(
+        ["dockerd", "--config-file", str(conf_file)],
+        hdir / "dockerd.log", netns=netns, uts=uts, env=_engine_env(layout, name),
+    )  # fmt: skip
+
+
+def _start_sshd(
+    layout: LabLayout, profile: HostProfile, address: str, netns: str, uts: Path
+) -> int:
+    name = profile.name
+    hdir = layout.host_dir(name)
+    env = {
+        "MLFLEET_ROOT": str(layout.root(name)),
+        "MLFLEET_AGENT_DIR": str(layout.agent_dir(name)),
+        "MLFLEET_CRON_DIR": str(layout.cron_dir(name)),
+    }
+    if profile.engine:
+        env["DOCKER_HOST"] = layout.docker_host(name)
+    config = hdir / "sshd_config"
+    config.write_text(
+        f"ListenAddress {address}:22\n"
+        f"HostKey {hdir / 'ssh_host_ed25519_key'}\n"
+        f"PidFile {layout.host_run(name) / 'sshd.pid'}\n"
+        f"AuthorizedKeysFile {layout.ssh_dir / 'authorized_keys'}\n"
+        "PermitRootLogin prohibit-password\n"
+        "PasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\n"
+        "StrictModes no\n"
+        "UsePAM no\n"
+        "AllowTcpForwarding yes\n"
+        "MaxStartups 200:30:400\n"
+        "MaxSessions 100\n"
+        "LogLevel ERROR\n"
+        "Subsystem sftp internal-sftp\n"
+        "SetEnv " + " ".join(f"{k}={v}" for k, v in env.items()) + "\n"
+    )
+    return start_daemon(
+        ["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], hdir / "sshd.log", netns=netns, uts=uts
+    )
+
+
+def _port_open(address: str, port: int) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _engine_answers(sock: Path) -> bool:
+    if not sock.exists():
+        return False
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(2)
+            s.connect(str(sock))
+            s.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
+            return b" 200 " in s.recv(64)
+    except OSError:
+        return False
+
+
+# --- down --------------------------------------------------------------------------------
+
+
+def _leftovers(layout: LabLayout) -> bool:
+    return (
+        layout.base.exists()
+        or layout.run.exists()
+        or network.interface_exists(layout.bridge)
+        or any(ns.startswith(layout.netns_prefix) for ns in network.list_netns())
+    )
+
+
+def down(layout: LabLayout, *, quiet: bool = False, progress: Optional[Progress] = None) -> None:
+    """Remove everything the lab made: processes (by pid, then any straggler naming the
+    lab's paths), containers' cgroups, namespaces, the bridge, mounts and files."""
+    state = read_state(layout) or {}
+    if progress and not quiet:
+        progress(f"taking lab {layout.name!r} down")
+    # Engines first and gracefully, so they stop their containers and unmount layers.
+    hosts = state.get("hosts", [])
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda h: stop_pid(h["pids"].get("dockerd"), expect="dockerd"), hosts))
+    for host in hosts:
+        for daemon in ("sshd", "crond"):
+            stop_pid(host["pids"].get(daemon), expect=daemon, timeout=5)
+    stop_pid(state.get("registry", {}).get("pid"), expect="docker-registry", timeout=5)
+    kill_all(pids_mentioning([str(layout.base) + "/", str(layout.run) + "/"]))
+    kill_cgroups(layout.cgroup_prefix)
+    for ns in network.list_netns():
+        if ns.startswith(layout.netns_prefix):
+            network.delete_netns(ns)
+    network.delete_interface(layout.bridge)
+    for path in (layout.run, layout.base):
+        network.unmount_all(path)
+    for path in (layout.run, layout.base):
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            if path.exists():
+                raise LabError(
+                    f"could not remove {path}", hint="see `findmnt -R " + str(path) + "`"
+                )
+
+
+# --- operations on a running lab ---------------------------------------------------------
+
+
+def require_state(layout: LabLayout) -> Dict[str, Any]:
+    state = read_state(layout)
+    if not state:
+        raise LabError(f"lab {layout.name!r} is not up", hint="run `mlfleet lab up`")
+    return state
+
+
+def find_host(state: Dict[str, Any], name: str) -> Dict[str, Any]:
+    for host in state["hosts"]:
+        if host["name"] == name:
+            return host
+    names = ", ".join(h["name"] for h in state["hosts"])
+    raise LabError(f"no lab host {name!r}", hint=f"hosts: {names}")
+
+
+def engine(layout: LabLayout, name: str, action: str) -> None:
+    """What a host's init system would do to its Docker engine: stop, start, restart."""
+    state = require_state(layout)
+    host = find_host(state, name)
+    if not host["profile"].get("engine", True):
+        raise LabError(f"lab host {name!r} has no Docker engine (engine: false)")
+    if action in ("stop", "restart"):
+        stop_pid(host["pids"].get("dockerd"), expect="dockerd")
+        host["pids"]["dockerd"] = None
+    if action in ("start", "restart") and not alive(host["pids"].get("dockerd")):
+        (layout.host_run(name) / "dockerd.pid").unlink(missing_ok=True)
+        host["pids"]["dockerd"] = start_daemon(
+            ["dockerd", "--config-file", str(layout.host_dir(name) / "daemon.json")],
+            layout.host_dir(name) / "dockerd.log",
+            netns=host["netns"], uts=layout.host_run(name) / "uts",
+            env=_engine_env(layout, name),
+        )  # fmt: skip
+        sock = layout.docker_socket(name)
+        wait_until(lambda: _engine_answers(sock), 60, f"docker engine on {name}")
+    _write_state(layout, state)
+
+
+def link(layout: LabLayout, name: str, up_: bool) -> None:
+    """Cut or restore a host's network link."""
+    host = find_host(require_state(layout), name)
+    network.set_link(host["veth"], up_)
+
+
+def status(layout: LabLayout) -> Dict[str, Any]:
+    """What runs, as `lab status --json` prints it."""
+    state = require_state(layout)
+    registry_address = state["registry"]["address"]
+    hosts = []
+    for host in state["hosts"]:
+        name = host["name"]
+        engine_on = host["profile"].get("engine", True)
+        link_up = (Path(f"/sys/class/net/{host['veth']}/operstate").read_text().strip()
+                   if network.interface_exists(host["veth"]) else "missing")  # fmt: skip
+        hosts.append(
+            {
+                "name": name,
+                "address": host["address"],
+                "ssh_user": SSH_USER,
+                "ssh_port": 22,
+                "ssh_key": state["ssh_key"],
+                "known_hosts": state["known_hosts"],
+                "docker_host": layout.docker_host(name) if engine_on else None,
+                "root": str(layout.root(name)),
+                "agent_dir": str(layout.agent_dir(name)),
+                "cron_dir": str(layout.cron_dir(name)),
+                "data_dir": str(layout.data_dir(name)),
+                "profile": host["profile"],
+                "running": host_health(layout, host),
+                "link": link_up,
+            }
+        )
+    return {
+        "name": state["name"],
+        "subnet": state["subnet"],
+        "profiles": state["profiles"],
+        "created": state["created"],
+        "registry": {
+            "address": registry_address,
+            "running": alive(state["registry"].get("pid")),
+            "images": state["registry"].get("images", []),
+        },
+        "hosts": hosts,
+    }
+
+
+def ssh_argv(layout: LabLayout, name: str, command: List[str]) -> List[str]:
+    """An `ssh` command line for a lab host, with strict host-key checking."""
+    state = require_state(layout)
+    host = find_host(state, name)
+    argv = [
+        "ssh", "-i", state["ssh_key"],
+        "-o", f"UserKnownHostsFile={state['known_hosts']}",
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", "GlobalKnownHostsFile=/dev/null",
+        "-o", "LogLevel=ERROR",
+        f"{SSH_USER}@{host['address']}",
+    ]  # fmt: skip
+    if command:
+        argv += ["--", *command]
+    return argv
+
+
+def run_on(
+    layout: LabLayout, name: str, command: List[str], timeout: float = 120
+) -> subprocess.CompletedProcess:
+    """Run a command on a lab host over SSH (used by the demo and tests)."""
+    return subprocess.run(
+        ssh_argv(layout, name, command), capture_output=True, text=True, timeout=timeout
+    )
