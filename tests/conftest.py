@@ -65,7 +65,12 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dict[str, Any]]:
         status["hosts_by_name"] = {h["name"]: h for h in status["hosts"]}
         yield status
     finally:
+        from mlfleet.controller.lab.layout import LabLayout
+        from tests.lab.leftovers import what_remains
+
         mlfleet("lab", "--name", TEST_LAB, "down", check=False)
+        remains = what_remains(LabLayout(TEST_LAB))
+        assert remains == [], f"`lab down` left: {remains}"
 
 
 def pytest_collection_modifyitems(items: list) -> None:

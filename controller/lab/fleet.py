@@ -7,6 +7,8 @@ half-way sweeps away what this run made, so nothing is left half-created.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import ipaddress
 import json
 import os
@@ -17,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from mlfleet.controller.errors import LabError
 from mlfleet.controller.lab import images, network
@@ -111,19 +113,38 @@ def _healthy(layout: LabLayout, state: Dict[str, Any]) -> bool:
     return all(all(host_health(layout, h).values()) for h in state["hosts"])
 
 
+@contextlib.contextmanager
+def _exclusive(layout: LabLayout, progress: Optional[Progress] = None) -> Iterator[None]:
+    """One `lab up`/`down`/`engine` at a time per lab; a second one waits its turn."""
+    layout.run_root.mkdir(parents=True, exist_ok=True)
+    with open(layout.run_root / f"{layout.name}.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if progress:
+                progress(f"waiting for another command on lab {layout.name!r} to finish")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
 # --- up ----------------------------------------------------------------------------------
 
 
 def up(layout: LabLayout, spec: LabSpec, progress: Progress) -> Dict[str, Any]:
     """Bring the lab up (or leave it, when it already runs these profiles); returns state."""
     check_system()
+    with _exclusive(layout, progress):
+        return _up(layout, spec, progress)
+
+
+def _up(layout: LabLayout, spec: LabSpec, progress: Progress) -> Dict[str, Any]:
     state = read_state(layout)
     if state and state.get("fingerprint") == _fingerprint(spec) and _healthy(layout, state):
         progress(f"lab {layout.name!r} is already up with these profiles")
         return state
     if state or _leftovers(layout):
         progress(f"cleaning up what an earlier run of lab {layout.name!r} left")
-    down(layout, quiet=True)
+    _down(layout)
     _check_subnet_free(spec.subnet, layout)
     base = images.base_layer(layout.cache, progress)  # slow once; before anything is created
     started = time.monotonic()
@@ -131,7 +152,7 @@ def up(layout: LabLayout, spec: LabSpec, progress: Progress) -> Dict[str, Any]:
         state = _create(layout, spec, progress)
     except BaseException:
         progress("lab up failed; removing what it made")
-        down(layout, quiet=True)
+        _down(layout)
         raise
     state["base_layer"] = base.digest
     _write_state(layout, state)
@@ -239,7 +260,7 @@ def _create_host(
             network.make_loop_disk(
                 hdir / "docker.img", layout.docker_root(name), profile.docker_disk_mib
             )
-        pids["dockerd"] = _start_dockerd(layout, spec, profile, netns, uts)
+        pids["dockerd"] = _start_dockerd(layout, spec, profile, netns)
     pids["sshd"] = _start_sshd(layout, profile, address, netns, uts)
     pids["crond"] = start_daemon(
         ["busybox", "crond", "-f", "-c", str(layout.cron_dir(name)), "-L", str(hdir / "cron.log")],
@@ -267,9 +288,7 @@ def _engine_env(layout: LabLayout, name: str) -> Dict[str, str]:
     return {"PATH": path, "HOME": "/root"}
 
 
-def _start_dockerd(
-    layout: LabLayout, spec: LabSpec, profile: HostProfile, netns: str, uts: Path
-) -> int:
+def _start_dockerd(layout: LabLayout, spec: LabSpec, profile: HostProfile, netns: str) -> int:
     name = profile.name
     hdir, hrun = layout.host_dir(name), layout.host_run(name)
     config: Dict[str, Any] = {
@@ -281,18 +300,26 @@ def _start_dockerd(
         # Each engine its own identity (the default key lives in the shared /etc/docker).
         "deprecated-key-path": str(hdir / "docker-key.json"),
         "cgroup-parent": f"/{layout.cgroup_prefix}{name}",
+        # Should a system containerd be running, engines sharing it must not share state.
+        "containerd-namespace": f"{layout.cgroup_prefix}{name}",
+        "containerd-plugins-namespace": f"{layout.cgroup_prefix}{name}-plugins",
         "log-level": "warn",
     }
     if profile.jetson and profile.container_toolkit:
         config["runtimes"] = {
             "nvidia": {"path": str(layout.root(name) / "usr/bin/nvidia-container-runtime")}
         }
-    conf_file = hdir / "daemon.json"
-    conf_file.write_text(json.dumps(config, indent=2))
-    (hrun / "dockerd.pid").unlink(missing_ok=True)
+    (hdir / "daemon.json").write_text(json.dumps(config, indent=2))
+    return _spawn_dockerd(layout, name, netns)
+
+
+def _spawn_dockerd(layout: LabLayout, name: str, netns: str) -> int:
+    """Start a host's engine from its daemon.json (a stale pidfile would make it refuse)."""
+    (layout.host_run(name) / "dockerd.pid").unlink(missing_ok=True)
     return start_daemon(
-        ["dockerd", "--config-file", str(conf_file)],
-        hdir / "dockerd.log", netns=netns, uts=uts, env=_engine_env(layout, name),
+        ["dockerd", "--config-file", str(layout.host_dir(name) / "daemon.json")],
+        layout.host_dir(name) / "dockerd.log",
+        netns=netns, uts=layout.host_run(name) / "uts", env=_engine_env(layout, name),
     )  # fmt: skip
 
 
@@ -360,16 +387,22 @@ def _leftovers(layout: LabLayout) -> bool:
         layout.base.exists()
         or layout.run.exists()
         or network.interface_exists(layout.bridge)
+        or bool(network.interfaces_with_prefix(layout.veth_prefix))
         or any(ns.startswith(layout.netns_prefix) for ns in network.list_netns())
     )
 
 
-def down(layout: LabLayout, *, quiet: bool = False, progress: Optional[Progress] = None) -> None:
+def down(layout: LabLayout, progress: Optional[Progress] = None) -> None:
     """Remove everything the lab made: processes (by pid, then any straggler naming the
     lab's paths), containers' cgroups, namespaces, the bridge, mounts and files."""
+    with _exclusive(layout, progress):
+        if progress:
+            progress(f"taking lab {layout.name!r} down")
+        _down(layout)
+
+
+def _down(layout: LabLayout) -> None:
     state = read_state(layout) or {}
-    if progress and not quiet:
-        progress(f"taking lab {layout.name!r} down")
     # Engines first and gracefully, so they stop their containers and unmount layers.
     hosts = state.get("hosts", [])
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -380,6 +413,10 @@ def down(layout: LabLayout, *, quiet: bool = False, progress: Optional[Progress]
     stop_pid(state.get("registry", {}).get("pid"), expect="docker-registry", timeout=5)
     kill_all(pids_mentioning([str(layout.base) + "/", str(layout.run) + "/"]))
     kill_cgroups(layout.cgroup_prefix)
+    # Deleting our end of each veth pair takes the host's end with it, even when something
+    # still pins the host's namespace after it was deleted.
+    for veth in network.interfaces_with_prefix(layout.veth_prefix):
+        network.delete_interface(veth)
     for ns in network.list_netns():
         if ns.startswith(layout.netns_prefix):
             network.delete_netns(ns)
@@ -415,6 +452,11 @@ def find_host(state: Dict[str, Any], name: str) -> Dict[str, Any]:
 
 def engine(layout: LabLayout, name: str, action: str) -> None:
     """What a host's init system would do to its Docker engine: stop, start, restart."""
+    with _exclusive(layout):
+        _engine(layout, name, action)
+
+
+def _engine(layout: LabLayout, name: str, action: str) -> None:
     state = require_state(layout)
     host = find_host(state, name)
     if not host["profile"].get("engine", True):
@@ -423,13 +465,7 @@ def engine(layout: LabLayout, name: str, action: str) -> None:
         stop_pid(host["pids"].get("dockerd"), expect="dockerd")
         host["pids"]["dockerd"] = None
     if action in ("start", "restart") and not alive(host["pids"].get("dockerd")):
-        (layout.host_run(name) / "dockerd.pid").unlink(missing_ok=True)
-        host["pids"]["dockerd"] = start_daemon(
-            ["dockerd", "--config-file", str(layout.host_dir(name) / "daemon.json")],
-            layout.host_dir(name) / "dockerd.log",
-            netns=host["netns"], uts=layout.host_run(name) / "uts",
-            env=_engine_env(layout, name),
-        )  # fmt: skip
+        host["pids"]["dockerd"] = _spawn_dockerd(layout, name, host["netns"])
         sock = layout.docker_socket(name)
         wait_until(lambda: _engine_answers(sock), 60, f"docker engine on {name}")
     _write_state(layout, state)

@@ -61,8 +61,13 @@ class LabLayout:
     def netns(self, host: str) -> str:
         return self.netns_prefix + host
 
+    @property
+    def veth_prefix(self) -> str:
+        return "mv" + hashlib.sha1(self.name.encode()).hexdigest()[:4]
+
     def veth(self, host: str) -> str:
-        return "mlf" + hashlib.sha1(f"{self.name}/{host}".encode()).hexdigest()[:11]
+        """The controller-side end of a host's link (interface names allow 15 characters)."""
+        return self.veth_prefix + hashlib.sha1(host.encode()).hexdigest()[:8]
 
     @property
     def ssh_dir(self) -> Path:

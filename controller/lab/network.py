@@ -25,6 +25,10 @@ def delete_interface(name: str) -> None:
         run(["ip", "link", "del", name], check=False)
 
 
+def interfaces_with_prefix(prefix: str) -> List[str]:
+    return sorted(p.name for p in Path("/sys/class/net").iterdir() if p.name.startswith(prefix))
+
+
 def list_netns() -> List[str]:
     out = run(["ip", "netns", "list"], check=False)
     return [line.split()[0] for line in out.splitlines() if line.strip()]

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from mlfleet.controller.lab import network
 from mlfleet.controller.lab.layout import LabLayout
-from mlfleet.controller.lab.processes import alive, pids_mentioning
+from mlfleet.controller.lab.processes import alive
 from tests.conftest import mlfleet
+from tests.lab.leftovers import what_remains
 
 NAME = "lc"
 PROFILES = """\
@@ -62,13 +62,7 @@ def test_up_is_idempotent_repairs_a_crash_and_down_leaves_nothing(tmp_path: Path
     finally:
         mlfleet("lab", "--name", NAME, "down", check=False)
 
-    assert not layout.base.exists() and not layout.run.exists()
-    assert not network.interface_exists(layout.bridge)
-    assert not [ns for ns in network.list_netns() if ns.startswith(layout.netns_prefix)]
-    assert not network.mounts_under(layout.base) and not network.mounts_under(layout.run)
-    assert not pids_mentioning([str(layout.base) + "/", str(layout.run) + "/"])
-    cgroups = [p for p in Path("/sys/fs/cgroup").glob(f"*/{layout.cgroup_prefix}*")]
-    assert not cgroups
+    assert what_remains(layout) == []
     gone = mlfleet("lab", "--name", NAME, "status", check=False)
     assert gone.returncode == 3 and "is not up" in gone.stderr
 
