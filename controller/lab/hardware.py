@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import List, Union
 
 from mlfleet.agent.cuda import max_cuda_for_driver
+from mlfleet.agent.jetson import JETSON_SOCS
 from mlfleet.agent.rocm import gfx_target_version
-from mlfleet.controller.lab.profiles import JETSON_SOCS, HostProfile
+from mlfleet.controller.lab.profiles import HostProfile
 from mlfleet.controller.lab.standins import nvidia_hook, nvidia_smi, rocm_smi
 
 # PCI ids of the simulated boards (vendor, device), as `/sys/class/drm/card*/device/*` show.

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from mlfleet.agent.jetson import JETSON_SOCS
 from mlfleet.agent.rocm import gfx_target_version
 from mlfleet.controller.errors import ConfigError
 from mlfleet.controller.hostrange import expand_host_pattern
@@ -36,14 +37,6 @@ hosts:
     rocm: "6.1.2"
   edge-cpu: {}
 """
-
-# Jetson SoC -> (compute capability, default board name), from NVIDIA's Jetson docs.
-JETSON_SOCS: Dict[str, Tuple[str, str]] = {
-    "tegra234": ("8.7", "NVIDIA Jetson AGX Orin Developer Kit"),
-    "tegra194": ("7.2", "NVIDIA Jetson AGX Xavier Developer Kit"),
-    "tegra186": ("6.2", "NVIDIA Jetson TX2 Developer Kit"),
-    "tegra210": ("5.3", "NVIDIA Jetson Nano Developer Kit"),
-}
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 _VERSION = re.compile(r"^\d+\.\d+(\.\d+)?$")
