@@ -7,13 +7,16 @@ import json
 import os
 import platform
 import sys
-from typing import Any, List, Optional, Sequence
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
 
 from mlfleet.agent import __version__
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_NO_VARIANT = 3
+EXIT_BUSY = 4
 
 
 class AgentError(Exception):
@@ -106,6 +109,169 @@ def _select(args: argparse.Namespace) -> int:
     return 0 if selection.variant else EXIT_NO_VARIANT
 
 
+DEFAULT_AGENT_DIR = "/var/lib/mlfleet"
+
+
+def _agent_dir(args: argparse.Namespace) -> str:
+    return args.agent_dir or os.environ.get("MLFLEET_AGENT_DIR") or DEFAULT_AGENT_DIR
+
+
+def _emit_stderr(event: Dict[str, Any]) -> None:
+    # Progress for the controller (and a curious operator): one JSON object per line.
+    event.setdefault("time", round(time.time(), 3))
+    print(json.dumps(event), file=sys.stderr, flush=True)
+
+
+def _open_host(args: argparse.Namespace) -> Any:
+    from mlfleet.agent.apply import AgentHost
+    from mlfleet.agent.engine_api import EngineAPI, default_docker_host
+    from mlfleet.agent.state import StateStore
+
+    root = _root(args)
+    agent_dir = _agent_dir(args)
+    docker_host = args.docker_host or default_docker_host(root)
+    return AgentHost(
+        agent_dir=agent_dir,
+        root=root,
+        device_root=args.device_root or os.environ.get("MLFLEET_DEVICE_ROOT") or "/",
+        docker_host=docker_host,
+        engine=EngineAPI(docker_host),
+        store=StateStore(os.path.join(agent_dir, "state.db")),
+        emit=_emit_stderr,
+    )
+
+
+def _locked(args: argparse.Namespace, command: str, wait_s: float) -> Any:
+    from mlfleet.agent.lock import AgentBusy, HostLock
+
+    lock = HostLock(os.path.join(_agent_dir(args), "agent.lock"), command)
+    try:
+        lock.acquire(wait_s)
+    except AgentBusy as exc:
+        raise AgentError(str(exc), EXIT_BUSY) from None
+    return lock
+
+
+def _apply(args: argparse.Namespace) -> int:
+    from mlfleet.agent.apply import apply
+    from mlfleet.agent.desired import DesiredState
+
+    text = sys.stdin.read() if args.file in (None, "-") else _read(args.file)
+    try:
+        desired = DesiredState.from_dict(json.loads(text))
+    except ValueError as exc:  # JSON errors and DesiredStateError alike
+        raise AgentError(f"desired state: {exc}", EXIT_USAGE) from None
+    with _locked(args, "apply", args.wait):
+        result = apply(_open_host(args), desired)
+    print(json.dumps(result.to_dict(), indent=2))
+    return 0 if result.status in ("succeeded", "unchanged") else EXIT_ERROR
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise AgentError(f"{path}: cannot read: {exc.strerror}", EXIT_USAGE) from None
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from mlfleet.agent.apply import rollback_to
+
+    with _locked(args, "rollback", args.wait):
+        result = rollback_to(_open_host(args), args.app, args.to)
+    print(json.dumps(result.to_dict(), indent=2))
+    return 0 if result.status == "rolled_back" else EXIT_ERROR
+
+
+def _tick(args: argparse.Namespace) -> int:
+    from mlfleet.agent.lock import AgentBusy, HostLock
+    from mlfleet.agent.tick import tick
+
+    lock = HostLock(os.path.join(_agent_dir(args), "agent.lock"), "tick")
+    try:
+        lock.acquire(args.wait)
+    except AgentBusy as exc:
+        print(f"mlfleet-agent: tick skipped: {exc}", file=sys.stderr)
+        return 0  # an apply is at work; the next tick comes in a minute
+    with lock:
+        status = tick(_open_host(args))
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        for action in status["actions"]:
+            print(action)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from mlfleet.agent.tick import host_status
+
+    status = host_status(_open_host(args))
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    for app in status["apps"]:
+        cur = app["current"]
+        if not cur:
+            print(f"{app['app']}: nothing serving")
+            continue
+        state = "healthy" if app["healthy"] else ("running" if app["running"] else "NOT RUNNING")
+        since = time.strftime(
+            "%Y-%m-%d %H:%M:%S", time.localtime(cur["activated_at"] or cur["created_at"])
+        )
+        print(
+            f"{app['app']}: {cur['tag']} ({cur['variant']}) {state} since {since}; previous {app['previous']}"
+        )
+    return 0
+
+
+def _history(args: argparse.Namespace) -> int:
+    host = _open_host(args)
+    releases = [r.to_dict() for r in host.store.releases(args.app)]
+    events = host.store.events(args.app, limit=args.limit)
+    if args.json:
+        print(json.dumps({"releases": releases, "events": events}, indent=2))
+        return 0
+    for e in reversed(events):
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"]))
+        print(f"{at}  {e['app'] or '-':<12} {e['kind']:<16} {e['message']}")
+    return 0
+
+
+def _daemon(args: argparse.Namespace) -> int:
+    """The tick on a schedule, for hosts without cron (APScheduler when bundled)."""
+
+    def one_tick() -> None:
+        try:
+            _tick(argparse.Namespace(**{**vars(args), "json": False, "wait": 0.0}))
+        except Exception as exc:
+            print(f"mlfleet-agent: tick failed: {exc}", file=sys.stderr, flush=True)
+
+    try:
+        from apscheduler.schedulers.blocking import BlockingScheduler  # type: ignore[import-not-found]
+    except ImportError:
+        while True:
+            one_tick()
+            time.sleep(args.interval)
+    scheduler = BlockingScheduler()
+    scheduler.add_job(one_tick, "interval", seconds=args.interval, max_instances=1, coalesce=True)
+    one_tick()
+    scheduler.start()
+    return 0
+
+
+def _bundle(args: argparse.Namespace) -> int:
+    from mlfleet.agent.bundle import BundleError, build_zipapp
+
+    try:
+        bundle = build_zipapp(args.output)
+    except BundleError as exc:
+        raise AgentError(str(exc)) from None
+    print(json.dumps({"path": str(bundle.path), "sha256": bundle.sha256, "bytes": bundle.size}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlfleet-agent", description="mlfleet host agent")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -132,6 +298,55 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("--json", action="store_true")
     host_options(select)
     select.set_defaults(func=_select)
+
+    def state_options(p: argparse.ArgumentParser) -> None:
+        host_options(p)
+        p.add_argument(
+            "--agent-dir",
+            help=f"state and lock (default: $MLFLEET_AGENT_DIR or {DEFAULT_AGENT_DIR})",
+        )
+        p.add_argument("--device-root", help="where device nodes are, as the engine sees them "
+                       "(default: $MLFLEET_DEVICE_ROOT or /)")  # fmt: skip
+
+    apply = sub.add_parser("apply", help="apply a desired state (JSON file or stdin)")
+    apply.add_argument("file", nargs="?", help="desired state JSON (default: stdin)")
+    apply.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the host lock")
+    state_options(apply)
+    apply.set_defaults(func=_apply)
+
+    rollback = sub.add_parser("rollback", help="make a kept release current again")
+    rollback.add_argument("--app", required=True)
+    rollback.add_argument("--to", help="the tag to return to (default: the previous release)")
+    rollback.add_argument("--wait", type=float, default=30.0)
+    state_options(rollback)
+    rollback.set_defaults(func=_rollback)
+
+    tick = sub.add_parser("tick", help="keep this host's releases healthy (run from cron)")
+    tick.add_argument("--json", action="store_true")
+    tick.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the host lock")
+    state_options(tick)
+    tick.set_defaults(func=_tick)
+
+    status = sub.add_parser("status", help="what serves on this host")
+    status.add_argument("--json", action="store_true")
+    state_options(status)
+    status.set_defaults(func=_status)
+
+    history = sub.add_parser("history", help="releases and events on this host")
+    history.add_argument("--app")
+    history.add_argument("--limit", type=int, default=50)
+    history.add_argument("--json", action="store_true")
+    state_options(history)
+    history.set_defaults(func=_history)
+
+    daemon = sub.add_parser("daemon", help="run the tick every --interval seconds (no cron needed)")
+    daemon.add_argument("--interval", type=float, default=60.0)
+    state_options(daemon)
+    daemon.set_defaults(func=_daemon)
+
+    bundle = sub.add_parser("bundle", help="build the agent zipapp")
+    bundle.add_argument("-o", "--output", type=Path, required=True, help="output directory")
+    bundle.set_defaults(func=_bundle)
     return parser
 
 

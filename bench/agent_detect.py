@@ -14,7 +14,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from mlfleet.controller.agent_bundle import build_zipapp
+from mlfleet.agent.bundle import build_zipapp
 from mlfleet.controller.lab import fleet
 from mlfleet.controller.lab.layout import LabLayout
 

@@ -37,6 +37,7 @@ def lab_profiles_text() -> str:
         f"subnet: {TEST_SUBNET}\n"
         + DEFAULT_PROFILES_YAML
         + "  edge-air: {registry: false, docker_disk_mib: 400, link_kbit: 40000}\n"
+        + "  edge-disk: {docker_disk_mib: 700}\n"
         + "  ssh[1:2]: {engine: false}\n"
     )
 

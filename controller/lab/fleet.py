@@ -330,6 +330,8 @@ def _start_sshd(
     hdir = layout.host_dir(name)
     env = {
         "MLFLEET_ROOT": str(layout.root(name)),
+        # The lab's device stand-ins live in the hardware root; the engine must be told so.
+        "MLFLEET_DEVICE_ROOT": str(layout.root(name)),
         "MLFLEET_AGENT_DIR": str(layout.agent_dir(name)),
         "MLFLEET_CRON_DIR": str(layout.cron_dir(name)),
     }

@@ -42,6 +42,7 @@ def render_inventory(status: Dict[str, Any]) -> str:
             hostvars["mlfleet_docker_host"] = host["docker_host"]
         hostvars.update(
             mlfleet_root=host["root"],
+            mlfleet_device_root=host["root"],
             mlfleet_agent_dir=host["agent_dir"],
             mlfleet_cron_dir=host["cron_dir"],
             model_data_dir=host["data_dir"],

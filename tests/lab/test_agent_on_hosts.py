@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from mlfleet.agent.cuda import max_cuda_for_driver
-from mlfleet.controller.agent_bundle import build_zipapp
-from tests.lab.sshrun import connect, ssh
+from tests.lab.conftest import agent, put
+from tests.lab.sshrun import ssh
 
 DEFAULT_HOSTS = ["edge-a100", "edge-t4", "edge-4090", "edge-mi210", "edge-cpu"]
 VARIANTS = """\
@@ -32,25 +32,11 @@ EXPECTED = {
 
 
 @pytest.fixture(scope="module")
-def agents(lab, tmp_path_factory):
-    """The zipapp and a variants file copied to every default host over SFTP."""
-    bundle = build_zipapp(tmp_path_factory.mktemp("agent"))
+def agents(agent_hosts):
+    """A variants file beside the agent on every default host."""
     for name in DEFAULT_HOSTS:
-        host = lab["hosts_by_name"][name]
-        client = connect(host)
-        try:
-            sftp = client.open_sftp()
-            sftp.put(str(bundle.path), f"{host['agent_dir']}/mlfleet-agent.pyz")
-            with sftp.open(f"{host['agent_dir']}/variants.yml", "w") as fh:
-                fh.write(VARIANTS)
-            sftp.close()
-        finally:
-            client.close()
-    return lab
-
-
-def agent(host, args: str):
-    return ssh(host, f'python3 "$MLFLEET_AGENT_DIR/mlfleet-agent.pyz" {args}')
+        put(agent_hosts["hosts_by_name"][name], VARIANTS.encode(), "variants.yml")
+    return agent_hosts
 
 
 @pytest.mark.parametrize("name", DEFAULT_HOSTS)

@@ -12,7 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, Tuple
 
-from mlfleet.controller.errors import MlfleetError
+
+class BundleError(Exception):
+    """The agent cannot be bundled (a package is missing)."""
+
 
 _FIXED_TIME = (2026, 1, 1, 0, 0, 0)  # reproducible bytes: the same agent, the same hash
 _MAIN = b"from mlfleet.agent.cli import main\n\nraise SystemExit(main())\n"
@@ -29,7 +32,7 @@ class AgentBundle:
 def _package_files(name: str) -> Iterator[Tuple[str, Path]]:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise MlfleetError(f"package {name} is not installed", hint="pip install mlfleet")
+        raise BundleError(f"package {name} is not installed (pip install mlfleet)")
     top = Path(next(iter(spec.submodule_search_locations)))
     arc_root = name.replace(".", "/")
     for path in sorted(top.rglob("*.py")):

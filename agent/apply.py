@@ -1,0 +1,504 @@
+"""Apply a desired state on this host: select, preflight, start, prove it serves, then
+commit or roll back. The host ends with the new release healthy or the previous one
+healthy again; a failed preflight changes nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional
+
+from mlfleet.agent import health
+from mlfleet.agent.container_config import (
+    SERVING_RESTART,
+    container_config,
+    gpu_wiring,
+    labels,
+    parse_env_file,
+    runs_as_root,
+)
+from mlfleet.agent.desired import ApplyResult, DesiredState
+from mlfleet.agent.detect.host_facts import detect_host_facts
+from mlfleet.agent.engine_api import EngineAPI, EngineError, EngineUnreachable
+from mlfleet.agent.facts import HostFacts
+from mlfleet.agent.registry_probe import RemoteImage, remote_image, split_reference
+from mlfleet.agent.selection import select_variant
+from mlfleet.agent.state import Release, StateStore
+from mlfleet.agent.variants import Variant
+
+Emit = Callable[[Dict[str, Any]], None]
+# Extraction needs more room than the compressed download; plus a floor for the engine.
+DISK_FACTOR = 3.0
+DISK_RESERVE_MIB = 32
+
+
+class ApplyFailed(Exception):
+    """A phase failed; `phase` says which, the message says why."""
+
+    def __init__(self, phase: str, reason: str):
+        super().__init__(reason)
+        self.phase = phase
+        self.reason = reason
+
+
+@dataclass
+class AgentHost:
+    """Everything an operation on this host works with."""
+
+    agent_dir: str
+    root: str  # where hardware facts are read (the detectors' root prefix)
+    device_root: str  # where device nodes are, as the engine sees them
+    docker_host: str
+    engine: EngineAPI
+    store: StateStore
+    emit: Emit = field(default=lambda e: None)
+
+    def facts(self) -> HostFacts:
+        return detect_host_facts(self.root, self.docker_host)
+
+    def event(
+        self, kind: str, message: str, app: Optional[str] = None, release_id: Optional[int] = None
+    ) -> None:
+        self.store.event(kind, message, app=app, release_id=release_id)
+        self.emit({"event": kind, "message": message, "app": app})
+
+
+def public_spec(desired: DesiredState) -> Dict[str, Any]:
+    """The desired state as recorded: env_file is a path; its values never leave the host."""
+    return desired.to_dict()
+
+
+# --- apply -------------------------------------------------------------------------------
+
+
+def apply(host: AgentHost, desired: DesiredState) -> ApplyResult:
+    started = time.monotonic()
+    result = ApplyResult(
+        status="failed", app=desired.app, tag=desired.tag, deployment=desired.deployment
+    )
+    timings: Dict[str, float] = {}
+    result.timings = timings
+    release: Optional[Release] = None
+    try:
+        t = time.monotonic()
+        facts = host.facts()
+        variant = _select(desired, facts, result)
+        timings["select_s"] = _since(t)
+        current = host.store.current(desired.app)
+        result.previous_tag = current.tag if current else None
+        if current and _unchanged(host, current, desired, variant):
+            result.status, result.variant, result.image = "unchanged", variant.name, variant.image
+            result.digest, result.container = current.digest, current.container_name
+            host.event(
+                "unchanged",
+                f"{desired.tag} ({variant.name}) already serves",
+                desired.app,
+                current.id,
+            )
+            return result
+        t = time.monotonic()
+        image_info, user, env_file = _preflight(host, desired, variant, facts, result)
+        timings["preflight_s"] = _since(t)
+        release = host.store.new_release(
+            desired.app,
+            desired.deployment,
+            desired.tag,
+            variant.name,
+            variant.image,
+            public_spec(desired),
+        )
+        result.digest = (image_info.get("RepoDigests") or [None])[0]
+        host.store.update(release.id, digest=result.digest)
+        t = time.monotonic()
+        container_id = _start(
+            host, desired, variant, release, current, facts, user, env_file, result
+        )
+        timings["start_s"] = _since(t)
+        _prove(host, desired, release, container_id, image_info, result, timings)
+        _commit(host, desired, release, current, container_id)
+        result.status = "succeeded"
+        host.event(
+            "succeeded", f"{desired.tag} ({variant.name}) is serving", desired.app, release.id
+        )
+    except Exception as caught:
+        # Anything unexpected still ends in a rollback, never in a half-state.
+        exc = (
+            caught
+            if isinstance(caught, ApplyFailed)
+            else ApplyFailed("internal", f"{type(caught).__name__}: {caught}")
+        )
+        result.phase, result.reason = exc.phase, exc.reason
+        if release is not None:
+            _roll_back(host, desired.app, release, exc, result)
+        else:
+            host.event("refused", f"{exc.phase}: {exc.reason}", desired.app)
+    finally:
+        timings["total_s"] = _since(started)
+    return result
+
+
+def _since(t: float) -> float:
+    return round(time.monotonic() - t, 3)
+
+
+def _select(desired: DesiredState, facts: HostFacts, result: ApplyResult) -> Variant:
+    if not facts.docker or not facts.docker.reachable:
+        raise ApplyFailed(
+            "preflight",
+            (facts.docker.error if facts.docker else None) or "Docker engine unreachable",
+        )
+    selection = select_variant(desired.parsed_variants(), facts)
+    result.selection = selection.to_dict()
+    if not selection.variant:
+        reasons = "; ".join(f"{r.variant}: {r.reason}" for r in selection.rejected)
+        raise ApplyFailed("select", f"no variant fits this host ({reasons})")
+    variant = next(v for v in desired.parsed_variants() if v.name == selection.variant)
+    result.variant, result.image = variant.name, variant.image
+    return variant
+
+
+def _unchanged(host: AgentHost, current: Release, desired: DesiredState, variant: Variant) -> bool:
+    """The same release already serves, healthy: nothing to do."""
+    same = (
+        current.tag == desired.tag
+        and current.variant == variant.name
+        and current.image == variant.image
+        and _spec_key(current.spec) == _spec_key(desired.to_dict())
+    )
+    if not same or not current.container_id:
+        return False
+    info = host.engine.container_inspect(current.container_id)
+    if not info or not info["State"]["Running"]:
+        return False
+    target = _target(host, DesiredState.from_dict(current.spec), current.container_id, info)
+    return all(p.ok for p in health.probe_once(target, DesiredState.from_dict(current.spec).health))
+
+
+def _spec_key(spec: Dict[str, Any]) -> str:
+    keep = {k: v for k, v in spec.items() if k not in ("deployment",)}
+    return json.dumps(keep, sort_keys=True)
+
+
+def _preflight(host: AgentHost, desired: DesiredState, variant: Variant, facts: HostFacts,
+               result: ApplyResult) -> tuple:  # fmt: skip
+    """Everything that can be checked before anything running is touched."""
+    spec = desired.container
+    for mount in spec.mounts:
+        if not os.path.exists(mount.source):
+            raise ApplyFailed(
+                "preflight", f"mount source {mount.source} does not exist on this host"
+            )
+    env_file: Dict[str, str] = {}
+    if spec.env_file:
+        try:
+            with open(spec.env_file, encoding="utf-8") as fh:
+                env_file = parse_env_file(fh.read())
+        except OSError as exc:
+            raise ApplyFailed("preflight", f"env file {spec.env_file}: {exc.strerror}") from None
+    assert variant.image is not None
+    image_info = host.engine.image_inspect(variant.image)
+    if image_info is None:
+        remote = _check_disk(host, variant.image, facts)
+        result.bytes_pulled = _pull(host, variant.image, remote)
+        image_info = host.engine.image_inspect(variant.image)
+        if image_info is None:
+            raise ApplyFailed(
+                "preflight", f"image {variant.image} is not on the engine after its pull"
+            )
+    user = spec.user or (image_info.get("Config") or {}).get("User") or None
+    if runs_as_root(user) and not spec.allow_root:
+        raise ApplyFailed(
+            "preflight",
+            f"image {variant.image} runs as root; set the container's user or allow_root: true",
+        )
+    return image_info, spec.user, env_file
+
+
+def _check_disk(host: AgentHost, image: str, facts: HostFacts) -> Optional[RemoteImage]:
+    """Refuse when the missing layers will not fit; returns what the registry said."""
+    free = facts.docker.free_disk_mib if facts.docker else None
+    try:
+        remote = remote_image(image, host.engine.info())
+    except EngineUnreachable as exc:
+        raise ApplyFailed("preflight", str(exc)) from None
+    if remote is None or free is None:
+        return remote  # the registry cannot be asked ahead: the pull decides
+    local = set()
+    for img in host.engine.images():
+        info = host.engine.image_inspect(img["Id"]) or {}
+        local.update((info.get("RootFS") or {}).get("Layers") or [])
+    missing = sum(
+        size for (_, size), diff in zip(remote.layers, remote.diff_ids) if diff not in local
+    )
+    need = int(missing * DISK_FACTOR / (1024 * 1024)) + DISK_RESERVE_MIB
+    if missing and need > free:
+        raise ApplyFailed(
+            "preflight",
+            f"not enough disk for {image}: its missing layers are {missing / 1048576:.1f} MiB compressed, "
+            f"about {need} MiB once unpacked, and the engine's data root has {free} MiB free",
+        )
+    return remote
+
+
+def _pull(host: AgentHost, image: str, remote: Optional[RemoteImage]) -> int:
+    """Pull through the engine (only missing layers travel); returns the bytes fetched:
+    the registry's sizes of the layers the engine fetched (its progress ids are the first
+    12 hex digits of the layer digests), else the sizes its progress reported."""
+    tag = split_reference(image)[2]
+    repository = image[: -len(tag) - 1] if image.endswith(":" + tag) else image
+    sizes: Dict[str, int] = {d[7:19]: size for d, size in remote.layers} if remote else {}
+    fetched = set()
+    host.emit({"event": "pull", "image": image})
+    try:
+        for msg in host.engine.pull(repository, tag):
+            layer, status = msg.get("id"), msg.get("status", "")
+            if not layer:
+                continue
+            total = (msg.get("progressDetail") or {}).get("total")
+            if status == "Downloading" and total and layer not in sizes:
+                sizes[layer] = int(total)
+            if status in ("Downloading", "Download complete", "Pull complete"):
+                fetched.add(layer)
+            if status in ("Download complete", "Already exists"):
+                host.emit({"event": "layer", "layer": layer, "status": status})
+    except EngineError as exc:
+        raise ApplyFailed(
+            "preflight", f"image {image} could not be pulled: {exc.message}"
+        ) from None
+    except EngineUnreachable as exc:
+        raise ApplyFailed("preflight", str(exc)) from None
+    return sum(sizes.get(layer, 0) for layer in fetched)
+
+
+def _host_ports(spec: DesiredState) -> set:
+    return {p.host for p in spec.container.ports}
+
+
+def _start(host: AgentHost, desired: DesiredState, variant: Variant, release: Release,
+           current: Optional[Release], facts: HostFacts, user: Optional[str], env_file: Dict[str, str],
+           result: ApplyResult) -> str:  # fmt: skip
+    stop_first = desired.strategy == "stop-first"
+    if desired.strategy == "auto" and current is not None:
+        stop_first = bool(_host_ports(desired) & _host_ports(DesiredState.from_dict(current.spec)))
+    if current and current.container_id and stop_first:
+        host.emit({"event": "stop", "container": current.container_name, "why": "stop-first"})
+        try:
+            host.engine.container_stop(current.container_id)
+        except EngineError as exc:
+            raise ApplyFailed("start", f"could not stop the old release: {exc.message}") from None
+    name = f"{desired.app}.r{release.id}"
+    gids = _device_gids(host.device_root, variant)
+    config = container_config(
+        desired.container,
+        variant.image or "",
+        user,
+        env_file,
+        labels(desired.app, release.id, desired.tag, variant.name, desired.deployment),
+        gpu_wiring(
+            variant, facts.docker.gpu_support if facts.docker else [], host.device_root, gids
+        ),
+    )
+    try:
+        container_id = host.engine.container_create(name, config)
+        host.store.update(release.id, container_id=container_id, container_name=name)
+        result.container = name
+        host.engine.container_start(container_id)
+    except EngineError as exc:
+        raise ApplyFailed("start", f"the engine refused to start {name}: {exc.message}") from None
+    host.emit({"event": "started", "container": name})
+    return container_id
+
+
+def _device_gids(device_root: str, variant: Variant) -> List[int]:
+    """Numeric groups of the GPU device nodes (the group may not exist in the image)."""
+    if variant.gpu not in ("amd", "intel"):
+        return []
+    gids = set()
+    for path in ("/dev/kfd", "/dev/dri"):
+        full = device_root.rstrip("/") + path
+        targets = [full] + (
+            [os.path.join(full, n) for n in os.listdir(full)] if os.path.isdir(full) else []
+        )
+        for t in targets:
+            try:
+                gid = os.stat(t).st_gid
+            except OSError:
+                continue
+            if gid != 0:
+                gids.add(gid)
+    return sorted(gids)
+
+
+def _target(
+    host: AgentHost, desired: DesiredState, container_id: str, info: Dict[str, Any]
+) -> health.Target:
+    has_healthcheck = bool(((info.get("Config") or {}).get("Healthcheck") or {}).get("Test"))
+    ports = {p.container: p.host for p in desired.container.ports}
+    return health.Target(
+        host.engine, container_id, "127.0.0.1", ports, has_healthcheck and desired.health.docker
+    )
+
+
+def _prove(host: AgentHost, desired: DesiredState, release: Release, container_id: str,
+           image_info: Dict[str, Any], result: ApplyResult, timings: Dict[str, float]) -> None:  # fmt: skip
+    info = host.engine.container_inspect(container_id) or {}
+    target = _target(host, desired, container_id, info)
+    t = time.monotonic()
+    verdict = health.wait_healthy(target, desired.health, host.emit)
+    timings["health_s"] = _since(t)
+    host.store.record_health(release.id, verdict.ok, "; ".join(verdict.evidence[-3:]))
+    result.health_evidence = list(verdict.evidence)
+    if not verdict.ok:
+        raise ApplyFailed("health", verdict.evidence[-1] if verdict.evidence else "not healthy")
+    t = time.monotonic()
+    watched = health.monitor(target, desired.health, desired.monitor_s, host.emit)
+    timings["monitor_s"] = _since(t)
+    result.health_evidence += list(watched.evidence)
+    if not watched.ok:
+        raise ApplyFailed(
+            "monitor", watched.evidence[-1] if watched.evidence else "failed in the monitor window"
+        )
+
+
+def _commit(host: AgentHost, desired: DesiredState, release: Release, current: Optional[Release],
+            container_id: str) -> None:  # fmt: skip
+    host.engine.request(
+        "POST", f"/containers/{container_id}/update", body={"RestartPolicy": SERVING_RESTART}
+    )
+    if current and current.container_id:
+        info = host.engine.container_inspect(current.container_id)
+        if info and info["State"]["Running"]:
+            host.engine.container_stop(
+                current.container_id
+            )  # start-first: the old one served until now
+    host.store.promote(desired.app, release.id)
+    collect_garbage(host, desired.app, desired.retain)
+
+
+# --- rollback ----------------------------------------------------------------------------
+
+
+def _roll_back(
+    host: AgentHost, app: str, failed: Release, exc: ApplyFailed, result: ApplyResult
+) -> None:
+    """Remove the new release; bring the previous one back and prove it serves again."""
+    latest = host.store.get(failed.id)
+    if latest and latest.container_id:
+        result.logs = host.engine.container_logs(latest.container_id, tail=30).splitlines()[-30:]
+        host.engine.container_remove(latest.container_id, force=True)
+    previous = host.store.current(app)
+    if previous is None:
+        host.store.update(failed.id, status="failed", reason=exc.reason)
+        host.event(
+            "failed",
+            f"{failed.tag}: {exc.phase}: {exc.reason} (nothing served before)",
+            app,
+            failed.id,
+        )
+        result.status = "failed"
+        return
+    verdict = restore(host, previous)
+    result.health_evidence += [f"rollback: {line}" for line in verdict.evidence[-5:]]
+    if verdict.ok:
+        host.store.reinstate(
+            app, previous.id, failed.id, "rolled_back", f"{exc.phase}: {exc.reason}"
+        )
+        host.event("rolled_back", f"{failed.tag} failed ({exc.phase}: {exc.reason}); {previous.tag} serves again",
+                   app, failed.id)  # fmt: skip
+        result.status = "rolled_back"
+    else:
+        # Never rolled back again: recorded and left for an operator.
+        host.store.update(failed.id, status="rollback_failed", reason=f"{exc.phase}: {exc.reason}")
+        host.event("rollback_failed", f"{previous.tag} did not become healthy again: "
+                   + (verdict.evidence[-1] if verdict.evidence else "?"), app, failed.id)  # fmt: skip
+        result.status = "rollback_failed"
+
+
+def restore(host: AgentHost, release: Release) -> health.Verdict:
+    """Start a kept release's container (recreate it from its record if it is gone) and
+    wait until it is healthy."""
+    desired = DesiredState.from_dict(release.spec)
+    info = host.engine.container_inspect(release.container_id) if release.container_id else None
+    if info is None:
+        return health.Verdict(
+            ok=False, evidence=[f"container of {release.tag} is gone"], probes=[], seconds=0.0
+        )
+    if not info["State"]["Running"]:
+        host.engine.container_start(release.container_id or "")
+        info = host.engine.container_inspect(release.container_id or "") or info
+    host.emit({"event": "restore", "tag": release.tag, "container": release.container_name})
+    return health.wait_healthy(
+        _target(host, desired, release.container_id or "", info), desired.health, host.emit
+    )
+
+
+def rollback_to(host: AgentHost, app: str, tag: Optional[str]) -> ApplyResult:
+    """`mlfleet-agent rollback [--to TAG]`: make a kept release current again."""
+    current = host.store.current(app)
+    kept = host.store.releases(app, ["previous", "retired"])
+    target = next((r for r in kept if tag is None or r.tag == tag), None)
+    result = ApplyResult(status="failed", app=app, tag=tag or "", deployment="rollback")
+    if target is None:
+        have = ", ".join(sorted({r.tag for r in kept})) or "none"
+        result.reason = (
+            f"no kept release {'of ' + tag if tag else 'to roll back to'} (kept: {have})"
+        )
+        return result
+    result.tag, result.variant, result.image = target.tag, target.variant, target.image
+    result.previous_tag = current.tag if current else None
+    if current and current.container_id:
+        host.engine.container_stop(current.container_id)
+    verdict = restore(host, target)
+    result.health_evidence = list(verdict.evidence)
+    if verdict.ok:
+        host.store.reinstate(app, target.id, None, "retired", "")
+        host.engine.request(
+            "POST",
+            f"/containers/{target.container_id}/update",
+            body={"RestartPolicy": SERVING_RESTART},
+        )
+        host.event("rolled_back", f"rolled back by request to {target.tag}", app, target.id)
+        result.status = "rolled_back"
+        return result
+    # The requested release does not serve: bring the one we stopped back.
+    if target.container_id:
+        host.engine.container_stop(target.container_id)
+    if current:
+        restore(host, current)
+    result.reason = (
+        f"{target.tag} did not become healthy; {current.tag if current else 'nothing'} restored"
+    )
+    return result
+
+
+# --- garbage collection ------------------------------------------------------------------
+
+
+def collect_garbage(host: AgentHost, app: str, retain: int) -> None:
+    """Keep `retain` releases (never the current or previous one); remove older containers
+    and the images no kept release uses."""
+    kept = host.store.releases(app, ["current", "previous", "retired"])
+    keep_ids = {r.id for r in kept[:retain]} | {
+        r.id for r in kept if r.status in ("current", "previous")
+    }
+    keep_images = {r.image for r in kept if r.id in keep_ids}
+    for release in kept:
+        if release.id in keep_ids:
+            continue
+        if release.container_id:
+            host.engine.container_remove(release.container_id, force=True)
+        host.store.update(release.id, status="removed")
+        if release.image and release.image not in keep_images:
+            try:
+                host.engine.image_remove(release.image)
+            except EngineError:
+                pass  # still used by something else: leave it
+    # Containers of failed releases are removed at rollback; their images go too.
+    for release in host.store.releases(app, ["failed", "rolled_back", "rollback_failed"]):
+        if release.image and release.image not in keep_images:
+            try:
+                host.engine.image_remove(release.image)
+            except EngineError:
+                pass

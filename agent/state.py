@@ -1,0 +1,253 @@
+"""The agent's local record: releases, health samples, events (SQLite, standard library).
+
+Every change is one committed transaction in WAL mode with synchronous=FULL, so a crash or
+`kill -9` at any point loses no recorded history; a release row is written *before* its
+container is created, so the next tick can see an apply that died half-way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional
+
+# starting: being applied (a tick finding one here means an apply died)
+# current: serving; previous: stopped, kept for rollback; retired: older, kept until GC
+# failed: never became healthy; rolled_back: replaced by its predecessor after failing
+# rollback_failed: the rollback itself failed (left for an operator); removed: collected
+STATUSES = (
+    "starting", "current", "previous", "retired", "failed", "rolled_back", "rollback_failed", "removed",
+)  # fmt: skip
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS releases (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    app TEXT NOT NULL,
+    deployment TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    variant TEXT,
+    image TEXT,
+    digest TEXT,
+    container_id TEXT,
+    container_name TEXT,
+    status TEXT NOT NULL,
+    reason TEXT,
+    spec TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    activated_at REAL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS releases_app ON releases (app, status);
+CREATE TABLE IF NOT EXISTS health (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    release_id INTEGER NOT NULL,
+    at REAL NOT NULL,
+    ok INTEGER NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS health_release ON health (release_id, id);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    app TEXT,
+    release_id INTEGER,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL,
+    data TEXT
+);
+"""
+
+
+@dataclass
+class Release:
+    id: int
+    app: str
+    deployment: str
+    tag: str
+    variant: Optional[str]
+    image: Optional[str]
+    digest: Optional[str]
+    container_id: Optional[str]
+    container_name: Optional[str]
+    status: str
+    reason: Optional[str]
+    spec: Dict[str, Any]  # the desired state it was applied from (never secrets' values)
+    created_at: float
+    activated_at: Optional[float]
+    updated_at: float
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dict(self.__dict__)
+        d.pop("spec")
+        return d
+
+
+class StateStore:
+    def __init__(self, path: str):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    @staticmethod
+    def _release(row: sqlite3.Row) -> Release:
+        d = dict(row)
+        d["spec"] = json.loads(d["spec"])
+        return Release(**d)
+
+    # --- releases --------------------------------------------------------------------------
+
+    def new_release(self, app: str, deployment: str, tag: str, variant: Optional[str],
+                    image: Optional[str], spec: Dict[str, Any]) -> Release:  # fmt: skip
+        now = time.time()
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO releases (app, deployment, tag, variant, image, status, spec, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, 'starting', ?, ?, ?)",
+                (app, deployment, tag, variant, image, json.dumps(spec), now, now),
+            )
+            release_id = int(cur.lastrowid)
+        release = self.get(release_id)
+        assert release is not None
+        return release
+
+    def get(self, release_id: int) -> Optional[Release]:
+        row = self.db.execute("SELECT * FROM releases WHERE id = ?", (release_id,)).fetchone()
+        return self._release(row) if row else None
+
+    def update(self, release_id: int, **fields: Any) -> None:
+        """Set columns of a release (status, reason, digest, container_id, ...)."""
+        allowed = {
+            "status",
+            "reason",
+            "digest",
+            "container_id",
+            "container_name",
+            "image",
+            "activated_at",
+        }
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        if "status" in fields and fields["status"] not in STATUSES:
+            raise ValueError(f"unknown status {fields['status']!r}")
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        with self._tx() as db:
+            db.execute(f"UPDATE releases SET {cols}, updated_at = ? WHERE id = ?",
+                       (*fields.values(), time.time(), release_id))  # fmt: skip
+
+    def promote(self, app: str, release_id: int) -> None:
+        """Make a release current in one transaction: the current one becomes previous, the
+        previous one retired."""
+        now = time.time()
+        with self._tx() as db:
+            db.execute("UPDATE releases SET status = 'retired', updated_at = ? WHERE app = ? AND status = 'previous'",
+                       (now, app))  # fmt: skip
+            db.execute(
+                "UPDATE releases SET status = 'previous', updated_at = ? WHERE app = ? AND status = 'current' AND id != ?",
+                (now, app, release_id),
+            )
+            db.execute("UPDATE releases SET status = 'current', activated_at = ?, updated_at = ? WHERE id = ?",
+                       (now, now, release_id))  # fmt: skip
+
+    def reinstate(self, app: str, release_id: int, failed_id: Optional[int], failed_status: str,
+                  reason: str) -> None:  # fmt: skip
+        """After a rollback: `release_id` (previous or retired) is current again, the failed
+        release is marked, and the next newest kept release becomes previous."""
+        now = time.time()
+        with self._tx() as db:
+            if failed_id is not None:
+                db.execute("UPDATE releases SET status = ?, reason = ?, updated_at = ? WHERE id = ?",
+                           (failed_status, reason, now, failed_id))  # fmt: skip
+            db.execute("UPDATE releases SET status = 'retired', updated_at = ? WHERE app = ? AND status IN ('current', 'previous') AND id != ?",
+                       (now, app, release_id))  # fmt: skip
+            db.execute("UPDATE releases SET status = 'current', activated_at = ?, updated_at = ? WHERE id = ?",
+                       (now, now, release_id))  # fmt: skip
+            row = db.execute(
+                "SELECT id FROM releases WHERE app = ? AND status = 'retired' AND id != ? ORDER BY activated_at DESC, id DESC LIMIT 1",
+                (app, release_id),
+            ).fetchone()
+            if row:
+                db.execute(
+                    "UPDATE releases SET status = 'previous', updated_at = ? WHERE id = ?",
+                    (now, row[0]),
+                )
+
+    def with_status(self, app: str, status: str) -> Optional[Release]:
+        row = self.db.execute(
+            "SELECT * FROM releases WHERE app = ? AND status = ? ORDER BY id DESC LIMIT 1",
+            (app, status),
+        ).fetchone()
+        return self._release(row) if row else None
+
+    def current(self, app: str) -> Optional[Release]:
+        return self.with_status(app, "current")
+
+    def previous(self, app: str) -> Optional[Release]:
+        return self.with_status(app, "previous")
+
+    def releases(
+        self, app: Optional[str] = None, statuses: Optional[List[str]] = None
+    ) -> List[Release]:
+        """Newest first."""
+        sql, args = "SELECT * FROM releases WHERE 1=1", []  # type: ignore[var-annotated]
+        if app:
+            sql += " AND app = ?"
+            args.append(app)
+        if statuses:
+            sql += f" AND status IN ({','.join('?' * len(statuses))})"
+            args += statuses
+        return [self._release(r) for r in self.db.execute(sql + " ORDER BY id DESC", args)]
+
+    def apps(self) -> List[str]:
+        return [r[0] for r in self.db.execute("SELECT DISTINCT app FROM releases ORDER BY app")]
+
+    # --- health and events ---------------------------------------------------------------
+
+    def record_health(self, release_id: int, ok: bool, detail: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO health (release_id, at, ok, detail) VALUES (?, ?, ?, ?)",
+                       (release_id, time.time(), int(ok), detail))  # fmt: skip
+
+    def recent_health(self, release_id: int, n: int) -> List[Dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT at, ok, detail FROM health WHERE release_id = ? ORDER BY id DESC LIMIT ?",
+            (release_id, n),
+        )
+        return [{"at": r["at"], "ok": bool(r["ok"]), "detail": r["detail"]} for r in rows]
+
+    def event(self, kind: str, message: str, app: Optional[str] = None, release_id: Optional[int] = None,
+              data: Optional[Dict[str, Any]] = None) -> None:  # fmt: skip
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO events (at, app, release_id, kind, message, data) VALUES (?, ?, ?, ?, ?, ?)",
+                (time.time(), app, release_id, kind, message, json.dumps(data) if data else None),
+            )
+
+    def events(self, app: Optional[str] = None, limit: int = 100) -> List[Dict[str, Any]]:
+        sql, args = "SELECT * FROM events", []  # type: ignore[var-annotated]
+        if app:
+            sql += " WHERE app = ?"
+            args.append(app)
+        rows = self.db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit))
+        return [dict(r, data=json.loads(r["data"]) if r["data"] else None) for r in rows]

@@ -1,0 +1,195 @@
+"""`mlfleet-agent tick`: what cron runs every minute. Restart what died, repair an apply
+that was killed half-way, roll back a fresh release that turned sick, restart one that
+stays sick, collect old images, and report (status JSON, Prometheus textfile)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Dict, List, Optional
+
+from mlfleet.agent import health
+from mlfleet.agent.apply import AgentHost, _target, collect_garbage, restore
+from mlfleet.agent.desired import DesiredState
+from mlfleet.agent.engine_api import EngineError
+from mlfleet.agent.state import Release
+
+UNHEALTHY_TICKS_BEFORE_RESTART = 3
+
+
+def tick(host: AgentHost) -> Dict[str, Any]:
+    """One pass over every app on the host; returns the status written to status.json."""
+    actions: List[str] = []
+    _repair_interrupted(host, actions)
+    for app in host.store.apps():
+        current = host.store.current(app)
+        if current is not None:
+            _keep_serving(host, current, actions)
+            collect_garbage(host, app, DesiredState.from_dict(current.spec).retain)
+    status = host_status(host)
+    status["actions"] = actions
+    write_reports(host.agent_dir, status)
+    return status
+
+
+def _repair_interrupted(host: AgentHost, actions: List[str]) -> None:
+    """A release still `starting` means an apply died (kill -9, power): remove its
+    container; the app's current release is restarted below if the apply had stopped it."""
+    for release in host.store.releases(statuses=["starting"]):
+        if release.container_id:
+            host.engine.container_remove(release.container_id, force=True)
+        host.store.update(release.id, status="failed", reason="apply was interrupted")
+        msg = f"removed {release.tag}: its apply was interrupted"
+        host.event("repaired", msg, release.app, release.id)
+        actions.append(f"{release.app}: {msg}")
+
+
+def _keep_serving(host: AgentHost, current: Release, actions: List[str]) -> None:
+    app = current.app
+    desired = DesiredState.from_dict(current.spec)
+    info = host.engine.container_inspect(current.container_id) if current.container_id else None
+    if info is None:
+        host.event(
+            "missing",
+            f"container of {current.tag} is gone; an operator must redeploy",
+            app,
+            current.id,
+        )
+        actions.append(f"{app}: container of {current.tag} is gone")
+        return
+    if not info["State"]["Running"]:
+        verdict = restore(host, current)
+        host.store.record_health(
+            current.id, verdict.ok, "restarted: " + "; ".join(verdict.evidence[-2:])
+        )
+        host.event("restarted", f"{current.tag} had stopped (exit {info['State'].get('ExitCode')}); restarted",
+                   app, current.id)  # fmt: skip
+        actions.append(f"{app}: restarted {current.tag}")
+        if verdict.ok:
+            return
+    else:
+        probes = health.probe_once(
+            _target(host, desired, current.container_id or "", info), desired.health
+        )
+        ok = all(p.ok for p in probes)
+        host.store.record_health(
+            current.id, ok, "; ".join(f"{p.check}: {p.detail}" for p in probes)
+        )
+        if ok:
+            return
+    fresh = (
+        current.activated_at is not None and time.time() - current.activated_at < desired.grace_s
+    )
+    previous = host.store.previous(app)
+    if fresh and previous is not None:
+        _auto_rollback(host, current, previous, actions)
+        return
+    recent = host.store.recent_health(current.id, UNHEALTHY_TICKS_BEFORE_RESTART)
+    if len(recent) >= UNHEALTHY_TICKS_BEFORE_RESTART and not any(s["ok"] for s in recent):
+        try:
+            host.engine.request(
+                "POST", f"/containers/{current.container_id}/restart", {"t": 10}, timeout=60
+            )
+        except EngineError as exc:
+            actions.append(f"{app}: restart of {current.tag} failed: {exc.message}")
+            return
+        host.event(
+            "restarted",
+            f"{current.tag} unhealthy for {len(recent)} ticks; restarted",
+            app,
+            current.id,
+        )
+        actions.append(f"{app}: restarted unhealthy {current.tag}")
+
+
+def _auto_rollback(
+    host: AgentHost, current: Release, previous: Release, actions: List[str]
+) -> None:
+    app = current.app
+    if current.container_id:
+        host.engine.container_stop(current.container_id)
+    verdict = restore(host, previous)
+    if verdict.ok:
+        host.store.reinstate(
+            app, previous.id, current.id, "rolled_back", "turned unhealthy within its grace period"
+        )
+        host.engine.request("POST", f"/containers/{previous.container_id}/update",
+                            body={"RestartPolicy": {"Name": "unless-stopped"}})  # fmt: skip
+        host.event("rolled_back", f"{current.tag} turned unhealthy soon after deployment; {previous.tag} serves again",
+                   app, current.id)  # fmt: skip
+        actions.append(f"{app}: rolled back {current.tag} -> {previous.tag}")
+    else:
+        # Bring the newer one back rather than leave nothing running; never roll back twice.
+        if previous.container_id:
+            host.engine.container_stop(previous.container_id)
+        restore(host, current)
+        host.event(
+            "rollback_failed",
+            f"{previous.tag} did not become healthy; {current.tag} kept",
+            app,
+            current.id,
+        )
+        actions.append(f"{app}: rollback to {previous.tag} failed; kept {current.tag}")
+
+
+def host_status(host: AgentHost) -> Dict[str, Any]:
+    apps = []
+    for app in host.store.apps():
+        current = host.store.current(app)
+        if current is None:
+            apps.append({"app": app, "current": None})
+            continue
+        info = host.engine.container_inspect(current.container_id) if current.container_id else None
+        samples = host.store.recent_health(current.id, 1)
+        apps.append(
+            {
+                "app": app,
+                "current": current.to_dict(),
+                "running": bool(info and info["State"]["Running"]),
+                "healthy": bool(samples and samples[0]["ok"]),
+                "last_health": samples[0] if samples else None,
+                "previous": (host.store.previous(app) or current).tag
+                if host.store.previous(app)
+                else None,
+            }
+        )
+    return {"schema": 1, "time": time.time(), "apps": apps}
+
+
+def _tag(release: Optional[Release]) -> Optional[str]:
+    return release.tag if release else None
+
+
+def write_reports(agent_dir: str, status: Dict[str, Any]) -> None:
+    """status.json and a Prometheus textfile, each replaced atomically."""
+    _atomic_write(os.path.join(agent_dir, "status.json"), json.dumps(status, indent=2))
+    lines = [
+        "# HELP mlfleet_release_info The release serving on this host.",
+        "# TYPE mlfleet_release_info gauge",
+    ]
+    for app in status["apps"]:
+        cur = app.get("current")
+        if cur:
+            lines.append(
+                f'mlfleet_release_info{{app="{app["app"]}",tag="{cur["tag"]}",variant="{cur["variant"]}",'
+                f'release="{cur["id"]}"}} 1'
+            )
+    lines += ["# HELP mlfleet_release_healthy 1 when the serving release passed its last check.",
+              "# TYPE mlfleet_release_healthy gauge"]  # fmt: skip
+    lines += [
+        f'mlfleet_release_healthy{{app="{a["app"]}"}} {int(bool(a.get("healthy")))}'
+        for a in status["apps"]
+    ]
+    lines += ["# HELP mlfleet_agent_last_tick_timestamp_seconds When the agent last ran its tick.",
+              "# TYPE mlfleet_agent_last_tick_timestamp_seconds gauge",
+              f"mlfleet_agent_last_tick_timestamp_seconds {status['time']:.3f}"]  # fmt: skip
+    _atomic_write(os.path.join(agent_dir, "metrics", "mlfleet.prom"), "\n".join(lines) + "\n")
+
+
+def _atomic_write(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)

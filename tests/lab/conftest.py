@@ -1,0 +1,59 @@
+"""Lab fixtures shared by the agent tests: the zipapp copied to every engine host over SFTP."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, List, Tuple
+
+import pytest
+
+from mlfleet.agent.bundle import build_zipapp
+from tests.lab.sshrun import connect, ssh
+
+ENGINE_HOSTS = [
+    "edge-a100",
+    "edge-t4",
+    "edge-4090",
+    "edge-mi210",
+    "edge-cpu",
+    "edge-air",
+    "edge-disk",
+]
+
+
+@pytest.fixture(scope="session")
+def agent_hosts(lab, tmp_path_factory) -> Dict[str, Any]:
+    """The lab, with the agent zipapp in every engine host's agent directory."""
+    bundle = build_zipapp(tmp_path_factory.mktemp("agent"))
+    for name in ENGINE_HOSTS:
+        put(lab["hosts_by_name"][name], bundle.path.read_bytes(), "mlfleet-agent.pyz")
+    return lab
+
+
+def put(host: Dict[str, Any], data: bytes, name: str) -> str:
+    """Copy bytes into the host's agent directory over SFTP; returns the remote path."""
+    path = f"{host['agent_dir']}/{name}"
+    client = connect(host)
+    try:
+        sftp = client.open_sftp()
+        with sftp.open(path, "wb") as fh:
+            fh.write(data)
+        sftp.close()
+    finally:
+        client.close()
+    return path
+
+
+def agent(host: Dict[str, Any], args: str, timeout: float = 300) -> Tuple[int, str, str]:
+    """Run the zipapp on the host, as the controller will: python3 + the pyz, over SSH."""
+    return ssh(host, f'python3 "$MLFLEET_AGENT_DIR/mlfleet-agent.pyz" {args}', timeout=timeout)
+
+
+def events(stderr: str) -> List[Dict[str, Any]]:
+    out = []
+    for line in stderr.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out

@@ -1,0 +1,291 @@
+"""apply / rollback / tick on the lab: the host ends with the new release healthy or the old
+one healthy again, whatever fails. Each host is reached over SSH with the zipapp there."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import pytest
+
+from mlfleet.controller.lab.images import REPOSITORY, VARIANTS
+from mlfleet.controller.lab.model_data import score
+from tests.conftest import TEST_LAB, mlfleet
+from tests.lab.conftest import agent, events, put
+from tests.lab.sshrun import ssh
+
+TEXT = "a great and wonderful model"
+EXPECTED_VARIANT = {
+    "edge-a100": "cuda12", "edge-t4": "cuda11", "edge-4090": "cpu", "edge-mi210": "rocm", "edge-cpu": "cpu",
+}  # fmt: skip
+VARIANT_SPECS = [
+    {"name": "cuda12", "gpu": "nvidia", "cuda": "12.2", "min_compute_capability": "7.0"},
+    {"name": "cuda11", "gpu": "nvidia", "cuda": "11.8"},
+    {"name": "rocm", "gpu": "amd", "rocm": "6.0", "gfx": ["gfx90a", "gfx942"]},
+    {"name": "cpu"},
+]
+
+
+def desired(lab: Dict[str, Any], host: Dict[str, Any], tag: str, **over: Any) -> Dict[str, Any]:
+    registry = lab["registry"]["address"]
+    model = json.loads((Path(host["data_dir"]) / "model.json").read_text())
+    expect = score(model, TEXT)
+    state = {
+        "schema": 1,
+        "app": "sentiment",
+        "deployment": f"test-{tag}-{time.time():.0f}",
+        "tag": tag,
+        "variants": [
+            dict(v, image=f"{registry}/{REPOSITORY}:{tag}-{v['name']}") for v in VARIANT_SPECS
+        ],
+        "container": {
+            "ports": [{"container": 8080, "host": 8080}],
+            "mounts": [{"source": host["data_dir"], "target": "/data", "read_only": True}],
+        },
+        "health": {
+            "http": [{"port": 8080, "path": "/health"}],
+            "inference": [
+                {
+                    "port": 8080,
+                    "path": "/predict",
+                    "request": {"text": TEXT},
+                    "expect": {
+                        "tag": tag,
+                        "predictions": [{"label": expect["label"], "score": expect["score"]}],
+                    },
+                    "tolerance": 1e-4,
+                }
+            ],
+            "timing": {
+                "start_period_s": 3,
+                "interval_s": 0.5,
+                "timeout_s": 2,
+                "retries": 3,
+                "deadline_s": 60,
+            },
+        },
+        "monitor_s": 10,
+        "retain": 3,
+    }
+    state.update(over)
+    assert set(VARIANTS) >= {v["name"] for v in VARIANT_SPECS}
+    return state
+
+
+def apply(lab, name: str, tag: str, **over: Any):
+    host = lab["hosts_by_name"][name]
+    path = put(host, json.dumps(desired(lab, host, tag, **over)).encode(), f"desired-{tag}.json")
+    code, out, err = agent(host, f"apply {path}")
+    assert out.strip(), f"{name}: no result; stderr: {err[-2000:]}"
+    return code, json.loads(out), events(err)
+
+
+def serving(host) -> Optional[Dict[str, Any]]:
+    """What answers /version and /predict on the host's port 8080 right now, or None."""
+    try:
+        with urllib.request.urlopen(f"http://{host['address']}:8080/version", timeout=3) as resp:
+            version = json.loads(resp.read())
+        req = urllib.request.Request(
+            f"http://{host['address']}:8080/predict", data=json.dumps({"text": TEXT}).encode(),
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(req, timeout=3) as resp:
+            version["prediction"] = json.loads(resp.read())["predictions"][0]
+        return version
+    except OSError:
+        return None
+
+
+def running_releases(host) -> list:
+    code, out, _ = ssh(
+        host,
+        "docker ps --filter label=io.mlfleet.app=sentiment --format '{{.Names}} {{.Label \"io.mlfleet.tag\"}}'",
+    )
+    assert code == 0
+    return sorted(line.split() for line in out.strip().splitlines() if line.strip())
+
+
+@pytest.fixture(scope="module")
+def v1_everywhere(agent_hosts):
+    names = list(EXPECTED_VARIANT)
+    with ThreadPoolExecutor(max_workers=len(names)) as pool:
+        results = dict(zip(names, pool.map(lambda n: apply(agent_hosts, n, "v1"), names)))
+    return agent_hosts, results
+
+
+@pytest.mark.parametrize("name", list(EXPECTED_VARIANT))
+def test_v1_serves_on_every_host_with_the_right_variant(v1_everywhere, name):
+    lab, results = v1_everywhere
+    code, result, progress = results[name]
+    assert code == 0 and result["status"] == "succeeded", result
+    assert result["variant"] == EXPECTED_VARIANT[name]
+    host = lab["hosts_by_name"][name]
+    answer = serving(host)
+    assert answer and (answer["tag"], answer["variant"]) == ("v1", EXPECTED_VARIANT[name])
+    expected = score(json.loads((Path(host["data_dir"]) / "model.json").read_text()), TEXT)
+    assert answer["prediction"]["score"] == pytest.approx(expected["score"], abs=1e-6)
+    if name == "edge-a100":
+        assert answer["accelerator"] == "cuda 12.2 on driver 550.54.15"
+    assert any(e.get("event") == "health" for e in progress)
+    _, out, _ = ssh(
+        host,
+        "docker inspect -f '{{.Config.User}} {{.HostConfig.SecurityOpt}} {{range .Mounts}}{{.RW}}{{end}} {{.HostConfig.RestartPolicy.Name}}' sentiment.r1",
+    )
+    assert out.split() == ["10001:10001", "[no-new-privileges]", "false", "unless-stopped"]
+
+
+def test_applying_the_serving_release_again_changes_nothing(v1_everywhere):
+    lab, _ = v1_everywhere
+    code, result, _ = apply(lab, "edge-4090", "v1")
+    assert code == 0 and result["status"] == "unchanged"
+    assert running_releases(lab["hosts_by_name"]["edge-4090"]) == [["sentiment.r1", "v1"]]
+
+
+def test_v3_over_v1_pulls_only_the_small_top_layer(v1_everywhere):
+    lab, _ = v1_everywhere
+    code, result, _ = apply(lab, "edge-cpu", "v3")
+    assert code == 0 and result["status"] == "succeeded", result
+    assert 0 < result["bytes_pulled"] < 16 * 1024, result["bytes_pulled"]
+    assert result["previous_tag"] == "v1"
+    host = lab["hosts_by_name"]["edge-cpu"]
+    assert serving(host)["tag"] == "v3"
+    assert [tag for _, tag in running_releases(host)] == ["v3"]
+
+
+@pytest.mark.parametrize(("tag", "phase"), [("v4", "health"), ("v5", "monitor")])
+def test_a_failing_release_is_rolled_back_and_the_old_one_serves(v1_everywhere, tag, phase):
+    lab, _ = v1_everywhere
+    host = lab["hosts_by_name"]["edge-cpu"]
+    before = serving(host)["tag"]
+    code, result, _ = apply(lab, "edge-cpu", tag)
+    assert code != 0
+    assert result["status"] == "rolled_back", result
+    assert result["phase"] == phase
+    assert result["health_evidence"] and result["reason"]
+    after = serving(host)
+    assert after and after["tag"] == before
+    assert [t for _, t in running_releases(host)] == [before]
+
+
+def test_preflight_refusals_leave_the_old_release_serving(v1_everywhere):
+    lab, _ = v1_everywhere
+    host = lab["hosts_by_name"]["edge-cpu"]
+    before = running_releases(host)
+    container = {"ports": [{"container": 8080, "host": 8080}],
+                 "mounts": [{"source": "/nonexistent/weights", "target": "/data"}]}  # fmt: skip
+    code, result, _ = apply(lab, "edge-cpu", "v2", container=container)
+    assert code != 0 and (result["status"], result["phase"]) == ("failed", "preflight")
+    assert "/nonexistent/weights does not exist" in result["reason"]
+    code, result, _ = apply(lab, "edge-cpu", "v9")
+    assert code != 0 and (result["status"], result["phase"]) == ("failed", "preflight")
+    assert "could not be pulled" in result["reason"]
+    assert running_releases(host) == before
+    assert serving(host) is not None
+
+
+def test_a_full_disk_is_refused_in_preflight(agent_hosts):
+    lab = agent_hosts
+    host = lab["hosts_by_name"]["edge-disk"]
+    code, result, _ = apply(lab, "edge-disk", "v1")
+    assert result["status"] == "succeeded", result
+    _, root_dir, _ = ssh(host, "docker info -f '{{.DockerRootDir}}'")
+    filler = f"{root_dir.strip()}/filler"
+    # Something else fills the engine's disk until less than 20 MiB are free.
+    ssh(
+        host,
+        f"free=$(df -k --output=avail {root_dir.strip()} | tail -1); fallocate -l $(( (free - 16*1024) * 1024 )) {filler}",
+    )
+    try:
+        code, result, _ = apply(lab, "edge-disk", "v3")
+        assert code != 0 and (result["status"], result["phase"]) == ("failed", "preflight"), result
+        assert "not enough disk" in result["reason"] and "MiB free" in result["reason"]
+        assert serving(host)["tag"] == "v1"
+    finally:
+        ssh(host, f"rm -f {filler}")
+
+
+def _tick(host) -> Dict[str, Any]:
+    code, out, err = agent(host, "tick --json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_tick_restarts_a_killed_container_and_survives_an_engine_restart(v1_everywhere):
+    lab, _ = v1_everywhere
+    host = lab["hosts_by_name"]["edge-4090"]
+    ssh(host, "docker kill sentiment.r1")
+    status = _tick(host)
+    assert any("restarted" in a for a in status["actions"]), status
+    assert serving(host)["tag"] == "v1"
+    mlfleet("lab", "--name", TEST_LAB, "engine", "edge-4090", "restart")
+    _tick(host)
+    deadline = time.monotonic() + 30
+    while serving(host) is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert serving(host)["tag"] == "v1"
+
+
+def test_an_agent_killed_mid_apply_is_repaired_by_the_next_tick(v1_everywhere):
+    lab, _ = v1_everywhere
+    host = lab["hosts_by_name"]["edge-t4"]
+    path = put(host, json.dumps(desired(lab, host, "v2")).encode(), "desired-v2.json")
+    # Start the apply in the background, kill -9 it once the new container exists.
+    ssh(
+        host,
+        f'nohup python3 "$MLFLEET_AGENT_DIR/mlfleet-agent.pyz" apply {path} > /dev/null 2>&1 &',
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        _, out, _ = ssh(host, "docker ps -a --filter label=io.mlfleet.tag=v2 -q")
+        if out.strip():
+            break
+        time.sleep(0.2)
+    ssh(host, "pkill -9 -f 'mlfleet-agent.pyz apply'")
+    status = _tick(host)
+    assert any("interrupted" in a for a in status["actions"]), status
+    answer = serving(host)
+    assert answer and answer["tag"] == "v1"
+    assert [t for _, t in running_releases(host)] == ["v1"]
+
+
+def test_rollback_on_request_and_history(v1_everywhere):
+    lab, _ = v1_everywhere
+    host = lab["hosts_by_name"]["edge-mi210"]
+    code, result, _ = apply(lab, "edge-mi210", "v2")
+    assert result["status"] == "succeeded", result
+    code, out, err = agent(host, "rollback --app sentiment --to v1")
+    assert code == 0, out + err
+    assert json.loads(out)["status"] == "rolled_back"
+    assert serving(host)["tag"] == "v1" and serving(host)["variant"] == "rocm"
+    code, out, _ = agent(host, "history --json")
+    kinds = [e["kind"] for e in json.loads(out)["events"]]
+    assert "succeeded" in kinds and "rolled_back" in kinds
+    code, out, _ = agent(host, "status")
+    assert "sentiment: v1 (rocm)" in out
+
+
+def test_cron_runs_the_tick_on_the_host(v1_everywhere):
+    lab, _ = v1_everywhere
+    host = lab["hosts_by_name"]["edge-a100"]
+    env = " ".join(f"{k}={v}" for k, v in (
+        ("DOCKER_HOST", host["docker_host"]), ("MLFLEET_ROOT", host["root"]),
+        ("MLFLEET_DEVICE_ROOT", host["root"]), ("MLFLEET_AGENT_DIR", host["agent_dir"]),
+    ))  # fmt: skip
+    line = f"* * * * * {env} python3 {host['agent_dir']}/mlfleet-agent.pyz tick >> {host['agent_dir']}/tick.log 2>&1\n"
+    (Path(host["cron_dir"]) / "root").write_text(line)
+    (Path(host["cron_dir"]) / "cron.update").write_text("root\n")
+    ssh(host, "docker stop sentiment.r1")
+    assert serving(host) is None
+    deadline = time.monotonic() + 80
+    while serving(host) is None and time.monotonic() < deadline:
+        time.sleep(1)
+    assert serving(host) is not None, (Path(host["agent_dir"]) / "tick.log").read_text()
+    prom = Path(host["agent_dir"]) / "metrics" / "mlfleet.prom"
+    while not prom.exists() and time.monotonic() < deadline + 30:
+        time.sleep(0.5)  # the tick writes its report after the release is healthy again
+    metrics = prom.read_text()
+    assert 'mlfleet_release_info{app="sentiment",tag="v1",variant="cuda12"' in metrics
