@@ -12,68 +12,20 @@ from typing import Any, Dict, Optional
 
 import pytest
 
-from mlfleet.controller.lab.images import REPOSITORY, VARIANTS
 from mlfleet.controller.lab.model_data import score
+from mlfleet.controller.lab.sample_release import SAMPLE_TEXT, sentiment_desired
 from tests.conftest import TEST_LAB, mlfleet
 from tests.lab.conftest import agent, events, put
 from tests.lab.sshrun import ssh
 
-TEXT = "a great and wonderful model"
+TEXT = SAMPLE_TEXT
 EXPECTED_VARIANT = {
     "edge-a100": "cuda12", "edge-t4": "cuda11", "edge-4090": "cpu", "edge-mi210": "rocm", "edge-cpu": "cpu",
 }  # fmt: skip
-VARIANT_SPECS = [
-    {"name": "cuda12", "gpu": "nvidia", "cuda": "12.2", "min_compute_capability": "7.0"},
-    {"name": "cuda11", "gpu": "nvidia", "cuda": "11.8"},
-    {"name": "rocm", "gpu": "amd", "rocm": "6.0", "gfx": ["gfx90a", "gfx942"]},
-    {"name": "cpu"},
-]
 
 
 def desired(lab: Dict[str, Any], host: Dict[str, Any], tag: str, **over: Any) -> Dict[str, Any]:
-    registry = lab["registry"]["address"]
-    model = json.loads((Path(host["data_dir"]) / "model.json").read_text())
-    expect = score(model, TEXT)
-    state = {
-        "schema": 1,
-        "app": "sentiment",
-        "deployment": f"test-{tag}-{time.time():.0f}",
-        "tag": tag,
-        "variants": [
-            dict(v, image=f"{registry}/{REPOSITORY}:{tag}-{v['name']}") for v in VARIANT_SPECS
-        ],
-        "container": {
-            "ports": [{"container": 8080, "host": 8080}],
-            "mounts": [{"source": host["data_dir"], "target": "/data", "read_only": True}],
-        },
-        "health": {
-            "http": [{"port": 8080, "path": "/health"}],
-            "inference": [
-                {
-                    "port": 8080,
-                    "path": "/predict",
-                    "request": {"text": TEXT},
-                    "expect": {
-                        "tag": tag,
-                        "predictions": [{"label": expect["label"], "score": expect["score"]}],
-                    },
-                    "tolerance": 1e-4,
-                }
-            ],
-            "timing": {
-                "start_period_s": 3,
-                "interval_s": 0.5,
-                "timeout_s": 2,
-                "retries": 3,
-                "deadline_s": 60,
-            },
-        },
-        "monitor_s": 10,
-        "retain": 3,
-    }
-    state.update(over)
-    assert set(VARIANTS) >= {v["name"] for v in VARIANT_SPECS}
-    return state
+    return sentiment_desired(lab["registry"]["address"], host["data_dir"], tag, **over)
 
 
 def apply(lab, name: str, tag: str, **over: Any):

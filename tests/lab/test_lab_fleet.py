@@ -21,6 +21,8 @@ from tests.lab.sshrun import connect, ssh
 
 DEFAULT_HOSTS = ["edge-a100", "edge-t4", "edge-4090", "edge-mi210", "edge-cpu"]
 ENGINE_HOSTS = [*DEFAULT_HOSTS, "edge-air"]
+# Containers these tests run by hand publish here, clear of the agent's releases on 8080.
+BY_HAND_PORT = 18080
 
 
 def image(lab, tag: str, variant: str) -> str:
@@ -164,7 +166,7 @@ def test_standin_tools_print_each_hosts_profile(lab):
 def _run_model(host, lab, tag: str, variant: str, data_dir: str, extra: str = "") -> str:
     code, out, err = ssh(
         host,
-        f"docker rm -f model-{tag} >/dev/null 2>&1; docker run -d --name model-{tag} -p 8080:8080 "
+        f"docker rm -f model-{tag} >/dev/null 2>&1; docker run -d --name model-{tag} -p {BY_HAND_PORT}:8080 "
         f"-v {shlex.quote(data_dir)}:/data:ro --security-opt no-new-privileges {extra} "
         f"{image(lab, tag, variant)}",
     )
@@ -177,7 +179,7 @@ def test_v1_cpu_image_serves_predict_from_the_mounted_weights(pulled, tmp_path: 
     host = lab["hosts_by_name"]["edge-cpu"]
     model = json.loads((Path(host["data_dir"]) / "model.json").read_text())
     _run_model(host, lab, "v1", "cpu", host["data_dir"])
-    url = f"http://{host['address']}:8080"
+    url = f"http://{host['address']}:{BY_HAND_PORT}"
     try:
         assert wait_http(url + "/health") == (200, {"status": "ok"})
         text = "a great and wonderful model, not bad at all"
@@ -221,7 +223,7 @@ def test_cuda_images_need_a_gpu_and_a_new_enough_driver(pulled):
     # Built for CUDA 12.2: runs on 550 with the GPU wired in ...
     _run_model(a100, lab, "v1", "cuda12", a100["data_dir"], extra="--gpus all")
     try:
-        _, version = wait_http(f"http://{a100['address']}:8080/version")
+        _, version = wait_http(f"http://{a100['address']}:{BY_HAND_PORT}/version")
         assert version["accelerator"] == "cuda 12.2 on driver 550.54.15"
     finally:
         ssh(a100, "docker rm -f model-v1")
