@@ -154,7 +154,16 @@ def host_status(host: AgentHost) -> Dict[str, Any]:
                 else None,
             }
         )
-    return {"schema": 1, "time": time.time(), "apps": apps}
+    return {"schema": 1, "time": time.time(), "last_tick": _last_tick(host.agent_dir), "apps": apps}
+
+
+def _last_tick(agent_dir: str) -> Optional[float]:
+    """When the previous tick wrote its report (before this one replaces it)."""
+    try:
+        with open(os.path.join(agent_dir, "status.json")) as fh:
+            return float(json.load(fh)["time"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _tag(release: Optional[Release]) -> Optional[str]:

@@ -56,6 +56,8 @@ def render_inventory(status: Dict[str, Any]) -> str:
                 "ansible_ssh_private_key_file": first.get("ssh_key"),
                 "mlfleet_known_hosts": first.get("known_hosts"),
                 "mlfleet_registry": status["registry"]["address"],
+                # The lab's registry speaks plain HTTP (the hosts' engines list it as insecure).
+                "mlfleet_registry_scheme": "http",
             },
             "children": groups,
         }

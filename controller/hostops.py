@@ -1,0 +1,194 @@
+"""What the controller does on one host, through its SSH connection: install the agent
+(by hash, atomically, with its cron entry), read facts, apply a desired state, roll back."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from typing import Any, Callable, Dict, List, Optional
+
+from mlfleet.agent.bundle import AgentBundle
+from mlfleet.controller.inventory import Host
+from mlfleet.controller.transport import CommandResult, Connection, HostUnreachable
+
+CRON_MARK = "# mlfleet-agent"
+AGENT_FILE = "mlfleet-agent.pyz"
+
+
+class AgentFailed(HostUnreachable):
+    """The agent on the host could not do what was asked (its own words in the message)."""
+
+    exit_code = 1
+
+
+def agent_path(host: Host) -> str:
+    return posixpath.join(host.agent_dir, AGENT_FILE)
+
+
+def agent_argv(host: Host, *args: str, with_state: bool = True) -> List[str]:
+    """`python3 <agent>.pyz ARGS` plus where this host keeps things (from its variables)."""
+    argv = [host.python, agent_path(host), *args]
+    if with_state:
+        argv += [
+            "--agent-dir",
+            host.agent_dir,
+            "--root",
+            host.root,
+            "--device-root",
+            host.device_root,
+        ]
+    if host.docker_host and with_state:
+        argv += ["--docker-host", host.docker_host]
+    return argv
+
+
+def _detect_argv(host: Host) -> List[str]:
+    argv = [host.python, agent_path(host), "detect", "--json", "--root", host.root]
+    if host.docker_host:
+        argv += ["--docker-host", host.docker_host]
+    return argv
+
+
+def cron_line(host: Host) -> str:
+    argv = agent_argv(host, "tick")
+    quoted = " ".join(_cron_quote(a) for a in argv)
+    log = _cron_quote(posixpath.join(host.agent_dir, "tick.log"))
+    return f"* * * * * {quoted} >> {log} 2>&1 {CRON_MARK}"
+
+
+def _cron_quote(arg: str) -> str:
+    import shlex
+
+    # `%` means newline to cron: escape it too.
+    return shlex.quote(arg).replace("%", "\\%")
+
+
+def merge_crontab(existing: str, line: str) -> str:
+    """Replace mlfleet's entry in a crontab, keeping every other line as it was."""
+    kept = [entry for entry in existing.splitlines() if not entry.rstrip().endswith(CRON_MARK)]
+    return "\n".join([*kept, line]) + "\n"
+
+
+def install_agent(conn: Connection, bundle: AgentBundle) -> Dict[str, Any]:
+    """Copy the zipapp where missing or different, install the cron entry, check it runs."""
+    host = conn.host
+    path = agent_path(host)
+    result = conn.run(["sha256sum", path], timeout=60)
+    current = result.stdout.split()[0] if result.code == 0 and result.stdout else None
+    copied = current != bundle.sha256
+    if copied:
+        conn.run(["mkdir", "-p", host.agent_dir], timeout=60)
+        conn.put(bundle.path.read_bytes(), path, 0o755)
+        check = conn.run(["sha256sum", path], timeout=60)
+        if not check.stdout.startswith(bundle.sha256):
+            raise AgentFailed(
+                "the agent's hash on the host does not match after the copy", where=host.name
+            )
+    version = conn.run([host.python, path, "version", "--json"], timeout=60)
+    if version.code != 0:
+        raise AgentFailed(
+            f"`{host.python} {path} version` failed: {(version.stderr or version.stdout).strip()[-300:]}",
+            where=host.name,
+            hint="the agent needs Python 3.8+ on the host (mlfleet_python)",
+        )
+    _install_cron(conn)
+    return {"copied": copied, "sha256": bundle.sha256, **json.loads(version.stdout)}
+
+
+def _install_cron(conn: Connection) -> None:
+    host = conn.host
+    line = cron_line(host)
+    if host.cron_dir:
+        spool = posixpath.join(
+            host.cron_dir, "root" if host.user == "root" or host.become else host.user
+        )
+        existing = conn.run(["cat", spool], timeout=30)
+        conn.put(
+            merge_crontab(existing.stdout if existing.code == 0 else "", line).encode(),
+            spool,
+            0o600,
+        )
+        # How `crontab` tells a running busybox crond to reload; harmless for other crons.
+        conn.put(b"root\n", posixpath.join(host.cron_dir, "cron.update"), 0o600)
+        return
+    existing = conn.run(["crontab", "-l"], timeout=30)
+    text = existing.stdout if existing.code == 0 else ""
+    if line in text.splitlines():
+        return
+    result = conn.run(["crontab", "-"], stdin=merge_crontab(text, line).encode(), timeout=30)
+    if result.code != 0:
+        raise AgentFailed(f"could not install the cron entry: {result.stderr.strip()}", where=host.name,
+                          hint="install cron, or run `mlfleet-agent daemon` on the host")  # fmt: skip
+
+
+def _agent_json(conn: Connection, result: CommandResult, what: str) -> Dict[str, Any]:
+    try:
+        return json.loads(result.stdout)
+    except ValueError:
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        raise AgentFailed(
+            f"{what} failed: {detail[-1] if detail else 'no output'}", where=conn.host.name
+        ) from None
+
+
+def facts(conn: Connection) -> Dict[str, Any]:
+    result = conn.run(_detect_argv(conn.host), timeout=120)
+    return _agent_json(conn, result, "agent detect")
+
+
+def select(conn: Connection, variants: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """The agent's choice of variant for these variants (nothing is changed)."""
+    host = conn.host
+    path = posixpath.join(host.agent_dir, "plan-variants.json")
+    conn.put(json.dumps({"variants": variants}).encode(), path)
+    argv = [
+        host.python,
+        agent_path(host),
+        "select",
+        "--variants",
+        path,
+        "--json",
+        "--root",
+        host.root,
+    ]
+    if host.docker_host:
+        argv += ["--docker-host", host.docker_host]
+    return _agent_json(conn, conn.run(argv, timeout=120), "agent select")
+
+
+def apply(conn: Connection, desired: Dict[str, Any], on_event: Optional[Callable[[Dict[str, Any]], None]] = None,
+          timeout: float = 1800.0) -> Dict[str, Any]:  # fmt: skip
+    """Run the agent's apply with the desired state on stdin; its progress events (JSON
+    lines on stderr) go to `on_event`; returns its result."""
+
+    def line(text: str) -> None:
+        if on_event is None or not text.startswith("{"):
+            return
+        try:
+            on_event(json.loads(text))
+        except ValueError:
+            pass
+
+    result = conn.run(
+        agent_argv(conn.host, "apply", "-"),
+        stdin=json.dumps(desired).encode(),
+        timeout=timeout,
+        on_stderr_line=line,
+    )
+    return _agent_json(conn, result, "agent apply")
+
+
+def rollback(conn: Connection, app: str, tag: Optional[str] = None) -> Dict[str, Any]:
+    args = ["rollback", "--app", app] + (["--to", tag] if tag else [])
+    return _agent_json(conn, conn.run(agent_argv(conn.host, *args), timeout=900), "agent rollback")
+
+
+def status(conn: Connection) -> Dict[str, Any]:
+    return _agent_json(
+        conn, conn.run(agent_argv(conn.host, "status", "--json"), timeout=120), "agent status"
+    )
+
+
+def remote_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

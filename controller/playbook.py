@@ -1,0 +1,1101 @@
+"""Playbooks: one YAML file per model, checked when it is loaded (every mistake is reported
+with its file:line) and turned, host by host, into the agent's desired state.
+
+Loading is pure apart from reading the file; `Playbook.desired_state` is pure. A host's
+variables (from the inventory) fill in `{{ name }}` templates; nothing else of Jinja exists.
+
+Keys (the function that checks each one is named in brackets):
+
+- `app` [`_app`], required: 1-41 lowercase letters, digits and dashes; names the containers
+  and the releases on the host.
+- `image` [`_image_template`]: the image *repository*, without a tag, e.g.
+  `"{{ mlfleet_registry }}/team/model"`; templated. Required unless every variant has its
+  own `image`.
+- `tag_template` [`_tag_template`], default `"{tag}-{variant}"`: how the image tag is made
+  from the deployed tag (`--tag`) and the variant's name. Only `{tag}` (required) and
+  `{variant}`; the rest must be legal in a Docker tag.
+- `variants` [`_variants`], required: the agent's variant keys (see agent/variants.py),
+  checked by the agent's own `parse_variants`; first match wins on a host, so list the CPU
+  fallback last. A variant's optional `image` is a full reference template that replaces
+  `image` + `tag_template` for it: host variables, `{tag}` and `{variant}`, and a tag or
+  digest, e.g. `"{{ mlfleet_registry }}/team/model-jetson:{tag}"`.
+- `container` [`_container`]:
+  - `ports` [`_port`]: a list of `"host:container"`, `"host_ip:host:container"`, each with an
+    optional `/tcp` or `/udp` (quote them: YAML reads `22:22` as a number), or mappings
+    `{host, container, protocol, host_ip}` (`host` and `container` required).
+  - `env` [`_env`]: NAME: value; values templated. Quote `"true"`, `"yes"` and friends.
+  - `env_file` [`_path_template`]: a KEY=value file *on the host* (secrets): the agent reads
+    it when it starts the container; the controller never reads or sends its values.
+  - `mounts` [`_mount`]: `"source:target[:ro|rw]"` (read-only unless `rw`) or mappings
+    `{source, target, read_only}`; templated; absolute paths.
+  - `user` [`_user`]: `"uid[:gid]"` or a name; templated. Root (`0`, `root`) only with
+    `allow_root: true` [`_bool`], default false.
+  - `memory`, `shm_size` [`_size_mib`]: `512m`, `1.5g`, `2048k` (whole MiB) or a plain
+    number of MiB.
+  - `cpus` [`_number`]: a number above 0.
+  - `command` [`_command`]: a list of arguments (exec form, never a shell); templated.
+- `health` [`_health`]:
+  - `docker` [`_bool`], default true: wait for the image's own HEALTHCHECK.
+  - `http` [`_http_check`]: `{port, path (default /health), status (default 200),
+    body_contains}`.
+  - `tcp` [`_tcp_check`]: `{port}`.
+  - `exec` [`_exec_check`]: `{command: [argv...]}` run in the container.
+  - `inference` [`_inference_check`]: `{port, path, request, expect, tolerance}`: POST
+    `request` as JSON; the answer must contain `expect`, numbers within `tolerance`
+    (default 1e-6). Checked ports must be published by `container.ports`.
+  - `start_period` (may be 0), `interval`, `timeout`, `deadline` [`_duration`]: `"500ms"`,
+    `"5s"`, `"2m"`, `"1h"`, `"1m30s"` or a number of seconds. `retries` [`_int`]: >= 1.
+- `monitor` [`_duration`]: watch window after the release first turns healthy (agent
+  default 10s).
+- `retain` [`_int`]: releases kept on a host, current and previous included; >= 2.
+- `grace` [`_duration`]: the agent's cron tick rolls back a release that turns unhealthy
+  within this long (agent default 10m).
+- `strategy` [`_choice`]: `auto` (stop-first when old and new bind the same host port),
+  `stop-first` or `start-first`.
+- `rollout` [`_rollout`]: read by the controller's rollout planner, never sent to a host:
+  - `canary` [`_int`], default 1: hosts updated alone first (0: none).
+  - `batch` [`_batch`], default `"25%"`: the batch size after the canary: a number of
+    hosts, `"N%"` (1-100) of the fleet, or a list such as `[1, 5, "20%"]` whose last entry
+    repeats for the rest (Ansible `serial`).
+  - `max_fail` [`_max_fail`], default 0: failures a batch may have; the action fires when
+    failures strictly exceed it (`"N%"`, 0-100, of the batch).
+  - `on_failure` [`_choice`], default `pause`: `pause`, `rollback` or `continue`.
+
+Host variables: `{{ name }}` is replaced by `str(value)` of the host's variable `name`
+(`inventory_hostname` is the host's name unless the inventory sets it). An undefined
+variable is a ConfigError naming the host, the key, the variable and the file:line.
+Templated values are checked again once rendered (paths absolute, image references
+well-formed, no whitespace or shell metacharacters), and the complete result is validated
+by the agent's `DesiredState.from_dict` before it leaves the controller.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import difflib
+import ipaddress
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from mlfleet.agent.desired import SCHEMA, STRATEGIES, DesiredState, DesiredStateError
+from mlfleet.agent.variants import Variant, VariantError, parse_variants
+from mlfleet.controller.errors import ConfigError
+from mlfleet.controller.yamlsource import LocatedDict, LocatedList, load_yaml_file
+
+ON_FAILURE = ("pause", "rollback", "continue")
+DEFAULT_TAG_TEMPLATE = "{tag}-{variant}"
+
+# The same rules as agent/desired.py (which re-checks them); here they get a file:line.
+_APP = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
+_DOCKER_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+_VAR = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+_VAR_OR_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}|\{(tag|variant)\}")
+_PLACEHOLDER = re.compile(r"\{(tag|variant)\}")
+_JINJA = ("{{", "{%", "{#")
+# Images and paths travel in JSON, never through a shell; refuse what would be dangerous
+# in one anyway, since a rendered value may come from an inventory someone else edits.
+_UNSAFE = re.compile(r"[\s;`\x00]|\$\(")
+
+# Docker image references (distribution/reference grammar, simplified).
+_DOMAIN = (
+    r"(?:\[[0-9A-Fa-f:]+\]|[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*)(?::[0-9]+)?"
+)
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_NAME = rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*"
+_REPOSITORY = re.compile(rf"^{_NAME}$")
+_REFERENCE = re.compile(
+    rf"^{_NAME}(?P<tag>:[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?"
+    r"(?P<digest>@[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[0-9a-fA-F]{32,})?$"
+)
+
+_PORT = re.compile(
+    r"^(?:(?P<ip>\d{1,3}(?:\.\d{1,3}){3}):)?(?P<host>\d+):(?P<container>\d+)(?:/(?P<proto>\w+))?$"
+)
+_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|h|m|s))+$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)([kmg])b?$", re.IGNORECASE)
+_SIZE_KIB = {"k": 1, "m": 1024, "g": 1024 * 1024}
+_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(?::[A-Za-z0-9_][A-Za-z0-9_.-]*)?$")
+_ROOT_USERS = ("0", "root")
+
+_TOP_KEYS = (
+    "app", "image", "tag_template", "variants", "container", "health", "monitor", "retain",
+    "grace", "strategy", "rollout",
+)  # fmt: skip
+_CONTAINER_KEYS = (
+    "ports", "env", "env_file", "mounts", "user", "allow_root", "memory", "cpus", "shm_size",
+    "command",
+)  # fmt: skip
+_HEALTH_KEYS = (
+    "docker", "http", "tcp", "exec", "inference", "start_period", "interval", "timeout",
+    "retries", "deadline",
+)  # fmt: skip
+_ROLLOUT_KEYS = ("canary", "batch", "max_fail", "on_failure")
+
+BatchSize = Union[int, str]
+
+
+# --------------------------------------------------------------------------- the records
+
+
+@dataclass(frozen=True)
+class RolloutPolicy:
+    """How the controller walks the fleet (never sent to a host).
+
+    The default is one canary host, then batches of a quarter of the fleet, halting at the
+    first failure: safer than Ansible's all-at-once default for models that may not fit a
+    host they have never run on.
+    """
+
+    canary: int = 1
+    batch: Union[BatchSize, List[BatchSize]] = "25%"
+    max_fail: BatchSize = 0
+    on_failure: str = "pause"
+
+
+@dataclass(frozen=True)
+class Template:
+    """A playbook string that may use `{{ name }}` host variables (and, in a variant's
+    image, `{tag}` and `{variant}`); it knows its key path and file:line for messages."""
+
+    text: str
+    path: str  # e.g. container.mounts[0]
+    where: str  # file:line
+    placeholders: bool = False  # substitute {tag} and {variant} too
+
+    @property
+    def variables(self) -> List[str]:
+        """The host variables used, in order of first use."""
+        return list(dict.fromkeys(_VAR.findall(self.text)))
+
+    def render(
+        self,
+        host_vars: Dict[str, Any],
+        host_name: str,
+        tag: Optional[str] = None,
+        variant: Optional[str] = None,
+    ) -> str:
+        """The text for one host; an undefined variable is a ConfigError."""
+
+        def substitute(match: re.Match) -> str:
+            placeholder = match.group(2)
+            if placeholder is None:
+                return _host_value(host_vars, host_name, match.group(1), self)
+            if not self.placeholders:
+                return match.group(0)  # `{tag}` is plain text outside image templates
+            return (tag if placeholder == "tag" else variant) or ""
+
+        return _VAR_OR_PLACEHOLDER.sub(substitute, self.text)
+
+    def shape(self) -> str:
+        """The text with every variable and placeholder replaced by `0`: a stand-in that
+        is legal in every part of an image reference, to check the rest at load time."""
+        return self._pattern().sub("0", self.text)
+
+    def literal_parts(self) -> str:
+        """The text without its variables and placeholders."""
+        return self._pattern().sub("", self.text)
+
+    def _pattern(self) -> re.Pattern:
+        return _VAR_OR_PLACEHOLDER if self.placeholders else _VAR
+
+    def failed(self, host_name: str, value: str, problem: str) -> ConfigError:
+        """The error for a rendered value that is not acceptable."""
+        used = self.variables
+        hint = (
+            f"check {', '.join(used)} in the inventory for {host_name}"
+            if used
+            else "fix the playbook"
+        )
+        return ConfigError(
+            f"host {host_name}: `{self.path}` is {value!r} here: {problem}",
+            where=self.where,
+            hint=hint,
+        )
+
+
+@dataclass
+class VariantImage:
+    """One variant: its agent keys (plain data, without `image`) and its image override."""
+
+    name: str
+    spec: Dict[str, Any]
+    image: Optional[Template] = None
+
+
+@dataclass
+class MountTemplate:
+    source: Template
+    target: Template
+    read_only: bool = True
+
+
+@dataclass
+class ContainerTemplate:
+    """`container:` as loaded; `render` gives the agent's `container` section for a host."""
+
+    ports: List[Dict[str, Any]] = field(default_factory=list)
+    env: Dict[str, Template] = field(default_factory=dict)
+    env_file: Optional[Template] = None
+    mounts: List[MountTemplate] = field(default_factory=list)
+    user: Optional[Template] = None
+    allow_root: bool = False
+    memory_mib: Optional[int] = None
+    cpus: Optional[float] = None
+    shm_mib: Optional[int] = None
+    command: Optional[List[Template]] = None
+
+    def render(self, host_vars: Dict[str, Any], host_name: str) -> Dict[str, Any]:
+        """The agent's ContainerSpec dict for one host; rendered values are re-checked."""
+        out: Dict[str, Any] = {"ports": copy.deepcopy(self.ports)}
+        out["env"] = {key: t.render(host_vars, host_name) for key, t in self.env.items()}
+        if self.env_file is not None:
+            out["env_file"] = _rendered_path(self.env_file, host_vars, host_name)
+        out["mounts"] = [
+            {
+                "source": _rendered_path(m.source, host_vars, host_name),
+                "target": _rendered_path(m.target, host_vars, host_name),
+                "read_only": m.read_only,
+            }
+            for m in self.mounts
+        ]
+        if self.user is not None:
+            user = self.user.render(host_vars, host_name)
+            problem = _user_problem(user, self.allow_root)
+            if problem:
+                raise self.user.failed(host_name, user, problem)
+            out["user"] = user
+        out["allow_root"] = self.allow_root
+        for key in ("memory_mib", "cpus", "shm_mib"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        if self.command is not None:
+            out["command"] = [t.render(host_vars, host_name) for t in self.command]
+        return out
+
+
+@dataclass
+class Playbook:
+    """A loaded, validated playbook: everything but the host variables is decided."""
+
+    source: str
+    app: str
+    rollout: RolloutPolicy
+    repository: Optional[Template] = None
+    tag_template: str = DEFAULT_TAG_TEMPLATE
+    variants: List[VariantImage] = field(default_factory=list)
+    container: ContainerTemplate = field(default_factory=ContainerTemplate)
+    health: Dict[str, Any] = field(default_factory=dict)  # final: nothing in it is templated
+    # monitor_s, retain, grace_s, strategy, where the playbook sets them (else agent defaults)
+    settings: Dict[str, Any] = field(default_factory=dict)
+
+    def variant_names(self) -> List[str]:
+        """The variants, in the playbook's (preference) order."""
+        return [v.name for v in self.variants]
+
+    def images(self, host_vars: Dict[str, Any], host_name: str, tag: str) -> Dict[str, str]:
+        """Variant name -> the full image reference this host would pull for `tag`."""
+        _check_tag(tag)
+        repository: Optional[str] = None
+        out: Dict[str, str] = {}
+        for v in self.variants:
+            if v.image is not None:
+                ref = v.image.render(host_vars, host_name, tag=tag, variant=v.name)
+                problem = _reference_problem(ref)
+                if problem:
+                    raise v.image.failed(host_name, ref, problem)
+                out[v.name] = ref
+                continue
+            if repository is None:
+                assert self.repository is not None  # load time: image or every override
+                repository = self.repository.render(host_vars, host_name)
+                problem = _repository_problem(repository)
+                if problem:
+                    raise self.repository.failed(host_name, repository, problem)
+            image_tag = self.tag_template.replace("{tag}", tag).replace("{variant}", v.name)
+            if not _DOCKER_TAG.match(image_tag):
+                raise ConfigError(
+                    f"tag {tag!r} with variant {v.name} makes the image tag {image_tag!r},"
+                    " longer than Docker's 128 characters",
+                    where=self.source,
+                    hint="use a shorter tag or tag_template",
+                )
+            out[v.name] = f"{repository}:{image_tag}"
+        return out
+
+    def desired_state(
+        self, host_vars: Dict[str, Any], host_name: str, tag: str, deployment: str
+    ) -> Dict[str, Any]:
+        """The agent's desired state (schema `SCHEMA`) for one host, validated with
+        `DesiredState.from_dict`; templating and validation errors are ConfigErrors."""
+        images = self.images(host_vars, host_name, tag)
+        state: Dict[str, Any] = {
+            "schema": SCHEMA,
+            "app": self.app,
+            "deployment": deployment,
+            "tag": tag,
+            "variants": [dict(copy.deepcopy(v.spec), image=images[v.name]) for v in self.variants],
+            "container": self.container.render(host_vars, host_name),
+            "health": copy.deepcopy(self.health),
+            **self.settings,
+        }
+        try:
+            return DesiredState.from_dict(state).to_dict()
+        except DesiredStateError as exc:
+            raise ConfigError(
+                f"host {host_name}: the desired state is not valid: {exc}", where=self.source
+            ) from None
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def load_playbook(path: Path) -> Playbook:
+    """Read and validate a playbook; any mistake is a ConfigError naming file:line."""
+    path = Path(path)
+    data = load_yaml_file(path)
+    source = str(path)
+    if data is None:
+        raise ConfigError("the playbook is empty", where=source, hint="see playbooks/*.yml")
+    if not isinstance(data, LocatedDict):
+        raise ConfigError(
+            f"expected a mapping of settings (app:, image:, ...), got {_kind(data)}",
+            where=f"{source}:1",
+        )
+    return _playbook(data, source)
+
+
+def find_playbook(directory: Path) -> Path:
+    """The one playbook (*.yml, *.yaml) in `directory`/playbooks, or in `directory` itself
+    when it has no playbooks/ folder; none or several is a ConfigError."""
+    directory = Path(directory)
+    folder = directory / "playbooks" if (directory / "playbooks").is_dir() else directory
+    if not folder.is_dir():
+        raise ConfigError(
+            "no playbooks directory", where=str(folder), hint="use -p FILE to name a playbook"
+        )
+    found = sorted(
+        p
+        for p in folder.iterdir()
+        if p.suffix in (".yml", ".yaml") and p.is_file() and not p.name.startswith(".")
+    )
+    if not found:
+        raise ConfigError("no playbook (*.yml, *.yaml) here", where=str(folder), hint="use -p FILE")
+    if len(found) > 1:
+        names = ", ".join(p.name for p in found)
+        raise ConfigError(
+            f"several playbooks: {names}", where=str(folder), hint="use -p FILE to choose one"
+        )
+    return found[0]
+
+
+# --------------------------------------------------------------------------- the sections
+
+
+def _playbook(data: LocatedDict, source: str) -> Playbook:
+    _keys(data, "", _TOP_KEYS, required=("app", "variants"))
+    variants = _variants(data["variants"], data.where("variants"))
+    repository = None
+    if data.get("image") is not None:
+        repository = _image_template(data["image"], data.where("image"), "image")
+    else:
+        missing = [v.name for v in variants if v.image is None]
+        if missing:
+            raise ConfigError(
+                f"`image` is required: variants {', '.join(missing)} have no `image` of their own",
+                where=data.where(),
+                hint='set image: "registry/team/model" (the repository, without a tag)',
+            )
+    tag_template = DEFAULT_TAG_TEMPLATE
+    if data.get("tag_template") is not None:
+        tag_template = _tag_template(data["tag_template"], data.where("tag_template"))
+    container = ContainerTemplate()
+    if data.get("container") is not None:
+        container = _container(data["container"], data.where("container"))
+    health: Dict[str, Any] = {}
+    if data.get("health") is not None:
+        health = _health(data["health"], data.where("health"))
+        _check_published(health, data["health"], container)
+    settings: Dict[str, Any] = {}
+    if data.get("monitor") is not None:
+        settings["monitor_s"] = _duration(data["monitor"], data.where("monitor"), "monitor", 0)
+    if data.get("retain") is not None:
+        settings["retain"] = _int(data["retain"], data.where("retain"), "retain", 2)
+    if data.get("grace") is not None:
+        settings["grace_s"] = _duration(data["grace"], data.where("grace"), "grace", 0)
+    if data.get("strategy") is not None:
+        settings["strategy"] = _choice(
+            data["strategy"], data.where("strategy"), "strategy", STRATEGIES
+        )
+    rollout = RolloutPolicy()
+    if data.get("rollout") is not None:
+        rollout = _rollout(data["rollout"], data.where("rollout"))
+    return Playbook(
+        source=source,
+        app=_app(data["app"], data.where("app")),
+        rollout=rollout,
+        repository=repository,
+        tag_template=tag_template,
+        variants=variants,
+        container=container,
+        health=health,
+        settings=settings,
+    )
+
+
+def _app(value: Any, where: str) -> str:
+    """`app`: 1-41 lowercase letters, digits and dashes, starting with a letter or digit."""
+    if not isinstance(value, str) or not _APP.match(value):
+        raise _bad(where, "app", f"1-41 lowercase letters, digits and dashes; got {value!r}")
+    return value
+
+
+def _image_template(value: Any, where: str, path: str) -> Template:
+    """`image`: the repository, templated; checked with variables stood in by `0`."""
+    template = _template(value, where, path)
+    problem = _repository_problem(template.shape())
+    if problem:
+        raise _bad(where, path, f"{value!r} {problem}")
+    return template
+
+
+def _tag_template(value: Any, where: str) -> str:
+    """`tag_template`: `{tag}` (required) and `{variant}`, otherwise Docker tag characters."""
+    text = _string(value, where, "tag_template")
+    rest = _PLACEHOLDER.sub("", text)
+    if "{tag}" not in text:
+        raise _bad(where, "tag_template", f"{text!r} must contain {{tag}}")
+    if "{" in rest or "}" in rest:
+        raise _bad(where, "tag_template", f"{text!r}: only {{tag}} and {{variant}} may be used")
+    if not _DOCKER_TAG.match(_PLACEHOLDER.sub("x", text)):
+        raise _bad(where, "tag_template", f"{text!r}: a Docker tag has only letters, digits, _ . -")
+    return text
+
+
+def _variants(value: Any, where: str) -> List[VariantImage]:
+    """`variants`: each item by the agent's `Variant.from_dict`, the list by its
+    `parse_variants` (duplicates); errors carry the line of the item."""
+    if not isinstance(value, LocatedList):
+        raise _bad(where, "variants", f"expected a list of mappings, got {_kind(value)}")
+    for index, item in enumerate(value):
+        try:
+            Variant.from_dict(item, index)
+        except VariantError as exc:
+            raise ConfigError(str(exc), where=value.where(index)) from None
+    try:
+        parsed = parse_variants(value)
+    except VariantError as exc:
+        match = re.match(r"variants\[(\d+)\]", str(exc))
+        line = value.where(int(match.group(1))) if match else value.where()
+        raise ConfigError(str(exc), where=line) from None
+    out: List[VariantImage] = []
+    for index, (item, variant) in enumerate(zip(value, parsed)):
+        image = None
+        if item.get("image") is not None:
+            path = f"variants[{index}].image"
+            image = _template(item["image"], item.where("image"), path, placeholders=True)
+            problem = _reference_problem(image.shape())
+            if problem:
+                raise _bad(item.where("image"), path, f"{item['image']!r} {problem}")
+        spec = {k: _plain(v) for k, v in item.items() if k != "image"}
+        out.append(VariantImage(name=variant.name, spec=spec, image=image))
+    return out
+
+
+def _container(value: Any, where: str) -> ContainerTemplate:
+    """`container`: ports, env, env_file, mounts, user, allow_root, resources, command."""
+    m = _keys(_mapping(value, where, "container"), "container", _CONTAINER_KEYS)
+    spec = ContainerTemplate()
+    if m.get("ports") is not None:
+        ports = _list(m["ports"], m.where("ports"), "container.ports")
+        spec.ports = [
+            _port(p, ports.where(i), f"container.ports[{i}]") for i, p in enumerate(ports)
+        ]
+        seen: Dict[Tuple[str, int, str], int] = {}
+        for i, p in enumerate(spec.ports):
+            key = (p["host_ip"], p["host"], p["protocol"])
+            if key in seen:
+                raise _bad(
+                    ports.where(i),
+                    f"container.ports[{i}]",
+                    f"host port {p['host']}/{p['protocol']} is already bound by"
+                    f" container.ports[{seen[key]}]",
+                )
+            seen[key] = i
+    if m.get("env") is not None:
+        spec.env = _env(m["env"], m.where("env"))
+    if m.get("env_file") is not None:
+        spec.env_file = _path_template(m["env_file"], m.where("env_file"), "container.env_file")
+    if m.get("mounts") is not None:
+        mounts = _list(m["mounts"], m.where("mounts"), "container.mounts")
+        spec.mounts = [
+            _mount(item, mounts.where(i), f"container.mounts[{i}]") for i, item in enumerate(mounts)
+        ]
+    if m.get("allow_root") is not None:
+        spec.allow_root = _bool(m["allow_root"], m.where("allow_root"), "container.allow_root")
+    if m.get("user") is not None:
+        spec.user = _user(m["user"], m.where("user"), spec.allow_root)
+    if m.get("memory") is not None:
+        spec.memory_mib = _size_mib(m["memory"], m.where("memory"), "container.memory")
+    if m.get("cpus") is not None:
+        spec.cpus = _number(m["cpus"], m.where("cpus"), "container.cpus", 0, above=True)
+    if m.get("shm_size") is not None:
+        spec.shm_mib = _size_mib(m["shm_size"], m.where("shm_size"), "container.shm_size")
+    if m.get("command") is not None:
+        spec.command = _command(m["command"], m.where("command"), "container.command", True)
+    return spec
+
+
+def _port(value: Any, where: str, path: str) -> Dict[str, Any]:
+    """A `ports` item: `"[host_ip:]host:container[/tcp|/udp]"` or `{host, container,
+    protocol, host_ip}`; the agent's Port dict."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise _bad(
+            where,
+            path,
+            f'expected a quoted "host:container" string; got the number {value}:'
+            " unquoted, YAML reads 22:22 as a base-60 number",
+            hint='quote port mappings: "8080:8080"',
+        )
+    if isinstance(value, str):
+        match = _PORT.match(value)
+        if not match:
+            raise _bad(
+                where, path, f'{value!r} is not "host:container", e.g. "8080:8080" or "53:53/udp"'
+            )
+        port = {
+            "container": int(match.group("container")),
+            "host": int(match.group("host")),
+            "protocol": match.group("proto") or "tcp",
+            "host_ip": match.group("ip") or "",
+        }
+    elif isinstance(value, dict):
+        m = _keys(value, path, ("host", "container", "protocol", "host_ip"),
+                  required=("host", "container"))  # fmt: skip
+        port = {
+            "container": _int(m["container"], m.where("container"), f"{path}.container", 1),
+            "host": _int(m["host"], m.where("host"), f"{path}.host", 1),
+            "protocol": m.get("protocol") or "tcp",
+            "host_ip": m.get("host_ip") or "",
+        }
+        if not isinstance(port["host_ip"], str):
+            raise _bad(m.where("host_ip"), f"{path}.host_ip", "expected an IP address string")
+    else:
+        raise _bad(where, path, f'expected "host:container" or a mapping, got {_kind(value)}')
+    for key in ("container", "host"):
+        if not 0 < port[key] < 65536:
+            raise _bad(where, path, f"{key} port {port[key]} is outside 1-65535")
+    if port["protocol"] not in ("tcp", "udp"):
+        raise _bad(where, path, f"protocol {port['protocol']!r}: tcp or udp")
+    if port["host_ip"]:
+        try:
+            ipaddress.ip_address(port["host_ip"])
+        except ValueError:
+            raise _bad(where, path, f"host_ip {port['host_ip']!r} is not an IP address") from None
+    return port
+
+
+def _env(value: Any, where: str) -> Dict[str, Template]:
+    """`env`: NAME: value; names like shell variables, values strings or numbers (templated)."""
+    m = _mapping(value, where, "container.env")
+    out: Dict[str, Template] = {}
+    for key, item in m.items():
+        path, at = f"container.env.{key}", m.where(key)
+        if not isinstance(key, str) or not _ENV_KEY.match(key):
+            raise _bad(at, path, "not a valid environment variable name (letters, digits, _)")
+        if isinstance(item, bool) or item is None:
+            raise _bad(
+                at, path, f"{item!r} is not a string", hint=f'quote it: {key}: "{_yaml_word(item)}"'
+            )
+        if isinstance(item, (int, float)):
+            item = str(item)
+        out[key] = _template(item, at, path)
+    return out
+
+
+def _mount(value: Any, where: str, path: str) -> MountTemplate:
+    """A `mounts` item: `"source:target[:ro|rw]"` (read-only by default) or `{source, target,
+    read_only}`; both paths absolute (checked now if literal, else once rendered)."""
+    if isinstance(value, str):
+        parts = value.split(":")
+        mode_ok = len(parts) == 2 or (len(parts) == 3 and parts[2] in ("ro", "rw"))
+        if not mode_ok or not all(parts):
+            raise _bad(
+                where,
+                path,
+                f'{value!r} is not "source:target[:ro|rw]", e.g. "/srv/models:/data:ro"',
+            )
+        return MountTemplate(
+            source=_path_template(parts[0], where, path),
+            target=_path_template(parts[1], where, path),
+            read_only=len(parts) == 2 or parts[2] == "ro",
+        )
+    if isinstance(value, dict):
+        m = _keys(value, path, ("source", "target", "read_only"), required=("source", "target"))
+        read_only = True
+        if m.get("read_only") is not None:
+            read_only = _bool(m["read_only"], m.where("read_only"), f"{path}.read_only")
+        return MountTemplate(
+            source=_path_template(m["source"], m.where("source"), f"{path}.source"),
+            target=_path_template(m["target"], m.where("target"), f"{path}.target"),
+            read_only=read_only,
+        )
+    raise _bad(where, path, f'expected "source:target[:ro|rw]" or a mapping, got {_kind(value)}')
+
+
+def _path_template(value: Any, where: str, path: str) -> Template:
+    """A host or container path, templated: absolute, no whitespace or shell metacharacters."""
+    template = _template(value, where, path)
+    problem = (
+        _path_problem(template.text)
+        if not template.variables
+        else _unsafe_problem(template.literal_parts())
+    )
+    if problem:
+        raise _bad(where, path, f"{value!r} {problem}")
+    return template
+
+
+def _user(value: Any, where: str, allow_root: bool) -> Template:
+    """`user`: `"uid[:gid]"` or a name, templated; root only with `allow_root: true`."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    template = _template(value, where, "container.user")
+    if not template.variables:
+        problem = _user_problem(template.text, allow_root)
+        if problem:
+            raise _bad(where, "container.user", f"{value!r} {problem}")
+    return template
+
+
+def _command(value: Any, where: str, path: str, templated: bool) -> List[Any]:
+    """A command: a non-empty list of arguments (strings or numbers), exec form."""
+    items = _list(value, where, path, hint='write it as a list: [python3, "/app/server.py"]')
+    if not items:
+        raise _bad(where, path, "the list is empty")
+    out: List[Any] = []
+    for i, item in enumerate(items):
+        if isinstance(item, bool) or not isinstance(item, (str, int, float)):
+            raise _bad(items.where(i), f"{path}[{i}]", f"expected a string, got {_kind(item)}")
+        text = str(item)
+        out.append(_template(text, items.where(i), f"{path}[{i}]") if templated else text)
+    return out
+
+
+def _health(value: Any, where: str) -> Dict[str, Any]:
+    """`health`: the agent's HealthSpec dict (checks and timing); nothing is templated."""
+    m = _keys(_mapping(value, where, "health"), "health", _HEALTH_KEYS)
+    out: Dict[str, Any] = {}
+    if m.get("docker") is not None:
+        out["docker"] = _bool(m["docker"], m.where("docker"), "health.docker")
+    checks = {
+        "http": _http_check,
+        "tcp": _tcp_check,
+        "exec": _exec_check,
+        "inference": _inference_check,
+    }
+    for key, parse in checks.items():
+        if m.get(key) is not None:
+            items = _list(m[key], m.where(key), f"health.{key}")
+            out[key] = [parse(x, items.where(i), f"health.{key}[{i}]") for i, x in enumerate(items)]
+    timing: Dict[str, Any] = {}
+    for key in ("start_period", "interval", "timeout", "deadline"):
+        if m.get(key) is not None:
+            # start_period may be 0 (count failures at once); the others must be above 0.
+            above = key != "start_period"
+            timing[f"{key}_s"] = _duration(m[key], m.where(key), f"health.{key}", 0, above)
+    if m.get("retries") is not None:
+        timing["retries"] = _int(m["retries"], m.where("retries"), "health.retries", 1)
+    if timing:
+        out["timing"] = timing
+    return out
+
+
+def _http_check(value: Any, where: str, path: str) -> Dict[str, Any]:
+    """`health.http` item: `{port, path (default /health), status (default 200), body_contains}`."""
+    m = _keys(_mapping(value, where, path), path, ("port", "path", "status", "body_contains"),
+              required=("port",))  # fmt: skip
+    out: Dict[str, Any] = {"port": _int(m["port"], m.where("port"), f"{path}.port", 1, 65535)}
+    if m.get("path") is not None:
+        out["path"] = _url_path(m["path"], m.where("path"), f"{path}.path")
+    if m.get("status") is not None:
+        out["status"] = _int(m["status"], m.where("status"), f"{path}.status", 100, 599)
+    if m.get("body_contains") is not None:
+        out["body_contains"] = _string(
+            m["body_contains"], m.where("body_contains"), f"{path}.body_contains"
+        )
+    return out
+
+
+def _tcp_check(value: Any, where: str, path: str) -> Dict[str, Any]:
+    """`health.tcp` item: `{port}`."""
+    m = _keys(_mapping(value, where, path), path, ("port",), required=("port",))
+    return {"port": _int(m["port"], m.where("port"), f"{path}.port", 1, 65535)}
+
+
+def _exec_check(value: Any, where: str, path: str) -> Dict[str, Any]:
+    """`health.exec` item: `{command: [argv...]}`, run inside the container."""
+    m = _keys(_mapping(value, where, path), path, ("command",), required=("command",))
+    return {"command": _command(m["command"], m.where("command"), f"{path}.command", False)}
+
+
+def _inference_check(value: Any, where: str, path: str) -> Dict[str, Any]:
+    """`health.inference` item: `{port, path, request, expect, tolerance (default 1e-6)}`."""
+    keys = ("port", "path", "request", "expect", "tolerance")
+    m = _keys(_mapping(value, where, path), path, keys, required=keys[:4])
+    out: Dict[str, Any] = {
+        "port": _int(m["port"], m.where("port"), f"{path}.port", 1, 65535),
+        "path": _url_path(m["path"], m.where("path"), f"{path}.path"),
+        "request": _json(m["request"], m.where("request"), f"{path}.request"),
+        "expect": _json(m["expect"], m.where("expect"), f"{path}.expect"),
+    }
+    if m.get("tolerance") is not None:
+        out["tolerance"] = _number(m["tolerance"], m.where("tolerance"), f"{path}.tolerance", 0)
+    return out
+
+
+def _check_published(
+    health: Dict[str, Any], node: LocatedDict, container: ContainerTemplate
+) -> None:
+    """Every checked port must be a published container port (reached through its host port)."""
+    published = sorted({p["container"] for p in container.ports})
+    for key in ("http", "tcp", "inference"):
+        for i, check in enumerate(health.get(key, [])):
+            if check["port"] not in published:
+                raise _bad(
+                    node[key][i].where("port"),
+                    f"health.{key}[{i}].port",
+                    f"{check['port']} is not published by container.ports"
+                    f" (published: {', '.join(map(str, published)) or 'none'})",
+                    hint=f'publish it, e.g. ports: ["{check["port"]}:{check["port"]}"]',
+                )
+
+
+def _rollout(value: Any, where: str) -> RolloutPolicy:
+    """`rollout`: canary, batch, max_fail, on_failure (see the module docstring)."""
+    m = _keys(_mapping(value, where, "rollout"), "rollout", _ROLLOUT_KEYS)
+    policy: Dict[str, Any] = {}
+    if m.get("canary") is not None:
+        policy["canary"] = _int(m["canary"], m.where("canary"), "rollout.canary", 0)
+    if m.get("batch") is not None:
+        policy["batch"] = _batch(m["batch"], m.where("batch"))
+    if m.get("max_fail") is not None:
+        policy["max_fail"] = _max_fail(m["max_fail"], m.where("max_fail"))
+    if m.get("on_failure") is not None:
+        policy["on_failure"] = _choice(
+            m["on_failure"], m.where("on_failure"), "rollout.on_failure", ON_FAILURE
+        )
+    return RolloutPolicy(**policy)
+
+
+def _batch(value: Any, where: str) -> Union[BatchSize, List[BatchSize]]:
+    """`rollout.batch`: hosts (>= 1), `"N%"` (1-100), or a non-empty list of those."""
+    if isinstance(value, LocatedList):
+        if not value:
+            raise _bad(where, "rollout.batch", "the list is empty", hint='e.g. [1, 5, "20%"]')
+        return [_batch_size(x, value.where(i), f"rollout.batch[{i}]") for i, x in enumerate(value)]
+    return _batch_size(value, where, "rollout.batch")
+
+
+def _batch_size(value: Any, where: str, path: str) -> BatchSize:
+    if isinstance(value, str):
+        return _percent(value, where, path, 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _bad(
+            where,
+            path,
+            f'expected a number of hosts (>= 1) or a percentage like "25%"; got {value!r}',
+        )
+    return value
+
+
+def _max_fail(value: Any, where: str) -> BatchSize:
+    """`rollout.max_fail`: failures allowed per batch (>= 0) or `"N%"` (0-100) of it."""
+    if isinstance(value, str):
+        return _percent(value, where, "rollout.max_fail", 0)
+    return _int(value, where, "rollout.max_fail", 0)
+
+
+def _percent(value: str, where: str, path: str, minimum: int) -> str:
+    match = re.match(r"^(\d+)%$", value)
+    if not match or not minimum <= int(match.group(1)) <= 100:
+        raise _bad(where, path, f'{value!r} is not a percentage {minimum}-100 like "25%"')
+    return f"{int(match.group(1))}%"
+
+
+# --------------------------------------------------------------------------- scalars
+
+
+def _keys(
+    m: LocatedDict, path: str, known: Sequence[str], required: Sequence[str] = ()
+) -> LocatedDict:
+    """Refuse keys this level does not know (with a did-you-mean) and missing required ones."""
+    for key in m:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            raise ConfigError(
+                f"unknown key {key!r} in {path or 'the playbook'}; known keys: {', '.join(known)}",
+                where=m.where(key),
+                hint=f"did you mean {close[0]!r}?" if close else None,
+            )
+    for key in required:
+        if m.get(key) is None:
+            raise _bad(m.where(key), _join(path, key), "required")
+    return m
+
+
+def _mapping(value: Any, where: str, path: str) -> LocatedDict:
+    if not isinstance(value, LocatedDict):
+        raise _bad(where, path, f"expected a mapping, got {_kind(value)}")
+    return value
+
+
+def _list(value: Any, where: str, path: str, hint: Optional[str] = None) -> LocatedList:
+    if not isinstance(value, LocatedList):
+        raise _bad(where, path, f"expected a list, got {_kind(value)}", hint=hint)
+    return value
+
+
+def _string(value: Any, where: str, path: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise _bad(where, path, f"expected a non-empty string, got {_kind(value)}")
+    return value
+
+
+def _bool(value: Any, where: str, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise _bad(where, path, f"expected true or false, got {value!r}")
+    return value
+
+
+def _int(value: Any, where: str, path: str, minimum: int, maximum: Optional[int] = None) -> int:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < minimum
+        or (maximum is not None and value > maximum)
+    ):
+        bounds = f"{minimum}-{maximum}" if maximum is not None else f">= {minimum}"
+        raise _bad(where, path, f"expected a whole number {bounds}; got {value!r}")
+    return value
+
+
+def _number(value: Any, where: str, path: str, minimum: float, above: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < minimum or (above and value == minimum):
+        bound = f"above {minimum:g}" if above else f">= {minimum:g}"
+        raise _bad(where, path, f"expected a number {bound}; got {value!r}")
+    return float(value)
+
+
+def _choice(value: Any, where: str, path: str, options: Sequence[str]) -> str:
+    if value not in options:
+        raise _bad(where, path, f"one of {', '.join(options)}; got {value!r}")
+    return value
+
+
+def _duration(value: Any, where: str, path: str, minimum: float, above: bool = False) -> float:
+    """A duration: `"500ms"`, `"5s"`, `"2m"`, `"1h"`, `"1m30s"`, or a number of seconds."""
+    if isinstance(value, str):
+        if not _DURATION.match(value):
+            raise _bad(where, path, f'{value!r} is not a duration like "500ms", "5s", "2m" or "1h"')
+        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(value))
+        if seconds == 0 and above:
+            raise _bad(where, path, f"{value!r}: must be above 0")
+        return seconds
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _bad(
+            where, path, f'expected a duration like "5s" or a number of seconds; got {value!r}'
+        )
+    return _number(value, where, path, minimum, above)
+
+
+def _size_mib(value: Any, where: str, path: str) -> int:
+    """A size: `512m`, `1.5g`, `2048k` (a whole number of MiB) or a plain number of MiB."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _int(value, where, path, 1)
+    match = _SIZE.match(value) if isinstance(value, str) else None
+    if not match:
+        raise _bad(where, path, f'{value!r} is not a size like "512m", "2g" or a number of MiB')
+    kib = float(match.group(1)) * _SIZE_KIB[match.group(2).lower()]
+    if kib < 1024 or kib % 1024:
+        raise _bad(where, path, f"{value!r} is not a whole number of MiB (at least 1m)")
+    return int(kib // 1024)
+
+
+def _url_path(value: Any, where: str, path: str) -> str:
+    text = _string(value, where, path)
+    if not text.startswith("/") or _UNSAFE.search(text):
+        raise _bad(where, path, f"{text!r} must start with / and contain no whitespace")
+    return text
+
+
+def _json(value: Any, where: str, path: str) -> Any:
+    """Plain JSON data (a request or an expected answer); YAML dates and the like refused."""
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str):
+                raise _bad(where, path, f"key {key!r}: JSON object keys are strings; quote it")
+        return {k: _json(v, value.where(k), f"{path}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json(v, value.where(i), f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _bad(where, path, f"{value!r} is not a JSON number")
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        raise _bad(where, path, f"YAML read {value} as a date; quote it")
+    raise _bad(where, path, f"{_kind(value)} is not JSON data")
+
+
+def _template(value: Any, where: str, path: str, placeholders: bool = False) -> Template:
+    """A string that may use `{{ name }}` (and `{tag}`, `{variant}` where allowed)."""
+    text = _string(value, where, path)
+    template = Template(text, path, where, placeholders)
+    rest = template.literal_parts()
+    if any(marker in rest for marker in _JINJA):
+        raise _bad(
+            where,
+            path,
+            f"{text!r}: only {{{{ name }}}} (a host variable) is supported;"
+            " no filters, expressions or other Jinja",
+        )
+    return template
+
+
+def _host_value(host_vars: Dict[str, Any], host_name: str, name: str, t: Template) -> str:
+    if name in host_vars:
+        value = host_vars[name]
+    elif name == "inventory_hostname":
+        return host_name
+    else:
+        close = difflib.get_close_matches(name, [str(k) for k in host_vars], n=1)
+        maybe = f"; did you mean {close[0]}?" if close else ""
+        raise ConfigError(
+            f"host {host_name}: `{t.path}` uses {{{{ {name} }}}}, which is not defined for"
+            f" this host{maybe}",
+            where=t.where,
+            hint=f"define {name} in the inventory, in the host's vars or a group's vars",
+        )
+    if value is None or isinstance(value, (dict, list, tuple, set)):
+        raise ConfigError(
+            f"host {host_name}: `{t.path}` uses {{{{ {name} }}}}, which is {_kind(value)}"
+            " in the inventory; a template needs a string or a number",
+            where=t.where,
+            hint=f"set {name} to a value for {host_name}",
+        )
+    return str(value)
+
+
+def _rendered_path(t: Template, host_vars: Dict[str, Any], host_name: str) -> str:
+    value = t.render(host_vars, host_name)
+    problem = _path_problem(value)
+    if problem:
+        raise t.failed(host_name, value, problem)
+    return value
+
+
+def _check_tag(tag: str) -> None:
+    if not isinstance(tag, str) or not _DOCKER_TAG.match(tag):
+        raise ConfigError(
+            f"tag {tag!r} is not a Docker tag",
+            hint="1-128 letters, digits, '_', '.' and '-', not starting with '.' or '-'",
+        )
+
+
+# --------------------------------------------------------------------------- value checks
+
+
+def _unsafe_problem(text: str) -> Optional[str]:
+    if _UNSAFE.search(text):
+        return "contains whitespace or a shell metacharacter (';', '`', '$(')"
+    return None
+
+
+def _path_problem(text: str) -> Optional[str]:
+    if not text.startswith("/"):
+        return "not an absolute path"
+    return _unsafe_problem(text)
+
+
+def _repository_problem(text: str) -> Optional[str]:
+    unsafe = _unsafe_problem(text)
+    if unsafe:
+        return unsafe
+    if _REPOSITORY.match(text):
+        return None
+    match = _REFERENCE.match(text)
+    if match and (match.group("tag") or match.group("digest")):
+        return (
+            "has a tag or digest; `image` is the repository only (the tag comes from --tag"
+            " and tag_template)"
+        )
+    return "is not an image repository like registry:5000/team/model (lowercase path)"
+
+
+def _reference_problem(text: str) -> Optional[str]:
+    unsafe = _unsafe_problem(text)
+    if unsafe:
+        return unsafe
+    match = _REFERENCE.match(text)
+    if not match:
+        return "is not an image reference like registry:5000/team/model:{tag}-gpu"
+    if not (match.group("tag") or match.group("digest")):
+        return "has no tag or digest; add one, e.g. :{tag}-{variant}"
+    return None
+
+
+def _user_problem(user: str, allow_root: bool) -> Optional[str]:
+    if not _USER.match(user):
+        return 'is not a user like "10001", "10001:10001" or "app"'
+    if not allow_root and user.split(":")[0] in _ROOT_USERS:
+        return "is root; set container.allow_root: true if the model really needs it"
+    return None
+
+
+# --------------------------------------------------------------------------- small pieces
+
+
+def _bad(where: str, path: str, what: str, hint: Optional[str] = None) -> ConfigError:
+    return ConfigError(f"`{path}`: {what}", where=where, hint=hint)
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"the boolean {value}"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
+def _yaml_word(value: Any) -> str:
+    return "" if value is None else str(value).lower()
+
+
+def _plain(value: Any) -> Any:
+    """LocatedDict/LocatedList -> dict/list, for JSON and for equality with plain data."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,530 @@
+"""Ansible-style inventories: structure, variable precedence, typed settings, --limit, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from mlfleet.controller.errors import ConfigError
+from mlfleet.controller.inventory import (
+    Inventory,
+    JumpHost,
+    load_inventory,
+    parse_inventory,
+    parse_jump_host,
+    split_host_pattern,
+)
+from mlfleet.controller.lab.inventory_file import render_inventory
+from mlfleet.controller.yamlsource import load_yaml_text
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "inventories"
+FLEET = FIXTURES / "fleet.yml"
+
+
+def parse(text: str, source: str = "inv.yml") -> Inventory:
+    return parse_inventory(load_yaml_text(text, source), source)
+
+
+def names(hosts) -> List[str]:
+    return [h.name for h in hosts]
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Inventory:
+    return load_inventory(FLEET)
+
+
+# --- structure ---------------------------------------------------------------------------
+
+
+def test_hosts_in_file_order_with_ranges_expanded(fleet: Inventory):
+    assert list(fleet.hosts) == [
+        "bastion-01",
+        "edge01", "edge02", "edge03", "edge04",
+        "node-a", "node-b", "node-c",
+        "edge-cpu",
+    ]  # fmt: skip
+    assert fleet.source == str(FLEET)
+
+
+def test_group_members_include_hosts_of_children(fleet: Inventory):
+    assert fleet.groups["nvidia"] == ["edge01", "edge02", "edge03", "edge04"]
+    assert fleet.groups["jetson"] == ["edge04", "node-a", "node-b", "node-c"]
+    assert fleet.groups["gpu"] == ["edge01", "edge02", "edge03", "edge04", "node-a", "node-b", "node-c"]  # fmt: skip
+    assert fleet.groups["all"] == list(fleet.hosts)
+    assert fleet.groups["ungrouped"] == ["bastion-01"]  # listed only under `all`, as in Ansible
+
+
+def test_host_groups_are_all_its_groups_in_the_order_their_vars_apply(fleet: Inventory):
+    assert fleet.hosts["edge04"].groups == ("all", "gpu", "jetson", "nvidia")
+    assert fleet.hosts["edge-cpu"].groups == ("all", "cpu")
+    assert fleet.hosts["bastion-01"].groups == ("all", "ungrouped")
+
+
+# --- variable precedence -----------------------------------------------------------------
+
+
+def test_child_group_overrides_parent_which_overrides_all(fleet: Inventory):
+    assert fleet.hosts["edge-cpu"].vars["tier"] == "base"  # all only
+    assert fleet.hosts["node-a"].vars["tier"] == "gpu"  # gpu over all
+    assert fleet.hosts["edge01"].vars["tier"] == "nvidia"  # nvidia (child) over gpu
+
+
+def test_host_vars_override_group_vars(fleet: Inventory):
+    assert fleet.hosts["edge04"].vars["tier"] == "edge04-own"
+
+
+def test_sibling_groups_merge_in_name_order_and_a_host_listed_twice_gets_both(fleet: Inventory):
+    edge04 = fleet.hosts["edge04"].vars
+    assert edge04["accel"] == "nvidia"  # jetson and nvidia, same depth: later name wins
+    assert edge04["ansible_become"] == "yes"  # from jetson
+    assert edge04["mlfleet_bwlimit_kbit"] == 20000  # from its listing under jetson
+    assert edge04["ansible_host"] == "10.0.0.14"  # from its listing under nvidia
+
+
+def test_origins_name_the_line_of_the_winning_value(fleet: Inventory):
+    origins = fleet.hosts["edge04"].origins
+    assert origins["tier"] == f"{FLEET}:25"
+    assert origins["accel"] == f"{FLEET}:19"
+    assert origins["ansible_user"] == f"{FLEET}:4"
+    assert fleet.hosts["node-b"].origins["tier"] == f"{FLEET}:13"
+
+
+PRIORITY = """\
+all:
+  children:
+    alpha:
+      vars: {color: alpha, ansible_group_priority: 5}
+      hosts: {h1: null}
+    beta:
+      vars: {color: beta}
+      hosts: {h1: null}
+"""
+
+
+def test_group_priority_beats_name_order_and_is_not_a_variable():
+    host = parse(PRIORITY).hosts["h1"]
+    assert host.vars["color"] == "alpha"
+    assert "ansible_group_priority" not in host.vars
+    assert host.groups == ("all", "beta", "alpha")
+    assert parse(PRIORITY.replace("5}", "0}")).hosts["h1"].vars["color"] == "beta"
+
+
+def test_depth_beats_priority():
+    inv = parse(
+        "all:\n"
+        "  children:\n"
+        "    parent:\n"
+        "      vars: {color: parent, ansible_group_priority: 99}\n"
+        "      children:\n"
+        "        child:\n"
+        "          vars: {color: child}\n"
+        "          hosts: {h1: null}\n"
+    )  # fmt: skip
+    assert inv.hosts["h1"].vars["color"] == "child"
+
+
+def test_depth_is_the_longest_chain_from_all():
+    # `deep` is both a top-level group (depth 1) and a grandchild (depth 3): depth 3 counts,
+    # so it overrides `mid` (depth 2) although `deep` < `mid` by name.
+    inv = parse(
+        "all:\n"
+        "  children:\n"
+        "    top:\n"
+        "      children:\n"
+        "        mid:\n"
+        "          vars: {color: mid}\n"
+        "          children: {deep: null}\n"
+        "deep:\n"
+        "  vars: {color: deep}\n"
+        "  hosts: {h1: null}\n"
+    )  # fmt: skip
+    assert inv.hosts["h1"].groups == ("all", "top", "mid", "deep")
+    assert inv.hosts["h1"].vars["color"] == "deep"
+
+
+def test_later_listing_of_a_host_wins_and_top_level_groups_join_all():
+    inv = parse(
+        "web:\n"
+        "  hosts:\n"
+        "    w1: {port_hint: first, keep: yes}\n"
+        "db:\n"
+        "  hosts:\n"
+        "    w1: {port_hint: second}\n"
+    )  # fmt: skip
+    w1 = inv.hosts["w1"]
+    assert (w1.vars["port_hint"], w1.vars["keep"]) == ("second", True)
+    assert w1.origins["port_hint"] == "inv.yml:6"
+    assert w1.groups == ("all", "db", "web")
+
+
+def test_group_and_host_vars_files_beside_the_inventory(tmp_path: Path):
+    (tmp_path / "hosts.yml").write_text(
+        "all:\n"
+        "  vars: {color: inline-all, size: inline-all}\n"
+        "  children:\n"
+        "    web:\n"
+        "      vars: {color: inline-web, owner: inline-web}\n"
+        "      hosts:\n"
+        "        web1.example.com: {owner: inline-host}\n"
+    )  # fmt: skip
+    (tmp_path / "group_vars" / "web").mkdir(parents=True)
+    (tmp_path / "group_vars" / "all.yml").write_text("size: file-all\ncolor: file-all\n")
+    (tmp_path / "group_vars" / "web" / "10-base.yml").write_text("owner: file-web\n")
+    (tmp_path / "group_vars" / "web" / "20-more.yaml").write_text("extra: file-web-20\n")
+    (tmp_path / "group_vars" / "README.md").write_text("not yaml: [\n")  # not a group: unread
+    (tmp_path / "host_vars").mkdir()
+    (tmp_path / "host_vars" / "web1.example.com").write_text("ansible_port: 2200\n")
+    host = load_inventory(tmp_path / "hosts.yml").hosts["web1.example.com"]
+    # inline all < group_vars/all < inline web < group_vars/web < inline host < host_vars
+    assert host.vars["size"] == "file-all"
+    assert host.vars["color"] == "inline-web"
+    assert host.vars["owner"] == "inline-host"
+    assert host.vars["extra"] == "file-web-20"
+    assert host.port == 2200
+    assert host.origins["ansible_port"] == f"{tmp_path / 'host_vars' / 'web1.example.com'}:1"
+    assert host.origins["size"] == f"{tmp_path / 'group_vars' / 'all.yml'}:1"
+
+
+# --- typed settings ----------------------------------------------------------------------
+
+
+def test_typed_settings_and_their_defaults(fleet: Inventory, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("HOME", "/home/op")
+    edge04, cpu, bastion = fleet.hosts["edge04"], fleet.hosts["edge-cpu"], fleet.hosts["bastion-01"]
+    assert (edge04.address, edge04.port, edge04.user) == ("10.0.0.14", 2222, "deploy")
+    assert (edge04.become, edge04.python, edge04.bwlimit_kbit) == (
+        True,
+        "/usr/bin/python3.8",
+        20000,
+    )
+    assert (edge04.transfer, cpu.transfer) == ("relay", "pull")
+    assert cpu.port == 22  # written as the string "22", as Ansible allows
+    assert fleet.hosts["edge01"].address == "edge01"  # no ansible_host: the name
+    assert bastion.registry == "registry.internal:5000"
+    assert bastion.known_hosts == "/home/op/.ssh/known_hosts"
+    assert (bastion.ssh_key, bastion.jump_host, bastion.docker_host, bastion.cron_dir) == (
+        None, None, None, None,
+    )  # fmt: skip
+    assert (bastion.agent_dir, bastion.root, bastion.device_root) == ("/var/lib/mlfleet", "/", "/")
+    assert (bastion.become, bastion.python) == (False, "python3")
+
+
+def test_older_ssh_spellings_and_auto_interpreter():
+    host = parse(
+        "all:\n"
+        "  hosts:\n"
+        "    h1:\n"
+        "      ansible_ssh_host: 10.1.1.1\n"
+        "      ansible_ssh_port: 2022\n"
+        "      ansible_ssh_user: ops\n"
+        "      ansible_private_key_file: ~/.ssh/fleet\n"
+        "      ansible_python_interpreter: auto_silent\n"
+    ).hosts["h1"]  # fmt: skip
+    assert (host.address, host.port, host.user, host.python) == ("10.1.1.1", 2022, "ops", "python3")
+    assert host.ssh_key is not None and host.ssh_key.endswith("/.ssh/fleet")
+    assert not host.ssh_key.startswith("~")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("ops@bastion:2200", JumpHost("ops", "bastion", 2200)),
+        ("bastion", JumpHost(None, "bastion", 22)),
+        ("ssh://ops@10.0.0.1", JumpHost("ops", "10.0.0.1", 22)),
+        ("ops@[2001:db8::1]:2222", JumpHost("ops", "2001:db8::1", 2222)),
+        ("2001:db8::1", JumpHost(None, "2001:db8::1", 22)),
+    ],
+)
+def test_jump_host_forms(value: str, expected: JumpHost):
+    assert parse_jump_host(value) == expected
+
+
+@pytest.mark.parametrize("value", ["a@b:0", "a@b:x", "@b", "a@b,c@d", "", "a b"])
+def test_jump_host_refuses_bad_forms(value: str):
+    with pytest.raises(ValueError):
+        parse_jump_host(value)
+
+
+def test_jump_host_from_variable_or_from_ansible_ssh_args():
+    inv = parse(
+        "all:\n"
+        "  hosts:\n"
+        "    a: {mlfleet_jump_host: 'ops@bastion:2200'}\n"
+        "    b: {ansible_ssh_common_args: '-o StrictHostKeyChecking=no -o ProxyJump=j@gw:22'}\n"
+        "    c: {ansible_ssh_common_args: '-J gw2'}\n"
+        "    d: {ansible_ssh_extra_args: '-o \"ProxyJump none\"'}\n"
+    )  # fmt: skip
+    assert inv.hosts["a"].jump_host == JumpHost("ops", "bastion", 2200)
+    assert inv.hosts["b"].jump_host == JumpHost("j", "gw", 22)
+    assert inv.hosts["c"].jump_host == JumpHost(None, "gw2", 22)
+    assert inv.hosts["d"].jump_host is None
+
+
+@pytest.mark.parametrize(
+    ("hostvars", "message", "line"),
+    [
+        ("ansible_port: 70000", "`ansible_port` must be a whole number from 1 to 65535", 5),
+        ("ansible_port: abc", "`ansible_port` must be a whole number", 5),
+        ("ansible_port: true", "`ansible_port` must be a whole number", 5),
+        ("mlfleet_transfer: push", "`mlfleet_transfer` must be one of pull, relay, auto", 5),
+        ("mlfleet_become: maybe", "`mlfleet_become` must be true or false", 5),
+        ("mlfleet_agent_dir: var/lib", "`mlfleet_agent_dir` must be an absolute path", 5),
+        (
+            "mlfleet_bwlimit_kbit: 0",
+            "`mlfleet_bwlimit_kbit` must be a whole number of at least 1",
+            5,
+        ),
+        ("mlfleet_docker_host: /run/docker.sock", "must be a DOCKER_HOST address", 5),
+        ("ansible_user: ''", "`ansible_user` must be non-empty text", 5),
+        ("mlfleet_registry: '{{ registry }}:5000'", "is a Jinja template", 5),
+        ("mlfleet_jump_host: 'a@b:99999'", "`mlfleet_jump_host` must be a jump host", 5),
+        ("ansible_ssh_common_args: '-o ProxyCommand=\"ssh -W %h:%p gw\"'", "ProxyCommand", 5),
+    ],
+)
+def test_bad_settings_name_host_variable_and_line(hostvars: str, message: str, line: int):
+    text = f"all:\n  hosts:\n    web1:\n      ansible_host: 10.0.0.1\n      {hostvars}\n"
+    with pytest.raises(ConfigError) as err:
+        parse(text)
+    assert err.value.where == f"inv.yml:{line}"
+    assert "host 'web1'" in err.value.message
+    assert message in err.value.message
+
+
+def test_a_bad_group_value_is_reported_where_the_group_sets_it():
+    with pytest.raises(ConfigError) as err:
+        parse("all:\n  vars:\n    mlfleet_transfer: rsync\n  hosts: {h1: null, h2: null}\n")
+    assert err.value.where == "inv.yml:3"
+    assert "host 'h1'" in err.value.message
+
+
+# --- the lab's inventory -----------------------------------------------------------------
+
+
+def lab_status(ssh_key=None, known_hosts=None) -> dict:
+    def host(name, address, docker_host, gpus):
+        return {
+            "name": name, "address": address, "ssh_port": 22, "ssh_user": "root",
+            "ssh_key": ssh_key, "known_hosts": known_hosts, "docker_host": docker_host,
+            "root": f"/lab/{name}/root", "agent_dir": f"/lab/{name}/agent",
+            "cron_dir": f"/lab/{name}/crontabs", "data_dir": f"/lab/{name}/data",
+            "profile": {"gpus": gpus, "jetson": None},
+        }  # fmt: skip
+
+    return {
+        "name": "lab",
+        "profiles": "<built-in>",
+        "registry": {"address": "10.77.0.1:5000"},
+        "hosts": [
+            host("edge-t4", "10.77.0.3", "unix:///run/t4.sock", [{"vendor": "nvidia"}]),
+            host("edge-mi210", "10.77.0.5", "unix:///run/mi.sock", [{"vendor": "amd"}]),
+            host("edge-cpu", "10.77.0.6", "unix:///run/cpu.sock", []),
+            host("ssh1", "10.77.0.7", None, []),
+        ],
+    }
+
+
+def test_the_labs_inventory_loads_with_every_setting():
+    inv = parse(render_inventory(lab_status("/lab/ssh/id", "/lab/ssh/known_hosts")), "lab.yml")
+    assert list(inv.hosts) == ["edge-t4", "edge-mi210", "edge-cpu", "ssh1"]
+    assert inv.groups["nvidia"] == ["edge-t4"] and inv.groups["cpu"] == ["edge-cpu", "ssh1"]
+    t4 = inv.hosts["edge-t4"]
+    assert (t4.address, t4.port, t4.user) == ("10.77.0.3", 22, "root")
+    assert (t4.ssh_key, t4.known_hosts) == ("/lab/ssh/id", "/lab/ssh/known_hosts")
+    assert (t4.docker_host, t4.registry) == ("unix:///run/t4.sock", "10.77.0.1:5000")
+    assert (t4.root, t4.device_root, t4.agent_dir, t4.cron_dir) == (
+        "/lab/edge-t4/root", "/lab/edge-t4/root", "/lab/edge-t4/agent", "/lab/edge-t4/crontabs",
+    )  # fmt: skip
+    assert t4.vars["model_data_dir"] == "/lab/edge-t4/data"
+    assert inv.hosts["ssh1"].docker_host is None
+    assert inv.select("nvidia,amd") == [t4, inv.hosts["edge-mi210"]]
+
+
+def test_the_labs_inventory_without_key_or_known_hosts_falls_back_to_defaults():
+    host = parse(render_inventory(lab_status()), "lab.yml").hosts["edge-cpu"]
+    assert host.ssh_key is None  # written as null
+    assert host.known_hosts.endswith("/.ssh/known_hosts")
+
+
+def test_the_checked_in_lab_inventory_loads():
+    inv = load_inventory(Path(__file__).resolve().parents[2] / "inventory" / "lab.yml")
+    assert "edge-cpu" in inv.hosts
+
+
+def test_to_dict_is_plain_json(fleet: Inventory):
+    data = json.loads(json.dumps(fleet.to_dict()))
+    assert data["hosts"]["edge04"]["groups"] == ["all", "gpu", "jetson", "nvidia"]
+    assert data["hosts"]["edge04"]["vars"]["ansible_port"] == 2222
+    assert data["groups"]["cpu"] == ["edge-cpu"]
+    assert type(fleet.to_dict()["hosts"]["edge04"]["vars"]) is dict
+
+
+# --- --limit -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pattern", "expected"),
+    [
+        (None, "bastion-01 edge01 edge02 edge03 edge04 node-a node-b node-c edge-cpu"),
+        ("all", "bastion-01 edge01 edge02 edge03 edge04 node-a node-b node-c edge-cpu"),
+        ("*", "bastion-01 edge01 edge02 edge03 edge04 node-a node-b node-c edge-cpu"),
+        ("jetson", "edge04 node-a node-b node-c"),
+        ("edge-cpu,edge01", "edge01 edge-cpu"),  # inventory order, not pattern order
+        ("edge0*", "edge01 edge02 edge03 edge04"),
+        ("edge0[13]", "edge01 edge03"),
+        ("edge[01:02]", "edge01 edge02"),  # a host range
+        ("gpu:!jetson", "edge01 edge02 edge03"),
+        ("gpu,!jetson", "edge01 edge02 edge03"),
+        ("!jetson", "bastion-01 edge01 edge02 edge03 edge-cpu"),  # only exclusions: from all
+        ("nvidia:&jetson", "edge04"),
+        ("&jetson,nvidia", "edge04"),  # & and ! apply after the plain terms
+        ("gpu,&nvidia,!edge02", "edge01 edge03 edge04"),
+        ("~node-[ab]", "node-a node-b"),
+        ("ungrouped", "bastion-01"),
+        ("g*", "edge01 edge02 edge03 edge04 node-a node-b node-c"),  # a glob on group names
+        (" jetson , cpu ", "edge04 node-a node-b node-c edge-cpu"),
+        ("nvidia:&cpu", ""),
+    ],
+)
+def test_select(fleet: Inventory, pattern, expected: str):
+    assert names(fleet.select(pattern)) == expected.split()
+
+
+def test_select_unknown_name_suggests_close_names(fleet: Inventory):
+    with pytest.raises(ConfigError) as err:
+        fleet.select("nvidia,jetsn")
+    assert err.value.message == "unknown host or group 'jetsn' in --limit"
+    assert "jetson" in err.value.hint
+    with pytest.raises(ConfigError) as err:
+        fleet.select("all:!edge5")
+    assert err.value.message == "unknown host or group 'edge5' in --limit"
+
+
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [
+        ("xyz*", "no host or group matches 'xyz*' in --limit"),
+        ("edge[01:09]", "unknown host 'edge05' in --limit"),
+        ("~(", "not a valid regular expression"),
+        ("", "empty --limit"),
+        ("gpu,!", "empty term"),
+    ],
+)
+def test_select_errors(fleet: Inventory, pattern: str, message: str):
+    with pytest.raises(ConfigError) as err:
+        fleet.select(pattern)
+    assert message in err.value.message
+
+
+def test_an_empty_group_selects_nothing_without_error():
+    inv = parse("all:\n  hosts: {h1: null}\n  children:\n    spare: null\n")
+    assert inv.select("spare") == []
+
+
+def test_split_host_pattern_like_ansible():
+    assert split_host_pattern("a,b[1:2], c") == ["a", "b[1:2]", "c"]
+    assert split_host_pattern("web:!db:&prod") == ["web", "!db", "&prod"]
+    assert split_host_pattern("edge[01:03]:cpu") == ["edge[01:03]", "cpu"]
+    assert split_host_pattern("2001:db8::1") == ["2001:db8::1"]
+
+
+# --- host patterns -----------------------------------------------------------------------
+
+
+def test_host_pattern_ports_and_ipv6_names():
+    inv = parse(
+        "all:\n"
+        "  hosts:\n"
+        "    web[1:2]:2222:\n"
+        "    db.example.com:2200: {ansible_port: 2300}\n"
+        "    2001:db8::5:\n"
+        "    '[2001:db8::6]:2201':\n"
+    )  # fmt: skip
+    assert list(inv.hosts) == ["web1", "web2", "db.example.com", "2001:db8::5", "2001:db8::6"]
+    assert inv.hosts["web2"].port == 2222
+    assert inv.hosts["web2"].origins["ansible_port"] == "inv.yml:3"
+    assert inv.hosts["db.example.com"].port == 2300  # an explicit variable wins
+    assert inv.hosts["2001:db8::5"].port == 22
+    assert inv.hosts["2001:db8::6"].port == 2201
+
+
+def test_lone_names_for_hosts_and_children_are_accepted_as_ansible_does():
+    inv = parse("all:\n  children:\n    web:\n      hosts: web1\n    app:\n      children: web\n")
+    assert inv.groups["app"] == ["web1"]
+    assert inv.hosts["web1"].groups == ("all", "app", "web")
+
+
+def test_ansible_inventory_yaml_output_loads():
+    # What `ansible-inventory --list --yaml` writes: an explicit, sometimes empty, ungrouped.
+    inv = parse(
+        "all:\n"
+        "  children:\n"
+        "    ungrouped:\n"
+        "      hosts:\n"
+        "        solo: {ansible_host: 10.0.0.9}\n"
+        "    web:\n"
+        "      hosts:\n"
+        "        web1: {}\n"
+    )  # fmt: skip
+    assert inv.groups["ungrouped"] == ["solo"]
+    assert inv.hosts["web1"].groups == ("all", "web")
+
+
+# --- bad input ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "message"),
+    [
+        ("", "inv.yml", "the inventory is empty"),
+        ("- web1\n- web2\n", "inv.yml:1", "must be a mapping of group names"),
+        ("hosts:\n  web1:\n", "inv.yml:1", "`hosts:` at the top level"),
+        ("all:\n  host:\n    web1:\n", "inv.yml:2", "unknown key 'host' in group 'all'"),
+        ("all:\n  hosts:\n    - web1\n    - web2\n", "inv.yml:2", "`hosts` of group 'all' must be a mapping, not a list"),
+        ("all:\n  hosts:\n    web1: 10.0.0.1\n", "inv.yml:3", "host 'web1': expected its variables as a mapping"),
+        ("all:\n  vars: [a, b]\n", "inv.yml:2", "`vars` of group 'all' must be a mapping"),
+        ("all:\n  children:\n    - web\n", "inv.yml:2", "`children` of group 'all' must be a mapping"),
+        ("all:\n  children:\n    web: [a]\n", "inv.yml:3", "group 'web' must be a mapping, not a list"),
+        ("all:\n  children:\n    web servers:\n", "inv.yml:3", "group name 'web servers' is not valid"),
+        ("all:\n  children:\n    all:\n", "inv.yml:3", "`all` cannot be a child group"),
+        ("all:\n  hosts:\n    edge[3:1]:\n", "inv.yml:3", "range start 3 is after its end 1"),
+        ("all:\n  hosts:\n    'web 1':\n", "inv.yml:3", "host name 'web 1' contains whitespace"),
+        ("all:\n  hosts:\n    web1:22x:\n", "inv.yml:3", "port '22x' is not a number"),
+        ("all:\n  hosts:\n    web1:\n      1: x\n", "inv.yml:4", "variable name 1 is not text"),
+        ("all:\n  hosts:\n    web1:\n    web1:\n", "inv.yml:4", "duplicate key 'web1'"),
+        ("all:\n  hosts: {web1: null}\n  hosts: {}\n", "inv.yml:3", "duplicate key 'hosts'"),
+        ("all:\n  vars: {ansible_group_priority: high}\n", "inv.yml:2", "`ansible_group_priority` of group 'all' must be a whole number"),
+        ("all:\n  hosts: [\n", "inv.yml:3", "not valid YAML"),
+        (
+            "all:\n  children:\n    a:\n      children:\n        b:\n          children:\n            a:\n",
+            "inv.yml:7", "groups form a loop: a -> b -> a",
+        ),
+        ("web:\n  children:\n    web:\n", "inv.yml:3", "group 'web' lists itself as a child"),
+    ],
+)  # fmt: skip
+def test_bad_input_names_file_and_line(text: str, where: str, message: str):
+    with pytest.raises(ConfigError) as err:
+        parse(text)
+    assert err.value.where == where
+    assert message in err.value.message
+
+
+def test_every_structural_error_has_a_hint():
+    for text in ("all:\n  host:\n", "hosts:\n", "all:\n  hosts: [a]\n", "- a\n"):
+        with pytest.raises(ConfigError) as err:
+            parse(text)
+        assert err.value.hint
+
+
+def test_missing_file_and_bad_vars_file(tmp_path: Path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_inventory(tmp_path / "nope.yml")
+    (tmp_path / "hosts.yml").write_text("all:\n  hosts: {web1: null}\n")
+    (tmp_path / "host_vars").mkdir()
+    (tmp_path / "host_vars" / "web1.yml").write_text("- a list\n")
+    with pytest.raises(ConfigError) as err:
+        load_inventory(tmp_path / "hosts.yml")
+    assert err.value.where == f"{tmp_path / 'host_vars' / 'web1.yml'}:1"
