@@ -82,6 +82,7 @@ def apply(host: AgentHost, desired: DesiredState) -> ApplyResult:
     result.timings = timings
     release: Optional[Release] = None
     try:
+        repair_interrupted(host)
         t = time.monotonic()
         facts = host.facts()
         variant = _select(desired, facts, result)
@@ -471,6 +472,21 @@ def rollback_to(host: AgentHost, app: str, tag: Optional[str]) -> ApplyResult:
         f"{target.tag} did not become healthy; {current.tag if current else 'nothing'} restored"
     )
     return result
+
+
+def repair_interrupted(host: AgentHost) -> List[tuple]:
+    """A release still `starting` means an apply died (kill -9, power loss): remove its
+    container. (The app's current release, stopped by a stop-first apply, is restarted by
+    the tick.) Returns (app, what was done) pairs."""
+    done = []
+    for release in host.store.releases(statuses=["starting"]):
+        if release.container_id:
+            host.engine.container_remove(release.container_id, force=True)
+        host.store.update(release.id, status="failed", reason="apply was interrupted")
+        msg = f"removed {release.tag}: its apply was interrupted"
+        host.event("repaired", msg, release.app, release.id)
+        done.append((release.app, msg))
+    return done
 
 
 # --- garbage collection ------------------------------------------------------------------

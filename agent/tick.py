@@ -10,7 +10,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from mlfleet.agent import health
-from mlfleet.agent.apply import AgentHost, _target, collect_garbage, restore
+from mlfleet.agent.apply import AgentHost, _target, collect_garbage, repair_interrupted, restore
 from mlfleet.agent.desired import DesiredState
 from mlfleet.agent.engine_api import EngineError
 from mlfleet.agent.state import Release
@@ -21,7 +21,7 @@ UNHEALTHY_TICKS_BEFORE_RESTART = 3
 def tick(host: AgentHost) -> Dict[str, Any]:
     """One pass over every app on the host; returns the status written to status.json."""
     actions: List[str] = []
-    _repair_interrupted(host, actions)
+    actions += [f"{app}: {msg}" for app, msg in repair_interrupted(host)]
     for app in host.store.apps():
         current = host.store.current(app)
         if current is not None:
@@ -31,18 +31,6 @@ def tick(host: AgentHost) -> Dict[str, Any]:
     status["actions"] = actions
     write_reports(host.agent_dir, status)
     return status
-
-
-def _repair_interrupted(host: AgentHost, actions: List[str]) -> None:
-    """A release still `starting` means an apply died (kill -9, power): remove its
-    container; the app's current release is restarted below if the apply had stopped it."""
-    for release in host.store.releases(statuses=["starting"]):
-        if release.container_id:
-            host.engine.container_remove(release.container_id, force=True)
-        host.store.update(release.id, status="failed", reason="apply was interrupted")
-        msg = f"removed {release.tag}: its apply was interrupted"
-        host.event("repaired", msg, release.app, release.id)
-        actions.append(f"{release.app}: {msg}")
 
 
 def _keep_serving(host: AgentHost, current: Release, actions: List[str]) -> None:

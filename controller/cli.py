@@ -16,8 +16,9 @@ from rich.table import Table
 
 from mlfleet.controller.errors import MlfleetError
 
-console = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+# Logs and pipes get a wide table rather than rich's 80-column default.
+console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
 class Context:
@@ -126,7 +127,7 @@ def _emit(data: Any, as_json: bool, table: Optional[Table] = None) -> None:
 
 
 def _when(ts: Optional[float]) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+    return time.strftime("%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
 
 
 @cli.command("inventory")
@@ -348,12 +349,13 @@ def history_cmd(settings: Settings, host_name: Optional[str], as_json: bool) -> 
     deployments = state.deployments()
     results = state.host_results(host=host_name)
     table = Table(title="history")
-    for col in ("deployment", "tag", "host", "wave", "result", "variant", "finished", "reason"):
+    for col in ("#", "tag", "host", "wave", "result", "variant", "finished"):
         table.add_column(col)
+    table.add_column("reason", overflow="ellipsis", no_wrap=True, max_width=60)
     tags = {d["id"]: d["tag"] for d in deployments}
     for r in results[:50]:
         table.add_row(str(r["deployment_id"]), tags.get(r["deployment_id"], "?"), r["host"], r["wave"] or "-",
-                      r["result"] or "-", r["variant"] or "-", _when(r["finished"]), (r["reason"] or "")[:60])  # fmt: skip
+                      r["result"] or "-", r["variant"] or "-", _when(r["finished"]), r["reason"] or "")  # fmt: skip
     _emit({"deployments": deployments, "results": results}, as_json, table)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -201,3 +202,56 @@ def test_an_unreachable_host_does_not_stop_the_others(ctl):
     assert by_host["edge-cpu"]["result"] == "updated"
     assert serving(ctl.lab["hosts_by_name"]["edge-cpu"]) == "v2/cpu"
     assert proc.returncode == 5
+
+
+def test_a_controller_killed_mid_deployment_is_recorded_and_the_next_deploy_finishes(ctl):
+    state = ControllerState(ctl.state)
+    before = {d["id"] for d in state.deployments(limit=1000)}
+    argv = ["-i", str(ctl.lab["inventory"]), "-p", str(PLAYBOOK), "--state", str(ctl.state), "--limit",
+            ",".join(FIVE), "deploy", "--tag", "v1"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "mlfleet.controller", *argv],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        new: List[int] = []
+        while time.monotonic() < deadline:
+            new = [d["id"] for d in state.deployments(limit=1000) if d["id"] not in before]
+            if new and state.host_results(deployment_id=new[0]):
+                break  # the canary is done: kill the controller in the middle of the rollout
+            time.sleep(0.2)
+        assert new, "the deployment never started"
+    finally:
+        proc.kill()
+        proc.wait()
+    canary = state.host_results(deployment_id=new[0])[0]["host"]
+    again = ctl("deploy", "--tag", "v1", "--json")
+    assert again.returncode == 0, again.stderr[-2000:]
+    by_host = results(again)
+    assert by_host[canary]["result"] == "unchanged"  # not redone
+    assert {r["result"] for r in by_host.values()} <= {"updated", "unchanged"}
+    assert (
+        next(d for d in state.deployments(limit=1000) if d["id"] == new[0])["status"]
+        == "interrupted"
+    )
+    assert fleet_serves(ctl.lab, FIVE) == {n: f"v1/{VARIANT[n]}" for n in FIVE}
+
+
+def test_a_host_behind_a_jump_host(ctl):
+    lab = ctl.lab
+    doc = yaml.safe_load(Path(lab["inventory"]).read_text())
+    cpu = lab["hosts_by_name"]["edge-cpu"]
+    for group in doc["all"]["children"].values():
+        if "edge-4090" in group.get("hosts", {}):
+            group["hosts"]["edge-4090"]["mlfleet_jump_host"] = f"root@{cpu['address']}:22"
+    inventory = ctl.work / "inventory-jump.yml"
+    inventory.write_text(yaml.safe_dump(doc))
+    proc = ctl("status", "--json", inventory=inventory, limit="edge-4090")
+    assert proc.returncode == 0, proc.stderr
+    assert results(proc)["edge-4090"]["health"] == "healthy"
+    # Through a jump host that does not answer, the host is unreachable: the jump is really used.
+    for group in doc["all"]["children"].values():
+        if "edge-4090" in group.get("hosts", {}):
+            group["hosts"]["edge-4090"]["mlfleet_jump_host"] = "root@127.0.0.1:1"
+    inventory.write_text(yaml.safe_dump(doc))
+    proc = ctl("status", "--json", inventory=inventory, limit="edge-4090")
+    assert results(proc)["edge-4090"]["health"] == "unreachable"
