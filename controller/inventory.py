@@ -51,7 +51,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 from mlfleet.controller.errors import ConfigError
 from mlfleet.controller.hostrange import expand_host_pattern
-from mlfleet.controller.yamlsource import LocatedDict, LocatedList, load_yaml_file
+from mlfleet.controller.yamlsource import LocatedDict, LocatedList, load_yaml_file, plain
 
 GROUP_KEYS = ("hosts", "children", "vars")
 TRANSFER_MODES = ("pull", "relay", "auto")
@@ -404,7 +404,7 @@ class Inventory:
         """Plain data for `mlfleet inventory --json`."""
         return {
             "hosts": {
-                name: {"groups": list(host.groups), "vars": _plain(host.vars)}
+                name: {"groups": list(host.groups), "vars": plain(host.vars)}
                 for name, host in self.hosts.items()
             },
             "groups": {name: list(members) for name, members in self.groups.items()},
@@ -499,15 +499,6 @@ def _close_names(term: str, names: Iterable[str]) -> str:
     known = list(dict.fromkeys(names))
     shown = ", ".join(known[:12]) + (", ..." if len(known) > 12 else "")
     return f"known hosts and groups: {shown}"
-
-
-def _plain(value: Any) -> Any:
-    """YAML's located containers as plain dicts and lists."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
 
 
 # --- loading -----------------------------------------------------------------------------

@@ -84,7 +84,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from mlfleet.agent.desired import SCHEMA, STRATEGIES, DesiredState, DesiredStateError
 from mlfleet.agent.variants import Variant, VariantError, parse_variants
 from mlfleet.controller.errors import ConfigError
-from mlfleet.controller.yamlsource import LocatedDict, LocatedList, load_yaml_file
+from mlfleet.controller.yamlsource import LocatedDict, LocatedList, load_yaml_file, plain
 
 ON_FAILURE = ("pause", "rollback", "continue")
 DEFAULT_TAG_TEMPLATE = "{tag}-{variant}"
@@ -505,7 +505,7 @@ def _variants(value: Any, where: str) -> List[VariantImage]:
             problem = _reference_problem(image.shape())
             if problem:
                 raise _bad(item.where("image"), path, f"{item['image']!r} {problem}")
-        spec = {k: _plain(v) for k, v in item.items() if k != "image"}
+        spec = {k: plain(v) for k, v in item.items() if k != "image"}
         out.append(VariantImage(name=variant.name, spec=spec, image=image))
     return out
 
@@ -1090,12 +1090,3 @@ def _kind(value: Any) -> str:
 
 def _yaml_word(value: Any) -> str:
     return "" if value is None else str(value).lower()
-
-
-def _plain(value: Any) -> Any:
-    """LocatedDict/LocatedList -> dict/list, for JSON and for equality with plain data."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value

@@ -85,3 +85,12 @@ def load_yaml_file(path: Path) -> Any:
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", where=str(path)) from None
     return load_yaml_text(text, str(path))
+
+
+def plain(value: Any) -> Any:
+    """LocatedDict/LocatedList as plain dicts and lists (for JSON, and equality with plain data)."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value

@@ -83,7 +83,8 @@ def test_v2_then_v3_across_the_fleet_then_v3_again_changes_nothing(ctl):
     for name, r in results(proc).items():
         assert r["result"] == "updated" and r["variant"] == VARIANT[name], r
         assert r["image"].endswith(f":v3-{VARIANT[name]}")
-        assert 0 < r["bytes"] < 16 * 1024  # only the top layer crossed
+        assert r["bytes"] < 16 * 1024  # at most the top layer crossed (none if it was there)
+    assert any(r["bytes"] > 0 for r in results(proc).values())
     assert fleet_serves(ctl.lab, FIVE) == {n: f"v3/{VARIANT[n]}" for n in FIVE}
     # The canary went first, alone.
     waves = [

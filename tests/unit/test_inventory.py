@@ -349,9 +349,14 @@ def test_the_labs_inventory_without_key_or_known_hosts_falls_back_to_defaults():
     assert host.known_hosts.endswith("/.ssh/known_hosts")
 
 
-def test_the_checked_in_lab_inventory_loads():
-    inv = load_inventory(Path(__file__).resolve().parents[2] / "inventory" / "lab.yml")
-    assert "edge-cpu" in inv.hosts
+def test_the_example_inventory_loads():
+    inv = load_inventory(Path(__file__).resolve().parents[2] / "inventory" / "hosts.yml")
+    assert len(inv.hosts) == 5 + 3 + 20
+    assert inv.hosts["gpu05.dc1.example.com"].port == 2222
+    orin = inv.hosts["orin-b.site7.example.com"]
+    assert orin.jump_host is not None and orin.jump_host.address == "bastion.example.com"
+    assert orin.become and orin.user == "deploy"
+    assert inv.hosts["store007.example.com"].python == "/usr/bin/python3.8"
 
 
 def test_to_dict_is_plain_json(fleet: Inventory):

@@ -17,8 +17,6 @@ import platform
 import sys
 from typing import Any, Dict, Optional, Sequence, TextIO
 
-_HEADER = "#!/usr/bin/env python3\nPROFILE = "
-
 # Values of NVIDIA_VISIBLE_DEVICES that mean "no GPU" to the NVIDIA toolkit.
 NO_DEVICES = ("", "void", "none")
 
@@ -32,31 +30,9 @@ class StateError(Exception):
 
 def install_text(profile: Dict[str, Any]) -> str:
     """Return the program text the lab writes to a host for ``profile``."""
-    _check_literal(profile)
-    return _HEADER + json.dumps(profile) + "\n" + _module_source()
+    from mlfleet.controller.lab.standins import program_text
 
-
-def _check_literal(value: Any) -> None:
-    """Refuse booleans and None: JSON spells them true/false/null, not Python."""
-    if isinstance(value, bool) or value is None:
-        raise ValueError(
-            "profile values must not be booleans or None (not valid Python once written as JSON)"
-        )
-    if isinstance(value, dict):
-        for item in value.values():
-            _check_literal(item)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            _check_literal(item)
-
-
-def _module_source() -> str:
-    """This module's source, minus the header an installed copy already carries."""
-    with open(__file__, encoding="utf-8") as handle:
-        text = handle.read()
-    if text.startswith(_HEADER):
-        text = text.split("\n", 2)[2]
-    return text
+    return program_text(__file__, profile)
 
 
 # ----------------------------------------------------------------------------- the hook

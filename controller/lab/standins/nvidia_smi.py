@@ -10,12 +10,9 @@ this source.
 """
 
 import datetime
-import json
 import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
-
-_HEADER = "#!/usr/bin/env python3\nPROFILE = "
 
 # Version gates (driver versions as tuples). Sources are public captures:
 # - compute_cap: rejected with 'Field "compute_cap" is not a valid field to query.' by
@@ -84,31 +81,9 @@ class UsageError(Exception):
 
 def install_text(profile: Dict[str, Any]) -> str:
     """Return the program text the lab writes to a host for ``profile``."""
-    _check_literal(profile)
-    return _HEADER + json.dumps(profile) + "\n" + _module_source()
+    from mlfleet.controller.lab.standins import program_text
 
-
-def _check_literal(value: Any) -> None:
-    """Refuse booleans and None: JSON spells them true/false/null, not Python."""
-    if isinstance(value, bool) or value is None:
-        raise ValueError(
-            "profile values must not be booleans or None (not valid Python once written as JSON)"
-        )
-    if isinstance(value, dict):
-        for item in value.values():
-            _check_literal(item)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            _check_literal(item)
-
-
-def _module_source() -> str:
-    """This module's source, minus the header an installed copy already carries."""
-    with open(__file__, encoding="utf-8") as handle:
-        text = handle.read()
-    if text.startswith(_HEADER):
-        text = text.split("\n", 2)[2]
-    return text
+    return program_text(__file__, profile)
 
 
 # ----------------------------------------------------------------------------- helpers
