@@ -256,3 +256,36 @@ def test_a_host_behind_a_jump_host(ctl):
     inventory.write_text(yaml.safe_dump(doc))
     proc = ctl("status", "--json", inventory=inventory, limit="edge-4090")
     assert results(proc)["edge-4090"]["health"] == "unreachable"
+
+
+def test_agent_install_is_idempotent_and_facts_are_stored(ctl):
+    first = ctl("agent", "install", "--json", limit="edge-cpu,ssh1")
+    assert first.returncode == 0, first.stderr
+    again = ctl("agent", "install", "--json", limit="edge-cpu,ssh1")
+    assert {h["result"] for h in json.loads(again.stdout)["hosts"]} == {"unchanged"}
+    cron = (Path(ctl.lab["hosts_by_name"]["ssh1"]["cron_dir"]) / "root").read_text()
+    assert cron.count("# mlfleet-agent") == 1 and " tick " in cron
+    facts = ctl("facts", "--json", limit="edge-t4,edge-mi210")
+    assert facts.returncode == 0, facts.stderr
+    hosts = json.loads(facts.stdout)["hosts"]
+    assert hosts["edge-t4"]["nvidia"]["driver_version"] == "470.182.03"
+    assert hosts["edge-mi210"]["amd"]["rocm_version"] == "6.1.2"
+    assert ControllerState(ctl.state).facts("edge-t4")["gpus"][0]["model"] == "Tesla T4"
+
+
+def test_on_failure_rollback_returns_updated_hosts_to_their_previous_release(ctl):
+    assert ctl("deploy", "--tag", "v2", limit="edge-cpu").returncode == 0
+    before = serving(ctl.lab["hosts_by_name"]["edge-cpu"])
+    assert before == "v2/cpu"
+    mlfleet("lab", "--name", TEST_LAB, "link", "edge-mi210", "down")
+    try:
+        proc = ctl("deploy", "--tag", "v3", "--canary", "0", "--batch", "100%", "--max-fail", "0",
+                   "--on-failure", "rollback", "--json", limit="edge-mi210,edge-cpu")  # fmt: skip
+    finally:
+        mlfleet("lab", "--name", TEST_LAB, "link", "edge-mi210", "up")
+    by_host = results(proc)
+    assert by_host["edge-mi210"]["result"] == "unreachable"
+    # edge-cpu was updated, then returned to what it served before, by the failure action.
+    assert by_host["edge-cpu"]["result"] == "rolled_back"
+    assert serving(ctl.lab["hosts_by_name"]["edge-cpu"]) == before
+    assert proc.returncode == 1
