@@ -46,6 +46,18 @@ def _keep_serving(host: AgentHost, current: Release, actions: List[str]) -> None
         )
         actions.append(f"{app}: container of {current.tag} is gone")
         return
+    fresh = (
+        current.activated_at is not None and time.time() - current.activated_at < desired.grace_s
+    )
+    previous = host.store.previous(app)
+    # The engine restarted it after a crash (its restart policy): sick, even if it answers now.
+    crashed = int(info.get("RestartCount") or 0) > 0
+    if crashed and fresh and previous is not None:
+        host.store.record_health(
+            current.id, False, f"crashed and was restarted {info['RestartCount']} times"
+        )
+        _auto_rollback(host, current, previous, actions)
+        return
     if not info["State"]["Running"]:
         verdict = restore(host, current)
         host.store.record_health(
@@ -66,10 +78,6 @@ def _keep_serving(host: AgentHost, current: Release, actions: List[str]) -> None
         )
         if ok:
             return
-    fresh = (
-        current.activated_at is not None and time.time() - current.activated_at < desired.grace_s
-    )
-    previous = host.store.previous(app)
     if fresh and previous is not None:
         _auto_rollback(host, current, previous, actions)
         return

@@ -241,3 +241,45 @@ def test_cron_runs_the_tick_on_the_host(v1_everywhere):
         time.sleep(0.5)  # the tick writes its report after the release is healthy again
     metrics = prom.read_text()
     assert 'mlfleet_release_info{app="sentiment",tag="v1",variant="cuda12"' in metrics
+
+
+def test_tick_rolls_back_a_fresh_release_that_crashes_after_its_deployment(v1_everywhere):
+    lab, _ = v1_everywhere
+    host = lab["hosts_by_name"]["edge-4090"]
+    before = serving(host)["tag"]
+    # v5 passes its checks, then dies ~8 s after its first answer; no monitor window here,
+    # so the apply commits it and only the tick can notice.
+    code, result, _ = apply(lab, "edge-4090", "v5", monitor_s=0)
+    assert code == 0 and result["status"] == "succeeded", result
+    deadline = time.monotonic() + 40
+    restarted = "0"
+    while time.monotonic() < deadline and restarted == "0":
+        time.sleep(1)
+        _, restarted, _ = ssh(
+            host, f"docker inspect -f '{{{{.RestartCount}}}}' {result['container']}"
+        )
+        restarted = restarted.strip() or "0"
+    assert restarted != "0", "v5 never crashed"
+    status = _tick(host)
+    assert any("rolled back v5" in a for a in status["actions"]), status
+    assert serving(host)["tag"] == before
+
+
+def test_daemon_runs_the_tick_without_cron(v1_everywhere):
+    lab, _ = v1_everywhere
+    host = lab["hosts_by_name"]["edge-mi210"]
+    ssh(
+        host,
+        'nohup python3 "$MLFLEET_AGENT_DIR/mlfleet-agent.pyz" daemon --interval 2 > /dev/null 2>&1 &',
+    )
+    try:
+        _, name, _ = ssh(
+            host, "docker ps --filter label=io.mlfleet.app=sentiment --format '{{.Names}}'"
+        )
+        ssh(host, f"docker stop {name.strip()}")
+        deadline = time.monotonic() + 40
+        while serving(host) is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert serving(host) is not None
+    finally:
+        ssh(host, "pkill -f 'mlfleet-agent.pyz daemon'")
