@@ -173,7 +173,7 @@ def _unchanged(host: AgentHost, current: Release, desired: DesiredState, variant
     info = host.engine.container_inspect(current.container_id)
     if not info or not info["State"]["Running"]:
         return False
-    target = _target(host, DesiredState.from_dict(current.spec), current.container_id, info)
+    target = health_target(host, DesiredState.from_dict(current.spec), current.container_id, info)
     return all(p.ok for p in health.probe_once(target, DesiredState.from_dict(current.spec).health))
 
 
@@ -332,9 +332,11 @@ def _device_gids(device_root: str, variant: Variant) -> List[int]:
     return sorted(gids)
 
 
-def _target(
+def health_target(
     host: AgentHost, desired: DesiredState, container_id: str, info: Dict[str, Any]
 ) -> health.Target:
+    """Where a release's checks reach it: its published ports on this host, and the image's
+    own HEALTHCHECK when it has one and the desired state wants it."""
     has_healthcheck = bool(((info.get("Config") or {}).get("Healthcheck") or {}).get("Test"))
     ports = {p.container: p.host for p in desired.container.ports}
     return health.Target(
@@ -345,7 +347,7 @@ def _target(
 def _prove(host: AgentHost, desired: DesiredState, release: Release, container_id: str,
            image_info: Dict[str, Any], result: ApplyResult, timings: Dict[str, float]) -> None:  # fmt: skip
     info = host.engine.container_inspect(container_id) or {}
-    target = _target(host, desired, container_id, info)
+    target = health_target(host, desired, container_id, info)
     t = time.monotonic()
     verdict = health.wait_healthy(target, desired.health, host.emit)
     timings["health_s"] = _since(t)
@@ -431,7 +433,7 @@ def restore(host: AgentHost, release: Release) -> health.Verdict:
         info = host.engine.container_inspect(release.container_id or "") or info
     host.emit({"event": "restore", "tag": release.tag, "container": release.container_name})
     return health.wait_healthy(
-        _target(host, desired, release.container_id or "", info), desired.health, host.emit
+        health_target(host, desired, release.container_id or "", info), desired.health, host.emit
     )
 
 

@@ -54,11 +54,7 @@ def _detect(args: argparse.Namespace) -> int:
 
 
 def _load_document(path: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise AgentError(f"{path}: cannot read: {exc.strerror}", EXIT_USAGE) from None
+    text = sys.stdin.read() if path == "-" else _read(path)
     try:
         return json.loads(text)
     except ValueError:
@@ -293,7 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     detect.set_defaults(func=_detect)
 
     select = sub.add_parser("select", help="choose the image variant that runs on this host")
-    select.add_argument("--variants", required=True, help="YAML or JSON with a `variants:` list")
+    select.add_argument(
+        "--variants", required=True, help="YAML or JSON with a `variants:` list (- for stdin)"
+    )
     select.add_argument("--facts", help="facts from `detect --json` (default: detect now)")
     select.add_argument("--json", action="store_true")
     host_options(select)

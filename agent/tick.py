@@ -10,7 +10,13 @@ import time
 from typing import Any, Dict, List, Optional
 
 from mlfleet.agent import health
-from mlfleet.agent.apply import AgentHost, _target, collect_garbage, repair_interrupted, restore
+from mlfleet.agent.apply import (
+    AgentHost,
+    collect_garbage,
+    health_target,
+    repair_interrupted,
+    restore,
+)
 from mlfleet.agent.desired import DesiredState
 from mlfleet.agent.engine_api import EngineError
 from mlfleet.agent.state import Release
@@ -70,7 +76,7 @@ def _keep_serving(host: AgentHost, current: Release, actions: List[str]) -> None
             return
     else:
         probes = health.probe_once(
-            _target(host, desired, current.container_id or "", info), desired.health
+            health_target(host, desired, current.container_id or "", info), desired.health
         )
         ok = all(p.ok for p in probes)
         host.store.record_health(

@@ -8,10 +8,10 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar
 
 from mlfleet.agent.bundle import AgentBundle, build_zipapp
+from mlfleet.agent.registry_probe import split_reference
 from mlfleet.controller import hostops
 from mlfleet.controller.errors import ConfigError, MlfleetError
 from mlfleet.controller.inventory import Host
@@ -211,7 +211,7 @@ def check_images(fleet: Fleet, tag: str) -> List[str]:
             refs.setdefault(image, []).append(host.name)
     missing = []
     for ref, users in refs.items():
-        registry, repo, reference = _split(ref)
+        registry, repo, reference = split_reference(ref)
         https = fleet.hosts[0].vars.get("mlfleet_registry_scheme", "https") == "https"
         try:
             found = Registry(registry, https=https, timeout=10).get_manifest(repo, reference)
@@ -229,12 +229,6 @@ def check_images(fleet: Fleet, tag: str) -> List[str]:
             hint=f"push tag {tag} for every variant, or remove the variant from the playbook",
         )
     return sorted(refs)
-
-
-def _split(ref: str) -> tuple:
-    from mlfleet.agent.registry_probe import split_reference
-
-    return split_reference(ref)
 
 
 def deploy(
@@ -372,7 +366,3 @@ def _roll_back_updated(
         results[name].update(outcome)
         fleet.state.event("rollback", f"{name}: {outcome['result']}", deployment_id, name)
         fleet.progress(name, f"rolled back ({outcome['result']})")
-
-
-def default_playbook_dir() -> Path:
-    return Path("playbooks")

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import posixpath
 from typing import Any, Callable, Dict, List, Optional
@@ -188,7 +187,3 @@ def status(conn: Connection) -> Dict[str, Any]:
     return _agent_json(
         conn, conn.run(agent_argv(conn.host, "status", "--json"), timeout=120), "agent status"
     )
-
-
-def remote_sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
