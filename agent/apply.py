@@ -178,7 +178,7 @@ def _unchanged(host: AgentHost, current: Release, desired: DesiredState, variant
 
 
 def _spec_key(spec: Dict[str, Any]) -> str:
-    keep = {k: v for k, v in spec.items() if k not in ("deployment",)}
+    keep = {k: v for k, v in spec.items() if k not in ("deployment", "pull_via")}
     return json.dumps(keep, sort_keys=True)
 
 
@@ -201,8 +201,11 @@ def _preflight(host: AgentHost, desired: DesiredState, variant: Variant, facts: 
     assert variant.image is not None
     image_info = host.engine.image_inspect(variant.image)
     if image_info is None:
-        remote = _check_disk(host, variant.image, facts)
-        result.bytes_pulled = _pull(host, variant.image, remote)
+        source = _pull_source(variant.image, desired.pull_via)
+        remote = _check_disk(host, source, facts)
+        result.bytes_pulled = _pull_with_retries(host, source, remote)
+        if source != variant.image:
+            _adopt(host, source, variant.image)
         image_info = host.engine.image_inspect(variant.image)
         if image_info is None:
             raise ApplyFailed(
@@ -241,6 +244,43 @@ def _check_disk(host: AgentHost, image: str, facts: HostFacts) -> Optional[Remot
             f"about {need} MiB once unpacked, and the engine's data root has {free} MiB free",
         )
     return remote
+
+
+def _pull_source(image: str, pull_via: Optional[str]) -> str:
+    """The reference to pull: the image itself, or the same repository and tag on a mirror."""
+    if not pull_via:
+        return image
+    _, repo, tag = split_reference(image)
+    return f"{pull_via}/{repo}:{tag}"
+
+
+def _adopt(host: AgentHost, source: str, image: str) -> None:
+    """Tag an image pulled from a mirror under its canonical name; drop the mirror's name."""
+    _, _, tag = split_reference(image)
+    repository = image[: -len(tag) - 1]
+    host.engine.image_tag(source, repository, tag)
+    host.engine.image_remove(source)  # only untags: the canonical name still holds the image
+
+
+PULL_ATTEMPTS = 4
+
+
+def _pull_with_retries(host: AgentHost, image: str, remote: Optional[RemoteImage]) -> int:
+    """A link that drops mid-pull gets bounded retries with backoff; layers already
+    complete are not fetched again (the engine keeps them). A missing image is not retried."""
+    for attempt in range(1, PULL_ATTEMPTS + 1):
+        try:
+            return _pull(host, image, remote)
+        except ApplyFailed as exc:
+            if (
+                attempt == PULL_ATTEMPTS
+                or "manifest unknown" in exc.reason
+                or "not found" in exc.reason
+            ):
+                raise
+            host.emit({"event": "pull_retry", "attempt": attempt, "reason": exc.reason})
+            time.sleep(2**attempt)
+    raise AssertionError("unreachable")
 
 
 def _pull(host: AgentHost, image: str, remote: Optional[RemoteImage]) -> int:

@@ -115,6 +115,10 @@ class DesiredState:
     strategy: str = "auto"  # auto: stop-first when old and new bind the same host port
     # Tick: roll back automatically when the release turns unhealthy within this long.
     grace_s: float = 600.0
+    # A registry mirror this host reaches instead of the image's own registry (the
+    # controller's relay at 127.0.0.1:PORT through an SSH tunnel): pull from there, then
+    # tag the image under its canonical name, so nothing else cares how it arrived.
+    pull_via: Optional[str] = None
     schema: int = SCHEMA
 
     def parsed_variants(self) -> List[Variant]:
@@ -170,6 +174,8 @@ def _validate(s: DesiredState) -> None:
         raise bad("tag", "a Docker tag: letters, digits, '_', '.', '-'")
     if not s.deployment:
         raise bad("deployment", "required")
+    if s.pull_via is not None and not re.match(r"^[A-Za-z0-9.-]+:\d{1,5}$", s.pull_via):
+        raise bad("pull_via", "host:port of a registry")
     if s.strategy not in STRATEGIES:
         raise bad("strategy", "one of " + ", ".join(STRATEGIES))
     if s.retain < 2:

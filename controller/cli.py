@@ -242,16 +242,18 @@ def plan_cmd(settings: Settings, tag: str, as_json: bool) -> None:
 @click.option("--batch", help="Batch size: N, N%, or a list like 1,5,20%.")
 @click.option("--max-fail", help="Failures allowed per wave: N or N%.")
 @click.option("--on-failure", type=click.Choice(["pause", "rollback", "continue"]))
-@click.option("--transfer", type=click.Choice(["pull"]), default="pull", show_default=True,
-              help="How images reach hosts.")  # fmt: skip
+@click.option("--transfer", type=click.Choice(["pull", "relay", "auto"]),
+              help="How images reach hosts: pull from the registry, relay through an SSH tunnel "
+                   "from the controller's side, or auto per host (default: each host's mlfleet_transfer, else pull).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def deploy_cmd(settings: Settings, tag: str, canary: Optional[int], batch: Optional[str], max_fail: Optional[str],
-               on_failure: Optional[str], transfer: str, as_json: bool) -> None:  # fmt: skip
+               on_failure: Optional[str], transfer: Optional[str], as_json: bool) -> None:  # fmt: skip
     """Canary, then batches, with a failure budget and the fleet lock."""
     from mlfleet.controller.deploy import DeployOptions, deploy
 
     fleet = _fleet(settings, need_playbook=True)
+    fleet.transfer = transfer
     policy = fleet.playbook.rollout
     options = DeployOptions(
         tag=tag,

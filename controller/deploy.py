@@ -17,6 +17,7 @@ from mlfleet.controller.errors import ConfigError, MlfleetError
 from mlfleet.controller.inventory import Host
 from mlfleet.controller.playbook import Playbook
 from mlfleet.controller.registry import Registry, RegistryError
+from mlfleet.controller.relay import Relay
 from mlfleet.controller.rollout import Action, Wave, decide, parse_budget, plan_waves
 from mlfleet.controller.state import ControllerState
 from mlfleet.controller.transport import Connection, HostUnreachable
@@ -42,6 +43,7 @@ class Fleet:
     state: ControllerState
     forks: int = 20
     accept_new_host_keys: bool = False
+    transfer: Optional[str] = None  # pull | relay | auto; None: each host's mlfleet_transfer
     progress: Progress = field(default=lambda host, msg: None)
     _connections: Dict[str, Connection] = field(default_factory=dict)
     _bundle: Optional[AgentBundle] = None
@@ -305,26 +307,45 @@ def _deploy_host(
         hostops.install_agent(conn, fleet.bundle())
         desired = playbook.desired_state(host.vars, host.name, tag, str(deployment_id))
 
+        shown = (
+            "pull",
+            "pull_retry",
+            "started",
+            "stop",
+            "restore",
+            "rolled_back",
+            "succeeded",
+            "refused",
+        )
+
         def event(e: Dict[str, Any]) -> None:
-            if e.get("event") in (
-                "pull",
-                "started",
-                "stop",
-                "restore",
-                "rolled_back",
-                "succeeded",
-                "refused",
-            ):
+            if e.get("event") in shown:
                 fleet.progress(host.name, e.get("message") or e.get("event", ""))
 
-        outcome = hostops.apply(conn, desired, on_event=event)
+        registry = _registry_of(desired)
+        mode = fleet.transfer or host.transfer
+        if mode == "auto":
+            mode = "pull" if _reaches(conn, registry) else "relay"
+        relay_bytes: Optional[int] = None
+        if mode == "relay":
+            with Relay(conn, registry, host.bwlimit_kbit) as relay:
+                desired["pull_via"] = relay.address
+                fleet.progress(
+                    host.name, f"relay: the host pulls through {relay.address} (SSH tunnel)"
+                )
+                outcome = hostops.apply(conn, desired, on_event=event)
+            relay_bytes = relay.bytes_to_host
+        else:
+            outcome = hostops.apply(conn, desired, on_event=event)
         result = {
             "result": RESULT_OF.get(outcome["status"], "failed"),
             "variant": outcome.get("variant"),
             "image": outcome.get("image"),
             "digest": outcome.get("digest"),
             "previous_tag": outcome.get("previous_tag"),
-            "bytes": outcome.get("bytes_pulled", 0),
+            # Relay: what crossed the host's link, counted in the tunnel; pull: layer sizes.
+            "bytes": relay_bytes if relay_bytes is not None else outcome.get("bytes_pulled", 0),
+            "transfer": mode,
             "reason": outcome.get("reason"),
             "evidence": outcome.get("health_evidence", [])[-10:],
             "timings": outcome.get("timings", {}),
@@ -343,6 +364,22 @@ def _deploy_host(
         host.name, f"{result['result']}" + (f": {result['reason']}" if result.get("reason") else "")
     )
     return result
+
+
+_REACH = "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), 3)"
+
+
+def _registry_of(desired: Dict[str, Any]) -> tuple:
+    """(host, port) of the registry the desired state's images live in."""
+    registry = split_reference(desired["variants"][0]["image"])[0]
+    name, _, port = registry.rpartition(":")
+    return (name, int(port)) if name and port.isdigit() else (registry, 443)
+
+
+def _reaches(conn: Connection, registry: tuple) -> bool:
+    """Whether the host itself can open a connection to the registry (for --transfer auto)."""
+    result = conn.run([conn.host.python, "-c", _REACH, registry[0], str(registry[1])], timeout=30)
+    return result.code == 0
 
 
 def _roll_back_updated(

@@ -141,6 +141,16 @@ class Connection:
                 transport.set_keepalive(15)
         return self
 
+    def transport_or_none(self) -> Optional[paramiko.Transport]:
+        return self._client.get_transport() if self._client is not None else None
+
+    def transport(self) -> paramiko.Transport:
+        """The live SSH transport (for tunnels)."""
+        transport = self.transport_or_none()
+        if transport is None or not transport.is_active():
+            raise HostUnreachable("SSH connection dropped", where=self.host.name)
+        return transport
+
     def close(self) -> None:
         for client in (self._client, self._jump):
             if client is not None:
