@@ -140,6 +140,13 @@ def apply(host: AgentHost, desired: DesiredState) -> ApplyResult:
     return result
 
 
+def serve_after_reboot(host: AgentHost, container_id: str) -> None:
+    """Give a release the restart policy of a serving one (probation used `no`)."""
+    host.engine.request(
+        "POST", f"/containers/{container_id}/update", body={"RestartPolicy": SERVING_RESTART}
+    )
+
+
 def _since(t: float) -> float:
     return round(time.monotonic() - t, 3)
 
@@ -254,11 +261,15 @@ def _pull_source(image: str, pull_via: Optional[str]) -> str:
     return f"{pull_via}/{repo}:{tag}"
 
 
+def _repository_and_tag(image: str) -> tuple:
+    """'reg:5000/team/model:v3' -> ('reg:5000/team/model', 'v3'), as the engine's API wants."""
+    tag = split_reference(image)[2]
+    return (image[: -len(tag) - 1], tag) if image.endswith(":" + tag) else (image, tag)
+
+
 def _adopt(host: AgentHost, source: str, image: str) -> None:
     """Tag an image pulled from a mirror under its canonical name; drop the mirror's name."""
-    _, _, tag = split_reference(image)
-    repository = image[: -len(tag) - 1]
-    host.engine.image_tag(source, repository, tag)
+    host.engine.image_tag(source, *_repository_and_tag(image))
     host.engine.image_remove(source)  # only untags: the canonical name still holds the image
 
 
@@ -287,8 +298,7 @@ def _pull(host: AgentHost, image: str, remote: Optional[RemoteImage]) -> int:
     """Pull through the engine (only missing layers travel); returns the bytes fetched:
     the registry's sizes of the layers the engine fetched (its progress ids are the first
     12 hex digits of the layer digests), else the sizes its progress reported."""
-    tag = split_reference(image)[2]
-    repository = image[: -len(tag) - 1] if image.endswith(":" + tag) else image
+    repository, tag = _repository_and_tag(image)
     sizes: Dict[str, int] = {d[7:19]: size for d, size in remote.layers} if remote else {}
     fetched = set()
     host.emit({"event": "pull", "image": image})
@@ -407,9 +417,7 @@ def _prove(host: AgentHost, desired: DesiredState, release: Release, container_i
 
 def _commit(host: AgentHost, desired: DesiredState, release: Release, current: Optional[Release],
             container_id: str) -> None:  # fmt: skip
-    host.engine.request(
-        "POST", f"/containers/{container_id}/update", body={"RestartPolicy": SERVING_RESTART}
-    )
+    serve_after_reboot(host, container_id)
     if current and current.container_id:
         info = host.engine.container_inspect(current.container_id)
         if info and info["State"]["Running"]:
@@ -497,11 +505,7 @@ def rollback_to(host: AgentHost, app: str, tag: Optional[str]) -> ApplyResult:
     result.health_evidence = list(verdict.evidence)
     if verdict.ok:
         host.store.reinstate(app, target.id, None, "retired", "")
-        host.engine.request(
-            "POST",
-            f"/containers/{target.container_id}/update",
-            body={"RestartPolicy": SERVING_RESTART},
-        )
+        serve_after_reboot(host, target.container_id or "")
         host.event("rolled_back", f"rolled back by request to {target.tag}", app, target.id)
         result.status = "rolled_back"
         return result

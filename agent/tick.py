@@ -16,6 +16,7 @@ from mlfleet.agent.apply import (
     health_target,
     repair_interrupted,
     restore,
+    serve_after_reboot,
 )
 from mlfleet.agent.desired import DesiredState
 from mlfleet.agent.engine_api import EngineError
@@ -116,8 +117,7 @@ def _auto_rollback(
         host.store.reinstate(
             app, previous.id, current.id, "rolled_back", "turned unhealthy within its grace period"
         )
-        host.engine.request("POST", f"/containers/{previous.container_id}/update",
-                            body={"RestartPolicy": {"Name": "unless-stopped"}})  # fmt: skip
+        serve_after_reboot(host, previous.container_id or "")
         host.event("rolled_back", f"{current.tag} turned unhealthy soon after deployment; {previous.tag} serves again",
                    app, current.id)  # fmt: skip
         actions.append(f"{app}: rolled back {current.tag} -> {previous.tag}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import tempfile
 from pathlib import Path
@@ -45,7 +46,7 @@ def main() -> int:
             target = f"{host['agent_dir']}/mlfleet-agent.pyz"
             Path(target).write_bytes(bundle.path.read_bytes())  # the lab host's disk is ours
             proc = fleet.run_on(
-                layout, name, ["python3", "-c", _quote(PROBE), target, str(args.runs)]
+                layout, name, ["python3", "-c", shlex.quote(PROBE), target, str(args.runs)]
             )
             if proc.returncode != 0:
                 raise SystemExit(f"{name}: {proc.stderr}")
@@ -58,12 +59,6 @@ def main() -> int:
             }
     print(json.dumps(results, indent=2))
     return 0
-
-
-def _quote(text: str) -> str:
-    import shlex
-
-    return shlex.quote(text)
 
 
 if __name__ == "__main__":

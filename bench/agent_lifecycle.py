@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import subprocess
 import tempfile
@@ -124,7 +125,7 @@ def main() -> int:
         [
             "python3",
             "-c",
-            _quote(TICK_PROBE),
+            shlex.quote(TICK_PROBE),
             f"{host['agent_dir']}/mlfleet-agent.pyz",
             str(args.runs),
         ],
@@ -137,12 +138,6 @@ def main() -> int:
     out["tick_peak_rss_mib"] = round(data["max_rss_kib"] / 1024, 1)
     print(json.dumps(out, indent=2))
     return 0
-
-
-def _quote(text: str) -> str:
-    import shlex
-
-    return shlex.quote(text)
 
 
 if __name__ == "__main__":

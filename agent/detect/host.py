@@ -10,12 +10,7 @@ from typing import Dict, Optional
 
 from mlfleet.agent.facts import OsFacts
 from mlfleet.agent.hostroot import HostRoot
-
-_ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
-
-
-def normalize_arch(arch: str) -> str:
-    return _ARCH_ALIASES.get(arch.lower(), arch.lower())
+from mlfleet.agent.variants import normalize_arch
 
 
 def parse_os_release(text: str) -> Dict[str, str]:
@@ -67,7 +62,7 @@ def hostname() -> str:
 
 
 def arch() -> str:
-    return normalize_arch(platform.machine())
+    return normalize_arch(platform.machine().lower())
 
 
 def cpus() -> int:
