@@ -211,13 +211,16 @@ def _preflight(host: AgentHost, desired: DesiredState, variant: Variant, facts: 
         source = _pull_source(variant.image, desired.pull_via)
         remote = _check_disk(host, source, facts)
         result.bytes_pulled = _pull_with_retries(host, source, remote)
-        if source != variant.image:
-            _adopt(host, source, variant.image)
+        digest = _adopt(host, source, variant.image) if source != variant.image else None
         image_info = host.engine.image_inspect(variant.image)
         if image_info is None:
             raise ApplyFailed(
                 "preflight", f"image {variant.image} is not on the engine after its pull"
             )
+        if digest and not image_info.get("RepoDigests"):
+            # Pulled from a mirror: record the manifest digest under the canonical name.
+            repository = _repository_and_tag(variant.image)[0]
+            image_info["RepoDigests"] = [f"{repository}@{digest}"]
     user = spec.user or (image_info.get("Config") or {}).get("User") or None
     if runs_as_root(user) and not spec.allow_root:
         raise ApplyFailed(
@@ -267,10 +270,14 @@ def _repository_and_tag(image: str) -> tuple:
     return (image[: -len(tag) - 1], tag) if image.endswith(":" + tag) else (image, tag)
 
 
-def _adopt(host: AgentHost, source: str, image: str) -> None:
-    """Tag an image pulled from a mirror under its canonical name; drop the mirror's name."""
+def _adopt(host: AgentHost, source: str, image: str) -> Optional[str]:
+    """Tag an image pulled from a mirror under its canonical name; drop the mirror's name.
+    Returns the manifest digest the mirror served (the engine forgets it with the name)."""
+    info = host.engine.image_inspect(source) or {}
+    digests = [d.split("@", 1)[1] for d in info.get("RepoDigests") or () if "@" in d]
     host.engine.image_tag(source, *_repository_and_tag(image))
     host.engine.image_remove(source)  # only untags: the canonical name still holds the image
+    return digests[0] if digests else None
 
 
 PULL_ATTEMPTS = 4

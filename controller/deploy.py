@@ -5,10 +5,11 @@ the same pieces: facts, plan, status, rollback, agent install."""
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 from mlfleet.agent.bundle import AgentBundle, build_zipapp
 from mlfleet.agent.registry_probe import split_reference
@@ -18,6 +19,7 @@ from mlfleet.controller.inventory import Host
 from mlfleet.controller.playbook import Playbook
 from mlfleet.controller.registry import Registry, RegistryError
 from mlfleet.controller.relay import Relay
+from mlfleet.controller.relay_cache import RelayCache
 from mlfleet.controller.rollout import Action, Wave, decide, parse_budget, plan_waves
 from mlfleet.controller.state import ControllerState
 from mlfleet.controller.transport import Connection, HostUnreachable
@@ -47,6 +49,8 @@ class Fleet:
     progress: Progress = field(default=lambda host, msg: None)
     _connections: Dict[str, Connection] = field(default_factory=dict)
     _bundle: Optional[AgentBundle] = None
+    _caches: Dict[str, RelayCache] = field(default_factory=dict)
+    _caches_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def connection(self, host: Host) -> Connection:
         if host.name not in self._connections:
@@ -58,6 +62,27 @@ class Fleet:
     def close(self) -> None:
         for conn in self._connections.values():
             conn.close()
+        for cache in self._caches.values():
+            cache.stop()
+
+    def relay_source(self, host: Host, upstream: Tuple[str, int]) -> Tuple[str, int]:
+        """Where the host's relay tunnel connects: the upstream registry, a registry the
+        inventory names, or the pull-through cache mlfleet runs (one per upstream, shared by
+        the deployment's hosts)."""
+        choice = host.relay_registry
+        if choice is None:
+            return upstream
+        if choice != "cache":
+            name, _, port = choice.rpartition(":")
+            return (name, int(port))
+        key = f"{upstream[0]}:{upstream[1]}"
+        with self._caches_lock:
+            if key not in self._caches:
+                https = host.vars.get("mlfleet_registry_scheme", "https") == "https"
+                self._caches[key] = RelayCache(key, https).start()
+                self.progress("*", f"relay cache of {key} on {self._caches[key].address[0]}:"
+                              f"{self._caches[key].address[1]} ({self._caches[key].dir})")  # fmt: skip
+            return self._caches[key].address
 
     def bundle(self) -> AgentBundle:
         if self._bundle is None:
@@ -328,7 +353,7 @@ def _deploy_host(
             mode = "pull" if _reaches(conn, registry) else "relay"
         relay_bytes: Optional[int] = None
         if mode == "relay":
-            with Relay(conn, registry, host.bwlimit_kbit) as relay:
+            with Relay(conn, fleet.relay_source(host, registry), host.bwlimit_kbit) as relay:
                 desired["pull_via"] = relay.address
                 fleet.progress(
                     host.name, f"relay: the host pulls through {relay.address} (SSH tunnel)"
@@ -350,7 +375,7 @@ def _deploy_host(
             "evidence": outcome.get("health_evidence", [])[-10:],
             "timings": outcome.get("timings", {}),
         }
-    except (HostUnreachable, ConfigError) as exc:
+    except MlfleetError as exc:  # the host is unreachable, or its settings or relay failed
         kind = (
             "unreachable"
             if isinstance(exc, HostUnreachable) and not isinstance(exc, hostops.AgentFailed)

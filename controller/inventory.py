@@ -59,6 +59,7 @@ DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 
 _GROUP_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _DIGITS = re.compile(r"^[0-9]+$")
+_HOST_PORT = re.compile(r"^[A-Za-z0-9.-]+:[0-9]{1,5}$")
 _TRUE = frozenset({"true", "yes", "on", "y", "t", "1"})
 _FALSE = frozenset({"false", "no", "off", "n", "f", "0"})
 # Ansible's vars-file lookup: `<name>` (file or directory) first, then these extensions.
@@ -210,6 +211,20 @@ class Host:
         """Bandwidth cap for image transfers in kbit/s, or None."""
         return self._int(("mlfleet_bwlimit_kbit",), None, 1, None)
 
+    @property
+    def relay_registry(self) -> Optional[str]:
+        """Where the relay's tunnel leads on the controller's side: None for the registry
+        named in the image (`upstream`, the default), `cache` for a pull-through cache that
+        mlfleet runs on the controller's loopback, or a registry's `host:port`."""
+        text = self._text("mlfleet_relay_registry")
+        if text in (None, "upstream"):
+            return None
+        if text == "cache" or _HOST_PORT.match(text):
+            return text
+        raise self._error(
+            "mlfleet_relay_registry", "upstream, cache or a registry's host:port", text
+        )
+
     def validate(self) -> None:
         """Read every typed setting once, so a bad value fails early with its file:line."""
         for name in _SETTINGS:
@@ -287,7 +302,7 @@ class Host:
 _SETTINGS = (
     "address", "port", "user", "ssh_key", "known_hosts", "jump_host", "become", "python",
     "agent_dir", "docker_host", "root", "device_root", "cron_dir", "registry", "transfer",
-    "bwlimit_kbit",
+    "bwlimit_kbit", "relay_registry",
 )  # fmt: skip
 
 

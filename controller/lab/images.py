@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import platform
+import random
 import re
 import shutil
 import subprocess
@@ -179,7 +180,8 @@ def app_layer(cache: Path, base_rootfs_files: Dict[str, bytes]) -> Layer:
 
 
 def image_info(tag: str, variant: str) -> Dict[str, object]:
-    """What the image knows about itself (/etc/mlfleet/image.json in the image)."""
+    """What the image knows about itself (/etc/mlfleet/image.json in the image). Tags other
+    than TAGS (the payload images) behave like a healthy release."""
     accel = VARIANTS[variant]
     accelerator: Optional[Dict[str, str]] = None
     if accel and accel["kind"] == "cuda":
@@ -192,7 +194,7 @@ def image_info(tag: str, variant: str) -> Dict[str, object]:
         "model": "sentiment",
         "tag": tag,
         "variant": variant,
-        "behaviour": TAG_BEHAVIOUR[tag],
+        "behaviour": TAG_BEHAVIOUR.get(tag, "healthy"),
         "accelerator": accelerator,
     }
 
@@ -297,3 +299,35 @@ def build_and_push(registry: Registry, cache: Path, progress: Progress) -> List[
             refs.append(f"{registry.address}/{REPOSITORY}:{tag}-{variant}")
     progress(f"pushed {len(refs)} images to {registry.address}/{REPOSITORY}")
     return refs
+
+
+def payload_layer(cache: Path, tag: str, payload_mib: int) -> Layer:
+    """A layer of incompressible bytes (seeded by the tag, so rebuilding gives the same
+    layer): what a model's weights look like to gzip."""
+    data = random.Random(f"{tag}/{payload_mib}").randbytes(payload_mib << 20)
+    return _tar_layer({"opt/mlfleet/payload.bin": (data, 0o644)}, cache / f"payload-{tag}.tar.gz")
+
+
+def push_payload_image(registry: Registry, cache: Path, tag: str, payload_mib: int) -> List[Layer]:
+    """Push `{tag}-{variant}` for every variant: the lab's healthy release plus a layer of
+    `payload_mib` MiB of incompressible bytes before its top layer. For the delivery tests
+    and benchmarks: one large layer to cut a link in the middle of, or to meter. The base
+    and app layers are the lab's (already on the registry after `lab up`). Returns the layers
+    of the cpu variant."""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,40}", tag) or tag in TAGS:
+        raise LabError(f"payload image tag {tag!r}: lower-case letters, digits, . _ -; not {TAGS}")
+    base = base_layer(cache, lambda _msg: None)
+    app = app_layer(cache, _base_files(base, ("etc/passwd", "etc/group")))
+    payload = payload_layer(cache, tag, payload_mib)
+    for layer in (base, app, payload):
+        registry.push_blob(REPOSITORY, layer.digest, layer.path)
+    pushed: List[Layer] = []
+    for variant in VARIANTS:
+        layers = [base, app, payload, top_layer(cache, tag, variant)]
+        config = image_config(layers, tag, variant)
+        registry.push_blob(REPOSITORY, layers[-1].digest, layers[-1].path)
+        registry.push_blob(REPOSITORY, sha256_digest(config), config)
+        registry.put_manifest(REPOSITORY, f"{tag}-{variant}", manifest(config, layers), MANIFEST_V2)
+        if variant == "cpu":
+            pushed = layers
+    return pushed

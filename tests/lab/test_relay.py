@@ -4,22 +4,37 @@ the layers it lacks cross its link (counted in the tunnel)."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import Optional
 
-from mlfleet.controller.lab.images import REPOSITORY
+import yaml
+
+from mlfleet.controller.lab.images import REPOSITORY, push_payload_image
+from mlfleet.controller.lab.layout import LabLayout
+from mlfleet.controller.lab.processes import pids_mentioning
 from mlfleet.controller.registry import Registry
+from tests.conftest import TEST_LAB, mlfleet
 
 PLAYBOOK = Path(__file__).parents[2] / "playbooks" / "sentiment.yml"
 SLACK = 64 * 1024  # manifests, config and HTTP/TLS-free protocol bytes
 
 
-def deploy(lab, state: Path, tag: str, *extra: str) -> dict:
-    argv = ["-i", str(lab["inventory"]), "-p", str(PLAYBOOK), "--state", str(state), "--limit", "edge-air,edge-cpu",
+def deploy_argv(lab, state: Path, tag: str, *extra: str, limit: str = "edge-air,edge-cpu",
+                inventory: Optional[Path] = None) -> list:  # fmt: skip
+    return [sys.executable, "-m", "mlfleet.controller", "-i", str(inventory or lab["inventory"]), "-p", str(PLAYBOOK),
+            "--state", str(state), "--limit", limit,
             "deploy", "--tag", tag, "--canary", "0", "--batch", "100%", "--json", *extra]  # fmt: skip
-    proc = subprocess.run([sys.executable, "-m", "mlfleet.controller", *argv], capture_output=True, text=True,
-                          timeout=900)  # fmt: skip
+
+
+def deploy(lab, state: Path, tag: str, *extra: str, env: Optional[dict] = None, **options) -> dict:
+    argv = deploy_argv(lab, state, tag, *extra, **options)
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=900, env=env)
     assert proc.stdout.strip(), proc.stderr[-3000:]
     return {h["host"]: h for h in json.loads(proc.stdout)["hosts"]}
 
@@ -50,3 +65,135 @@ def test_relay_first_install_then_update_sends_only_missing_layers(agent_hosts, 
         capture_output=True, text=True,
     )  # fmt: skip
     assert code.stdout.strip() == "0"  # tagged under its canonical name, the relay's name gone
+
+
+def with_host_vars(lab, tmp_path: Path, host: str, **hostvars) -> Path:
+    """A copy of the lab's inventory with extra variables for one host (in host_vars/)."""
+    inventory = tmp_path / "inventory.yml"
+    shutil.copy(lab["inventory"], inventory)
+    (tmp_path / "host_vars").mkdir(exist_ok=True)
+    (tmp_path / "host_vars" / f"{host}.yml").write_text(yaml.safe_dump(hostvars))
+    return inventory
+
+
+def payload_image(lab, tag: str, mib: int) -> list:
+    registry = Registry(lab["registry"]["address"])
+    return push_payload_image(registry, LabLayout(TEST_LAB).cache, tag, mib)
+
+
+def serving_inside(name: str) -> Optional[str]:
+    """The tag that answers on the host's port 8080, asked from inside the host's own network
+    namespace (so it is seen while the host's link is cut)."""
+    proc = subprocess.run(
+        ["nsenter", f"--net=/run/netns/{LabLayout(TEST_LAB).netns(name)}",
+         "curl", "-sf", "-m", "2", "http://127.0.0.1:8080/version"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    return json.loads(proc.stdout)["tag"] if proc.returncode == 0 else None
+
+
+def test_bandwidth_cap_paces_the_relay(agent_hosts, tmp_path):
+    lab = agent_hosts
+    state = tmp_path / "state.db"
+    assert deploy(lab, state, "v1", "--transfer", "relay", limit="edge-air")["edge-air"]["result"] in (
+        "updated", "unchanged")  # fmt: skip
+    layers = payload_image(lab, "capped", 4)
+    kbit = 4000
+    inventory = with_host_vars(lab, tmp_path, "edge-air", mlfleet_bwlimit_kbit=kbit)
+    air = deploy(
+        lab, state, "capped", "--transfer", "relay", limit="edge-air", inventory=inventory
+    )["edge-air"]
+    assert air["result"] == "updated", air
+    missing = layers[2].size + layers[3].size
+    assert missing * 0.9 <= air["bytes"] <= missing * 1.1 + SLACK, (air["bytes"], missing)
+    # The cap is a floor on the transfer time: the bytes cannot have crossed faster.
+    at_cap = air["bytes"] * 8 / (kbit * 1000)
+    assert air["timings"]["preflight_s"] >= 0.8 * at_cap, (air["timings"], at_cap)
+
+
+def test_link_cut_during_a_large_layer_old_release_serves_throughout(agent_hosts, tmp_path):
+    lab = agent_hosts
+    state = tmp_path / "state.db"
+    assert deploy(lab, state, "v1", "--transfer", "relay", limit="edge-air")["edge-air"]["result"] in (
+        "updated", "unchanged")  # fmt: skip
+    assert serving_inside("edge-air") == "v1"
+    layers = payload_image(lab, "cut", 24)
+    # 2 MB/s through the relay: the 24 MiB layer takes ~12 s, the link goes down at 3 s for 6 s.
+    inventory = with_host_vars(lab, tmp_path, "edge-air", mlfleet_bwlimit_kbit=16000)
+    argv = deploy_argv(
+        lab, state, "cut", "--transfer", "relay", limit="edge-air", inventory=inventory
+    )
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    seen: list = []  # (time, tag answering, whether the old release was stopped yet)
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            stopped = any("edge-air" in line and " stop" in line for line in list(lines))
+            seen.append((time.monotonic(), serving_inside("edge-air"), stopped))
+            time.sleep(0.3)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not any("relay:" in line for line in list(lines)):
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)[-3000:]
+            time.sleep(0.1)
+        time.sleep(3)
+        cut = time.monotonic()
+        mlfleet("lab", "--name", TEST_LAB, "link", "edge-air", "down")
+        time.sleep(6)
+    finally:
+        mlfleet("lab", "--name", TEST_LAB, "link", "edge-air", "up")
+    restored = time.monotonic()
+    out, _ = proc.communicate(timeout=600)
+    done.set()
+    watcher.join()
+    reader.join(timeout=5)
+    air = {h["host"]: h for h in json.loads(out)["hosts"]}["edge-air"]
+    # Throughout the cut, and until the agent stopped it for the new one, v1 answered.
+    during = [tag for t, tag, stopped in seen if cut <= t <= restored]
+    before_stop = [tag for t, tag, stopped in seen if not stopped]
+    assert during and set(during) == {"v1"}, seen
+    assert set(before_stop) == {"v1"}, seen
+    if air["result"] == "updated":
+        # Completed after the link came back: the whole image, verified, serving.
+        _, digest = Registry(lab["registry"]["address"]).get_manifest(REPOSITORY, "cut-cpu")
+        assert air["digest"] == f"{air['image'].rsplit(':', 1)[0]}@{digest}", air
+        assert serving_inside("edge-air") == "cut"
+        # Only what the host lacked crossed (the 60 MB base it holds was not sent again);
+        # a layer cut half-way may be fetched again, at most once more.
+        missing = layers[2].size + layers[3].size
+        assert missing * 0.9 <= air["bytes"] <= 2 * missing + SLACK, (air["bytes"], missing)
+    else:
+        assert air["result"] == "failed" and air["reason"], air
+        assert serving_inside("edge-air") == "v1"
+
+
+def test_relay_through_the_controllers_pull_through_cache(agent_hosts, tmp_path):
+    lab = agent_hosts
+    state = tmp_path / "state.db"
+    layers = payload_image(lab, "cached", 2)
+    inventory = with_host_vars(lab, tmp_path, "edge-air", mlfleet_relay_registry="cache")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    result = deploy(
+        lab, state, "cached", "--transfer", "relay", limit="edge-air", inventory=inventory, env=env
+    )
+    air = result["edge-air"]
+    assert air["result"] == "updated", air
+    assert serving_inside("edge-air") == "cached"
+    missing = layers[2].size + layers[3].size
+    assert missing * 0.9 <= air["bytes"] <= missing * 1.1 + SLACK, (air["bytes"], missing)
+    # The layers came through the cache mlfleet ran (it keeps them for the next host) ...
+    blobs = list(
+        (tmp_path / "cache" / "mlfleet" / "relay").glob(
+            "*/data/docker/registry/v2/blobs/sha256/*/*"
+        )
+    )
+    assert layers[2].digest.split(":")[1] in {b.name for b in blobs}, blobs
+    # ... and the cache stopped with the deployment.
+    assert not pids_mentioning([str(tmp_path / "cache")])

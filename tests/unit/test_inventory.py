@@ -272,6 +272,11 @@ def test_jump_host_from_variable_or_from_ansible_ssh_args():
         ("ansible_port: true", "`ansible_port` must be a whole number", 5),
         ("mlfleet_transfer: push", "`mlfleet_transfer` must be one of pull, relay, auto", 5),
         ("mlfleet_become: maybe", "`mlfleet_become` must be true or false", 5),
+        (
+            "mlfleet_relay_registry: 'http://r:5000'",
+            "must be upstream, cache or a registry's host:port",
+            5,
+        ),
         ("mlfleet_agent_dir: var/lib", "`mlfleet_agent_dir` must be an absolute path", 5),
         (
             "mlfleet_bwlimit_kbit: 0",
@@ -533,3 +538,13 @@ def test_missing_file_and_bad_vars_file(tmp_path: Path):
     with pytest.raises(ConfigError) as err:
         load_inventory(tmp_path / "hosts.yml")
     assert err.value.where == f"{tmp_path / 'host_vars' / 'web1.yml'}:1"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("", None), ("mlfleet_relay_registry: upstream", None), ("mlfleet_relay_registry: cache", "cache"),
+     ("mlfleet_relay_registry: 'mirror.site.lan:5000'", "mirror.site.lan:5000")],
+)  # fmt: skip
+def test_relay_registry_forms(value: str, expected):
+    inv = parse(f"all:\n  hosts:\n    web1:\n      ansible_host: 10.0.0.1\n      {value}\n")
+    assert inv.hosts["web1"].relay_registry == expected
