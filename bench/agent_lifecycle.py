@@ -1,7 +1,7 @@
 """Benchmark (not a test): the agent's lifecycle on a lab host, through the zipapp over SSH.
 
 Run as root with a lab up (`mlfleet lab up`): `.venv/bin/python bench/agent_lifecycle.py
-[--lab NAME] [--host edge-cpu] [--runs 5]`. Reports: zipapp size; apply wall time (first
+[--lab NAME] [--host edge-cpu] [--runs 5] [--json OUT]`. Reports: zipapp size; apply wall time (first
 install, update); rollback latency = from the failing health verdict (the agent's last
 failed round) to the old release answering /version again, seen from outside; `tick`
 wall time and peak memory (max RSS of the agent process).
@@ -92,6 +92,7 @@ def main() -> int:
     parser.add_argument("--lab", default="lab")
     parser.add_argument("--host", default="edge-cpu")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     layout = LabLayout.named(args.lab)
     status = fleet.status(layout)
@@ -137,6 +138,8 @@ def main() -> int:
     }
     out["tick_peak_rss_mib"] = round(data["max_rss_kib"] / 1024, 1)
     print(json.dumps(out, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
     return 0
 
 
