@@ -266,13 +266,15 @@ def deploy_cmd(settings: Settings, tag: str, canary: Optional[int], batch: Optio
         outcome = deploy(fleet, options, str(settings.playbook), str(settings.inventory))
     finally:
         fleet.close()
-    table = Table(title=f"deploy {tag}: {outcome['status']} (deployment {outcome['deployment']})")
+    table = Table(title=f"deploy {tag}: {outcome['status']} (deployment {outcome['deployment']})",
+                  caption=f"image bytes over the hosts' links: {_size(outcome['bytes'])}")  # fmt: skip
     for col in ("host", "result", "variant", "image", "duration", "bytes", "reason"):
         table.add_column(col)
     for h in outcome["hosts"]:
         image = (h.get("image") or "-").rsplit("/", 1)[-1]
+        moved = f"{_size(h.get('bytes') or 0)} {h['transfer']}" if h.get("transfer") else "-"
         table.add_row(h["host"], h["result"], h.get("variant") or "-", image,
-                      f"{h.get('duration_s', 0):.1f}s", _size(h.get("bytes") or 0), (h.get("reason") or "")[:80])  # fmt: skip
+                      f"{h.get('duration_s', 0):.1f}s", moved, (h.get("reason") or "")[:80])  # fmt: skip
     _emit(outcome, as_json, table)
     if outcome["status"] != "succeeded":
         only_unreachable = all(
@@ -351,13 +353,14 @@ def history_cmd(settings: Settings, host_name: Optional[str], as_json: bool) -> 
     deployments = state.deployments()
     results = state.host_results(host=host_name)
     table = Table(title="history")
-    for col in ("#", "tag", "host", "wave", "result", "variant", "finished"):
+    for col in ("#", "tag", "host", "wave", "result", "variant", "bytes", "finished"):
         table.add_column(col)
     table.add_column("reason", overflow="ellipsis", no_wrap=True, max_width=60)
     tags = {d["id"]: d["tag"] for d in deployments}
     for r in results[:50]:
+        moved = f"{_size(r['bytes'] or 0)} {r.get('transfer') or ''}".strip()
         table.add_row(str(r["deployment_id"]), tags.get(r["deployment_id"], "?"), r["host"], r["wave"] or "-",
-                      r["result"] or "-", r["variant"] or "-", _when(r["finished"]), r["reason"] or "")  # fmt: skip
+                      r["result"] or "-", r["variant"] or "-", moved, _when(r["finished"]), r["reason"] or "")  # fmt: skip
     _emit({"deployments": deployments, "results": results}, as_json, table)
 
 

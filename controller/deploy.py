@@ -318,6 +318,7 @@ def deploy(
         "deployment": deployment_id,
         "tag": tag,
         "reason": reason,
+        "bytes": sum(h.get("bytes") or 0 for h in hosts),
         "hosts": hosts,
     }
 

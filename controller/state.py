@@ -65,7 +65,7 @@ class ControllerState:
             db["host_results"].create(
                 {"id": int, "deployment_id": int, "host": str, "wave": str, "result": str, "variant": str,
                  "image": str, "digest": str, "previous_tag": str, "duration_s": float, "bytes": int,
-                 "reason": str, "evidence": str, "timings": str, "started": float, "finished": float},
+                 "transfer": str, "reason": str, "evidence": str, "timings": str, "started": float, "finished": float},
                 pk="id",
             )  # fmt: skip
             db["host_results"].create_index(["deployment_id"])
@@ -178,13 +178,14 @@ class ControllerState:
             "previous_tag": result.get("previous_tag"),
             "duration_s": result.get("duration_s"),
             "bytes": result.get("bytes") or 0,
+            "transfer": result.get("transfer"),
             "reason": result.get("reason"),
             "evidence": json.dumps(result.get("evidence") or []),
             "timings": json.dumps(result.get("timings") or {}),
             "started": result.get("started"),
             "finished": time.time(),
         }
-        self.db["host_results"].insert(row)
+        self.db["host_results"].insert(row, alter=True)  # `transfer` came later: older DBs gain it
 
     def deployments(self, limit: int = 20) -> List[Dict[str, Any]]:
         return list(self.db["deployments"].rows_where(order_by="id desc", limit=limit))

@@ -19,6 +19,7 @@ from mlfleet.controller.lab.images import REPOSITORY, push_payload_image
 from mlfleet.controller.lab.layout import LabLayout
 from mlfleet.controller.lab.processes import pids_mentioning
 from mlfleet.controller.registry import Registry
+from mlfleet.controller.state import ControllerState
 from tests.conftest import TEST_LAB, mlfleet
 
 PLAYBOOK = Path(__file__).parents[2] / "playbooks" / "sentiment.yml"
@@ -59,6 +60,8 @@ def test_relay_first_install_then_update_sends_only_missing_layers(agent_hosts, 
     assert update["result"] == "updated" and update["variant"] == "cpu", update
     top = layer_bytes(lab, "v3")[-1]
     assert top * 0.9 <= update["bytes"] <= top * 1.1 + SLACK, (update["bytes"], top)
+    recorded = ControllerState(state).host_results(host="edge-air")[0]  # newest first
+    assert (recorded["bytes"], recorded["transfer"]) == (update["bytes"], "relay")
     code = subprocess.run(
         [sys.executable, "-m", "mlfleet.controller", "lab", "--name", "t", "ssh", "edge-air",
          "docker images --format '{{.Repository}}:{{.Tag}}' | grep -c 127.0.0.1 || true"],
@@ -197,3 +200,20 @@ def test_relay_through_the_controllers_pull_through_cache(agent_hosts, tmp_path)
     assert layers[2].digest.split(":")[1] in {b.name for b in blobs}, blobs
     # ... and the cache stopped with the deployment.
     assert not pids_mentioning([str(tmp_path / "cache")])
+
+
+def test_relay_refuses_layers_the_disk_cannot_hold_before_sending_them(agent_hosts, tmp_path):
+    lab = agent_hosts
+    state = tmp_path / "state.db"
+    assert deploy(lab, state, "v1", "--transfer", "relay", limit="edge-air")["edge-air"]["result"] in (
+        "updated", "unchanged")  # fmt: skip
+    # edge-air's engine has a 400 MiB disk: a 140 MiB layer needs more once unpacked.
+    layers = payload_image(lab, "huge", 140)
+    air = deploy(lab, state, "huge", "--transfer", "relay", limit="edge-air")["edge-air"]
+    assert air["result"] == "failed", air
+    assert (
+        "not enough disk" in air["reason"]
+        and f"{(layers[2].size + layers[3].size) / 1048576:.1f} MiB" in air["reason"]
+    ), air
+    assert air["bytes"] < SLACK, air  # the manifest and config crossed, no layer
+    assert serving_inside("edge-air") == "v1"

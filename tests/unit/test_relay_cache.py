@@ -16,4 +16,3 @@ def test_cache_listens_on_loopback_and_proxies_the_upstream(tmp_path: Path):
     assert config["storage"]["filesystem"]["rootdirectory"] == str(tmp_path / "data")
     https = yaml.safe_load(config_text("registry.example.com", True, 1, tmp_path))
     assert https["proxy"]["remoteurl"] == "https://registry.example.com"
-
