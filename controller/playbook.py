@@ -4,7 +4,8 @@ with its file:line) and turned, host by host, into the agent's desired state.
 Loading is pure apart from reading the file; `Playbook.desired_state` is pure. A host's
 variables (from the inventory) fill in `{{ name }}` templates; nothing else of Jinja exists.
 
-Keys (the function that checks each one is named in brackets):
+Keys (the function that checks each one is named in brackets; `check.` is
+controller/yamlcheck.py, the typed readers shared by every key):
 
 - `app` [`_app`], required: 1-41 lowercase letters, digits and dashes; names the containers
   and the releases on the host.
@@ -29,13 +30,13 @@ Keys (the function that checks each one is named in brackets):
   - `mounts` [`_mount`]: `"source:target[:ro|rw]"` (read-only unless `rw`) or mappings
     `{source, target, read_only}`; templated; absolute paths.
   - `user` [`_user`]: `"uid[:gid]"` or a name; templated. Root (`0`, `root`) only with
-    `allow_root: true` [`_bool`], default false.
-  - `memory`, `shm_size` [`_size_mib`]: `512m`, `1.5g`, `2048k` (whole MiB) or a plain
+    `allow_root: true` [`check.boolean`], default false.
+  - `memory`, `shm_size` [`check.size_mib`]: `512m`, `1.5g`, `2048k` (whole MiB) or a plain
     number of MiB.
-  - `cpus` [`_number`]: a number above 0.
+  - `cpus` [`check.number`]: a number above 0.
   - `command` [`_command`]: a list of arguments (exec form, never a shell); templated.
 - `health` [`_health`]:
-  - `docker` [`_bool`], default true: wait for the image's own HEALTHCHECK.
+  - `docker` [`check.boolean`], default true: wait for the image's own HEALTHCHECK.
   - `http` [`_http_check`]: `{port, path (default /health), status (default 200),
     body_contains}`.
   - `tcp` [`_tcp_check`]: `{port}`.
@@ -43,23 +44,23 @@ Keys (the function that checks each one is named in brackets):
   - `inference` [`_inference_check`]: `{port, path, request, expect, tolerance}`: POST
     `request` as JSON; the answer must contain `expect`, numbers within `tolerance`
     (default 1e-6). Checked ports must be published by `container.ports`.
-  - `start_period` (may be 0), `interval`, `timeout`, `deadline` [`_duration`]: `"500ms"`,
-    `"5s"`, `"2m"`, `"1h"`, `"1m30s"` or a number of seconds. `retries` [`_int`]: >= 1.
-- `monitor` [`_duration`]: watch window after the release first turns healthy (agent
+  - `start_period` (may be 0), `interval`, `timeout`, `deadline` [`check.duration`]: `"500ms"`,
+    `"5s"`, `"2m"`, `"1h"`, `"1m30s"` or a number of seconds. `retries` [`check.whole_number`]: >= 1.
+- `monitor` [`check.duration`]: watch window after the release first turns healthy (agent
   default 10s).
-- `retain` [`_int`]: releases kept on a host, current and previous included; >= 2.
-- `grace` [`_duration`]: the agent's cron tick rolls back a release that turns unhealthy
+- `retain` [`check.whole_number`]: releases kept on a host, current and previous included; >= 2.
+- `grace` [`check.duration`]: the agent's cron tick rolls back a release that turns unhealthy
   within this long (agent default 10m).
-- `strategy` [`_choice`]: `auto` (stop-first when old and new bind the same host port),
+- `strategy` [`check.choice`]: `auto` (stop-first when old and new bind the same host port),
   `stop-first` or `start-first`.
 - `rollout` [`_rollout`]: read by the controller's rollout planner, never sent to a host:
-  - `canary` [`_int`], default 1: hosts updated alone first (0: none).
+  - `canary` [`check.whole_number`], default 1: hosts updated alone first (0: none).
   - `batch` [`_batch`], default `"25%"`: the batch size after the canary: a number of
     hosts, `"N%"` (1-100) of the fleet, or a list such as `[1, 5, "20%"]` whose last entry
     repeats for the rest (Ansible `serial`).
   - `max_fail` [`_max_fail`], default 0: failures a batch may have; the action fires when
     failures strictly exceed it (`"N%"`, 0-100, of the batch).
-  - `on_failure` [`_choice`], default `pause`: `pause`, `rollback` or `continue`.
+  - `on_failure` [`check.choice`], default `pause`: `pause`, `rollback` or `continue`.
 
 Host variables: `{{ name }}` is replaced by `str(value)` of the host's variable `name`
 (`inventory_hostname` is the host's name unless the inventory sets it). An undefined
@@ -72,17 +73,16 @@ by the agent's `DesiredState.from_dict` before it leaves the controller.
 from __future__ import annotations
 
 import copy
-import datetime
 import difflib
 import ipaddress
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from mlfleet.agent.desired import SCHEMA, STRATEGIES, DesiredState, DesiredStateError
 from mlfleet.agent.variants import Variant, VariantError, parse_variants
+from mlfleet.controller import yamlcheck as check
 from mlfleet.controller.errors import ConfigError
 from mlfleet.controller.yamlsource import LocatedDict, LocatedList, load_yaml_file, plain
 
@@ -100,7 +100,6 @@ _PLACEHOLDER = re.compile(r"\{(tag|variant)\}")
 _JINJA = ("{{", "{%", "{#")
 # Images and paths travel in JSON, never through a shell; refuse what would be dangerous
 # in one anyway, since a rendered value may come from an inventory someone else edits.
-_UNSAFE = re.compile(r"[\s;`\x00]|\$\(")
 
 # Docker image references (distribution/reference grammar, simplified).
 _DOMAIN = (
@@ -118,11 +117,6 @@ _REFERENCE = re.compile(
 _PORT = re.compile(
     r"^(?:(?P<ip>\d{1,3}(?:\.\d{1,3}){3}):)?(?P<host>\d+):(?P<container>\d+)(?:/(?P<proto>\w+))?$"
 )
-_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|h|m|s))+$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_SIZE = re.compile(r"^(\d+(?:\.\d+)?)([kmg])b?$", re.IGNORECASE)
-_SIZE_KIB = {"k": 1, "m": 1024, "g": 1024 * 1024}
 _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(?::[A-Za-z0-9_][A-Za-z0-9_.-]*)?$")
 _ROOT_USERS = ("0", "root")
 
@@ -367,7 +361,7 @@ def load_playbook(path: Path) -> Playbook:
         raise ConfigError("the playbook is empty", where=source, hint="see playbooks/*.yml")
     if not isinstance(data, LocatedDict):
         raise ConfigError(
-            f"expected a mapping of settings (app:, image:, ...), got {_kind(data)}",
+            f"expected a mapping of settings (app:, image:, ...), got {check.kind(data)}",
             where=f"{source}:1",
         )
     return _playbook(data, source)
@@ -401,7 +395,7 @@ def find_playbook(directory: Path) -> Path:
 
 
 def _playbook(data: LocatedDict, source: str) -> Playbook:
-    _keys(data, "", _TOP_KEYS, required=("app", "variants"))
+    check.known_keys(data, "", _TOP_KEYS, required=("app", "variants"))
     variants = _variants(data["variants"], data.where("variants"))
     repository = None
     if data.get("image") is not None:
@@ -426,13 +420,13 @@ def _playbook(data: LocatedDict, source: str) -> Playbook:
         _check_published(health, data["health"], container)
     settings: Dict[str, Any] = {}
     if data.get("monitor") is not None:
-        settings["monitor_s"] = _duration(data["monitor"], data.where("monitor"), "monitor", 0)
+        settings["monitor_s"] = check.duration(data["monitor"], data.where("monitor"), "monitor", 0)
     if data.get("retain") is not None:
-        settings["retain"] = _int(data["retain"], data.where("retain"), "retain", 2)
+        settings["retain"] = check.whole_number(data["retain"], data.where("retain"), "retain", 2)
     if data.get("grace") is not None:
-        settings["grace_s"] = _duration(data["grace"], data.where("grace"), "grace", 0)
+        settings["grace_s"] = check.duration(data["grace"], data.where("grace"), "grace", 0)
     if data.get("strategy") is not None:
-        settings["strategy"] = _choice(
+        settings["strategy"] = check.choice(
             data["strategy"], data.where("strategy"), "strategy", STRATEGIES
         )
     rollout = RolloutPolicy()
@@ -454,7 +448,7 @@ def _playbook(data: LocatedDict, source: str) -> Playbook:
 def _app(value: Any, where: str) -> str:
     """`app`: 1-41 lowercase letters, digits and dashes, starting with a letter or digit."""
     if not isinstance(value, str) or not _APP.match(value):
-        raise _bad(where, "app", f"1-41 lowercase letters, digits and dashes; got {value!r}")
+        raise check.bad(where, "app", f"1-41 lowercase letters, digits and dashes; got {value!r}")
     return value
 
 
@@ -463,20 +457,24 @@ def _image_template(value: Any, where: str, path: str) -> Template:
     template = _template(value, where, path)
     problem = _repository_problem(template.shape())
     if problem:
-        raise _bad(where, path, f"{value!r} {problem}")
+        raise check.bad(where, path, f"{value!r} {problem}")
     return template
 
 
 def _tag_template(value: Any, where: str) -> str:
     """`tag_template`: `{tag}` (required) and `{variant}`, otherwise Docker tag characters."""
-    text = _string(value, where, "tag_template")
+    text = check.string(value, where, "tag_template")
     rest = _PLACEHOLDER.sub("", text)
     if "{tag}" not in text:
-        raise _bad(where, "tag_template", f"{text!r} must contain {{tag}}")
+        raise check.bad(where, "tag_template", f"{text!r} must contain {{tag}}")
     if "{" in rest or "}" in rest:
-        raise _bad(where, "tag_template", f"{text!r}: only {{tag}} and {{variant}} may be used")
+        raise check.bad(
+            where, "tag_template", f"{text!r}: only {{tag}} and {{variant}} may be used"
+        )
     if not _DOCKER_TAG.match(_PLACEHOLDER.sub("x", text)):
-        raise _bad(where, "tag_template", f"{text!r}: a Docker tag has only letters, digits, _ . -")
+        raise check.bad(
+            where, "tag_template", f"{text!r}: a Docker tag has only letters, digits, _ . -"
+        )
     return text
 
 
@@ -484,7 +482,7 @@ def _variants(value: Any, where: str) -> List[VariantImage]:
     """`variants`: each item by the agent's `Variant.from_dict`, the list by its
     `parse_variants` (duplicates); errors carry the line of the item."""
     if not isinstance(value, LocatedList):
-        raise _bad(where, "variants", f"expected a list of mappings, got {_kind(value)}")
+        raise check.bad(where, "variants", f"expected a list of mappings, got {check.kind(value)}")
     for index, item in enumerate(value):
         try:
             Variant.from_dict(item, index)
@@ -504,7 +502,7 @@ def _variants(value: Any, where: str) -> List[VariantImage]:
             image = _template(item["image"], item.where("image"), path, placeholders=True)
             problem = _reference_problem(image.shape())
             if problem:
-                raise _bad(item.where("image"), path, f"{item['image']!r} {problem}")
+                raise check.bad(item.where("image"), path, f"{item['image']!r} {problem}")
         spec = {k: plain(v) for k, v in item.items() if k != "image"}
         out.append(VariantImage(name=variant.name, spec=spec, image=image))
     return out
@@ -512,10 +510,10 @@ def _variants(value: Any, where: str) -> List[VariantImage]:
 
 def _container(value: Any, where: str) -> ContainerTemplate:
     """`container`: ports, env, env_file, mounts, user, allow_root, resources, command."""
-    m = _keys(_mapping(value, where, "container"), "container", _CONTAINER_KEYS)
+    m = check.known_keys(check.mapping(value, where, "container"), "container", _CONTAINER_KEYS)
     spec = ContainerTemplate()
     if m.get("ports") is not None:
-        ports = _list(m["ports"], m.where("ports"), "container.ports")
+        ports = check.sequence(m["ports"], m.where("ports"), "container.ports")
         spec.ports = [
             _port(p, ports.where(i), f"container.ports[{i}]") for i, p in enumerate(ports)
         ]
@@ -523,7 +521,7 @@ def _container(value: Any, where: str) -> ContainerTemplate:
         for i, p in enumerate(spec.ports):
             key = (p["host_ip"], p["host"], p["protocol"])
             if key in seen:
-                raise _bad(
+                raise check.bad(
                     ports.where(i),
                     f"container.ports[{i}]",
                     f"host port {p['host']}/{p['protocol']} is already bound by"
@@ -535,20 +533,22 @@ def _container(value: Any, where: str) -> ContainerTemplate:
     if m.get("env_file") is not None:
         spec.env_file = _path_template(m["env_file"], m.where("env_file"), "container.env_file")
     if m.get("mounts") is not None:
-        mounts = _list(m["mounts"], m.where("mounts"), "container.mounts")
+        mounts = check.sequence(m["mounts"], m.where("mounts"), "container.mounts")
         spec.mounts = [
             _mount(item, mounts.where(i), f"container.mounts[{i}]") for i, item in enumerate(mounts)
         ]
     if m.get("allow_root") is not None:
-        spec.allow_root = _bool(m["allow_root"], m.where("allow_root"), "container.allow_root")
+        spec.allow_root = check.boolean(
+            m["allow_root"], m.where("allow_root"), "container.allow_root"
+        )
     if m.get("user") is not None:
         spec.user = _user(m["user"], m.where("user"), spec.allow_root)
     if m.get("memory") is not None:
-        spec.memory_mib = _size_mib(m["memory"], m.where("memory"), "container.memory")
+        spec.memory_mib = check.size_mib(m["memory"], m.where("memory"), "container.memory")
     if m.get("cpus") is not None:
-        spec.cpus = _number(m["cpus"], m.where("cpus"), "container.cpus", 0, above=True)
+        spec.cpus = check.number(m["cpus"], m.where("cpus"), "container.cpus", 0, above=True)
     if m.get("shm_size") is not None:
-        spec.shm_mib = _size_mib(m["shm_size"], m.where("shm_size"), "container.shm_size")
+        spec.shm_mib = check.size_mib(m["shm_size"], m.where("shm_size"), "container.shm_size")
     if m.get("command") is not None:
         spec.command = _command(m["command"], m.where("command"), "container.command", True)
     return spec
@@ -558,7 +558,7 @@ def _port(value: Any, where: str, path: str) -> Dict[str, Any]:
     """A `ports` item: `"[host_ip:]host:container[/tcp|/udp]"` or `{host, container,
     protocol, host_ip}`; the agent's Port dict."""
     if isinstance(value, int) and not isinstance(value, bool):
-        raise _bad(
+        raise check.bad(
             where,
             path,
             f'expected a quoted "host:container" string; got the number {value}:'
@@ -568,7 +568,7 @@ def _port(value: Any, where: str, path: str) -> Dict[str, Any]:
     if isinstance(value, str):
         match = _PORT.match(value)
         if not match:
-            raise _bad(
+            raise check.bad(
                 where, path, f'{value!r} is not "host:container", e.g. "8080:8080" or "53:53/udp"'
             )
         port = {
@@ -578,41 +578,47 @@ def _port(value: Any, where: str, path: str) -> Dict[str, Any]:
             "host_ip": match.group("ip") or "",
         }
     elif isinstance(value, dict):
-        m = _keys(value, path, ("host", "container", "protocol", "host_ip"),
+        m = check.known_keys(value, path, ("host", "container", "protocol", "host_ip"),
                   required=("host", "container"))  # fmt: skip
         port = {
-            "container": _int(m["container"], m.where("container"), f"{path}.container", 1),
-            "host": _int(m["host"], m.where("host"), f"{path}.host", 1),
+            "container": check.whole_number(
+                m["container"], m.where("container"), f"{path}.container", 1
+            ),
+            "host": check.whole_number(m["host"], m.where("host"), f"{path}.host", 1),
             "protocol": m.get("protocol") or "tcp",
             "host_ip": m.get("host_ip") or "",
         }
         if not isinstance(port["host_ip"], str):
-            raise _bad(m.where("host_ip"), f"{path}.host_ip", "expected an IP address string")
+            raise check.bad(m.where("host_ip"), f"{path}.host_ip", "expected an IP address string")
     else:
-        raise _bad(where, path, f'expected "host:container" or a mapping, got {_kind(value)}')
+        raise check.bad(
+            where, path, f'expected "host:container" or a mapping, got {check.kind(value)}'
+        )
     for key in ("container", "host"):
         if not 0 < port[key] < 65536:
-            raise _bad(where, path, f"{key} port {port[key]} is outside 1-65535")
+            raise check.bad(where, path, f"{key} port {port[key]} is outside 1-65535")
     if port["protocol"] not in ("tcp", "udp"):
-        raise _bad(where, path, f"protocol {port['protocol']!r}: tcp or udp")
+        raise check.bad(where, path, f"protocol {port['protocol']!r}: tcp or udp")
     if port["host_ip"]:
         try:
             ipaddress.ip_address(port["host_ip"])
         except ValueError:
-            raise _bad(where, path, f"host_ip {port['host_ip']!r} is not an IP address") from None
+            raise check.bad(
+                where, path, f"host_ip {port['host_ip']!r} is not an IP address"
+            ) from None
     return port
 
 
 def _env(value: Any, where: str) -> Dict[str, Template]:
     """`env`: NAME: value; names like shell variables, values strings or numbers (templated)."""
-    m = _mapping(value, where, "container.env")
+    m = check.mapping(value, where, "container.env")
     out: Dict[str, Template] = {}
     for key, item in m.items():
         path, at = f"container.env.{key}", m.where(key)
         if not isinstance(key, str) or not _ENV_KEY.match(key):
-            raise _bad(at, path, "not a valid environment variable name (letters, digits, _)")
+            raise check.bad(at, path, "not a valid environment variable name (letters, digits, _)")
         if isinstance(item, bool) or item is None:
-            raise _bad(
+            raise check.bad(
                 at, path, f"{item!r} is not a string", hint=f'quote it: {key}: "{_yaml_word(item)}"'
             )
         if isinstance(item, (int, float)):
@@ -628,7 +634,7 @@ def _mount(value: Any, where: str, path: str) -> MountTemplate:
         parts = value.split(":")
         mode_ok = len(parts) == 2 or (len(parts) == 3 and parts[2] in ("ro", "rw"))
         if not mode_ok or not all(parts):
-            raise _bad(
+            raise check.bad(
                 where,
                 path,
                 f'{value!r} is not "source:target[:ro|rw]", e.g. "/srv/models:/data:ro"',
@@ -639,16 +645,20 @@ def _mount(value: Any, where: str, path: str) -> MountTemplate:
             read_only=len(parts) == 2 or parts[2] == "ro",
         )
     if isinstance(value, dict):
-        m = _keys(value, path, ("source", "target", "read_only"), required=("source", "target"))
+        m = check.known_keys(
+            value, path, ("source", "target", "read_only"), required=("source", "target")
+        )
         read_only = True
         if m.get("read_only") is not None:
-            read_only = _bool(m["read_only"], m.where("read_only"), f"{path}.read_only")
+            read_only = check.boolean(m["read_only"], m.where("read_only"), f"{path}.read_only")
         return MountTemplate(
             source=_path_template(m["source"], m.where("source"), f"{path}.source"),
             target=_path_template(m["target"], m.where("target"), f"{path}.target"),
             read_only=read_only,
         )
-    raise _bad(where, path, f'expected "source:target[:ro|rw]" or a mapping, got {_kind(value)}')
+    raise check.bad(
+        where, path, f'expected "source:target[:ro|rw]" or a mapping, got {check.kind(value)}'
+    )
 
 
 def _path_template(value: Any, where: str, path: str) -> Template:
@@ -660,7 +670,7 @@ def _path_template(value: Any, where: str, path: str) -> Template:
         else _unsafe_problem(template.literal_parts())
     )
     if problem:
-        raise _bad(where, path, f"{value!r} {problem}")
+        raise check.bad(where, path, f"{value!r} {problem}")
     return template
 
 
@@ -672,19 +682,23 @@ def _user(value: Any, where: str, allow_root: bool) -> Template:
     if not template.variables:
         problem = _user_problem(template.text, allow_root)
         if problem:
-            raise _bad(where, "container.user", f"{value!r} {problem}")
+            raise check.bad(where, "container.user", f"{value!r} {problem}")
     return template
 
 
 def _command(value: Any, where: str, path: str, templated: bool) -> List[Any]:
     """A command: a non-empty list of arguments (strings or numbers), exec form."""
-    items = _list(value, where, path, hint='write it as a list: [python3, "/app/server.py"]')
+    items = check.sequence(
+        value, where, path, hint='write it as a list: [python3, "/app/server.py"]'
+    )
     if not items:
-        raise _bad(where, path, "the list is empty")
+        raise check.bad(where, path, "the list is empty")
     out: List[Any] = []
     for i, item in enumerate(items):
         if isinstance(item, bool) or not isinstance(item, (str, int, float)):
-            raise _bad(items.where(i), f"{path}[{i}]", f"expected a string, got {_kind(item)}")
+            raise check.bad(
+                items.where(i), f"{path}[{i}]", f"expected a string, got {check.kind(item)}"
+            )
         text = str(item)
         out.append(_template(text, items.where(i), f"{path}[{i}]") if templated else text)
     return out
@@ -692,10 +706,10 @@ def _command(value: Any, where: str, path: str, templated: bool) -> List[Any]:
 
 def _health(value: Any, where: str) -> Dict[str, Any]:
     """`health`: the agent's HealthSpec dict (checks and timing); nothing is templated."""
-    m = _keys(_mapping(value, where, "health"), "health", _HEALTH_KEYS)
+    m = check.known_keys(check.mapping(value, where, "health"), "health", _HEALTH_KEYS)
     out: Dict[str, Any] = {}
     if m.get("docker") is not None:
-        out["docker"] = _bool(m["docker"], m.where("docker"), "health.docker")
+        out["docker"] = check.boolean(m["docker"], m.where("docker"), "health.docker")
     checks = {
         "http": _http_check,
         "tcp": _tcp_check,
@@ -704,16 +718,18 @@ def _health(value: Any, where: str) -> Dict[str, Any]:
     }
     for key, parse in checks.items():
         if m.get(key) is not None:
-            items = _list(m[key], m.where(key), f"health.{key}")
+            items = check.sequence(m[key], m.where(key), f"health.{key}")
             out[key] = [parse(x, items.where(i), f"health.{key}[{i}]") for i, x in enumerate(items)]
     timing: Dict[str, Any] = {}
     for key in ("start_period", "interval", "timeout", "deadline"):
         if m.get(key) is not None:
             # start_period may be 0 (count failures at once); the others must be above 0.
             above = key != "start_period"
-            timing[f"{key}_s"] = _duration(m[key], m.where(key), f"health.{key}", 0, above)
+            timing[f"{key}_s"] = check.duration(m[key], m.where(key), f"health.{key}", 0, above)
     if m.get("retries") is not None:
-        timing["retries"] = _int(m["retries"], m.where("retries"), "health.retries", 1)
+        timing["retries"] = check.whole_number(
+            m["retries"], m.where("retries"), "health.retries", 1
+        )
     if timing:
         out["timing"] = timing
     return out
@@ -721,15 +737,19 @@ def _health(value: Any, where: str) -> Dict[str, Any]:
 
 def _http_check(value: Any, where: str, path: str) -> Dict[str, Any]:
     """`health.http` item: `{port, path (default /health), status (default 200), body_contains}`."""
-    m = _keys(_mapping(value, where, path), path, ("port", "path", "status", "body_contains"),
+    m = check.known_keys(check.mapping(value, where, path), path, ("port", "path", "status", "body_contains"),
               required=("port",))  # fmt: skip
-    out: Dict[str, Any] = {"port": _int(m["port"], m.where("port"), f"{path}.port", 1, 65535)}
+    out: Dict[str, Any] = {
+        "port": check.whole_number(m["port"], m.where("port"), f"{path}.port", 1, 65535)
+    }
     if m.get("path") is not None:
-        out["path"] = _url_path(m["path"], m.where("path"), f"{path}.path")
+        out["path"] = check.url_path(m["path"], m.where("path"), f"{path}.path")
     if m.get("status") is not None:
-        out["status"] = _int(m["status"], m.where("status"), f"{path}.status", 100, 599)
+        out["status"] = check.whole_number(
+            m["status"], m.where("status"), f"{path}.status", 100, 599
+        )
     if m.get("body_contains") is not None:
-        out["body_contains"] = _string(
+        out["body_contains"] = check.string(
             m["body_contains"], m.where("body_contains"), f"{path}.body_contains"
         )
     return out
@@ -737,28 +757,32 @@ def _http_check(value: Any, where: str, path: str) -> Dict[str, Any]:
 
 def _tcp_check(value: Any, where: str, path: str) -> Dict[str, Any]:
     """`health.tcp` item: `{port}`."""
-    m = _keys(_mapping(value, where, path), path, ("port",), required=("port",))
-    return {"port": _int(m["port"], m.where("port"), f"{path}.port", 1, 65535)}
+    m = check.known_keys(check.mapping(value, where, path), path, ("port",), required=("port",))
+    return {"port": check.whole_number(m["port"], m.where("port"), f"{path}.port", 1, 65535)}
 
 
 def _exec_check(value: Any, where: str, path: str) -> Dict[str, Any]:
     """`health.exec` item: `{command: [argv...]}`, run inside the container."""
-    m = _keys(_mapping(value, where, path), path, ("command",), required=("command",))
+    m = check.known_keys(
+        check.mapping(value, where, path), path, ("command",), required=("command",)
+    )
     return {"command": _command(m["command"], m.where("command"), f"{path}.command", False)}
 
 
 def _inference_check(value: Any, where: str, path: str) -> Dict[str, Any]:
     """`health.inference` item: `{port, path, request, expect, tolerance (default 1e-6)}`."""
     keys = ("port", "path", "request", "expect", "tolerance")
-    m = _keys(_mapping(value, where, path), path, keys, required=keys[:4])
+    m = check.known_keys(check.mapping(value, where, path), path, keys, required=keys[:4])
     out: Dict[str, Any] = {
-        "port": _int(m["port"], m.where("port"), f"{path}.port", 1, 65535),
-        "path": _url_path(m["path"], m.where("path"), f"{path}.path"),
-        "request": _json(m["request"], m.where("request"), f"{path}.request"),
-        "expect": _json(m["expect"], m.where("expect"), f"{path}.expect"),
+        "port": check.whole_number(m["port"], m.where("port"), f"{path}.port", 1, 65535),
+        "path": check.url_path(m["path"], m.where("path"), f"{path}.path"),
+        "request": check.json_data(m["request"], m.where("request"), f"{path}.request"),
+        "expect": check.json_data(m["expect"], m.where("expect"), f"{path}.expect"),
     }
     if m.get("tolerance") is not None:
-        out["tolerance"] = _number(m["tolerance"], m.where("tolerance"), f"{path}.tolerance", 0)
+        out["tolerance"] = check.number(
+            m["tolerance"], m.where("tolerance"), f"{path}.tolerance", 0
+        )
     return out
 
 
@@ -768,29 +792,29 @@ def _check_published(
     """Every checked port must be a published container port (reached through its host port)."""
     published = sorted({p["container"] for p in container.ports})
     for key in ("http", "tcp", "inference"):
-        for i, check in enumerate(health.get(key, [])):
-            if check["port"] not in published:
-                raise _bad(
+        for i, probe in enumerate(health.get(key, [])):
+            if probe["port"] not in published:
+                raise check.bad(
                     node[key][i].where("port"),
                     f"health.{key}[{i}].port",
-                    f"{check['port']} is not published by container.ports"
+                    f"{probe['port']} is not published by container.ports"
                     f" (published: {', '.join(map(str, published)) or 'none'})",
-                    hint=f'publish it, e.g. ports: ["{check["port"]}:{check["port"]}"]',
+                    hint=f'publish it, e.g. ports: ["{probe["port"]}:{probe["port"]}"]',
                 )
 
 
 def _rollout(value: Any, where: str) -> RolloutPolicy:
     """`rollout`: canary, batch, max_fail, on_failure (see the module docstring)."""
-    m = _keys(_mapping(value, where, "rollout"), "rollout", _ROLLOUT_KEYS)
+    m = check.known_keys(check.mapping(value, where, "rollout"), "rollout", _ROLLOUT_KEYS)
     policy: Dict[str, Any] = {}
     if m.get("canary") is not None:
-        policy["canary"] = _int(m["canary"], m.where("canary"), "rollout.canary", 0)
+        policy["canary"] = check.whole_number(m["canary"], m.where("canary"), "rollout.canary", 0)
     if m.get("batch") is not None:
         policy["batch"] = _batch(m["batch"], m.where("batch"))
     if m.get("max_fail") is not None:
         policy["max_fail"] = _max_fail(m["max_fail"], m.where("max_fail"))
     if m.get("on_failure") is not None:
-        policy["on_failure"] = _choice(
+        policy["on_failure"] = check.choice(
             m["on_failure"], m.where("on_failure"), "rollout.on_failure", ON_FAILURE
         )
     return RolloutPolicy(**policy)
@@ -800,7 +824,7 @@ def _batch(value: Any, where: str) -> Union[BatchSize, List[BatchSize]]:
     """`rollout.batch`: hosts (>= 1), `"N%"` (1-100), or a non-empty list of those."""
     if isinstance(value, LocatedList):
         if not value:
-            raise _bad(where, "rollout.batch", "the list is empty", hint='e.g. [1, 5, "20%"]')
+            raise check.bad(where, "rollout.batch", "the list is empty", hint='e.g. [1, 5, "20%"]')
         return [_batch_size(x, value.where(i), f"rollout.batch[{i}]") for i, x in enumerate(value)]
     return _batch_size(value, where, "rollout.batch")
 
@@ -809,7 +833,7 @@ def _batch_size(value: Any, where: str, path: str) -> BatchSize:
     if isinstance(value, str):
         return _percent(value, where, path, 1)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise _bad(
+        raise check.bad(
             where,
             path,
             f'expected a number of hosts (>= 1) or a percentage like "25%"; got {value!r}',
@@ -821,148 +845,23 @@ def _max_fail(value: Any, where: str) -> BatchSize:
     """`rollout.max_fail`: failures allowed per batch (>= 0) or `"N%"` (0-100) of it."""
     if isinstance(value, str):
         return _percent(value, where, "rollout.max_fail", 0)
-    return _int(value, where, "rollout.max_fail", 0)
+    return check.whole_number(value, where, "rollout.max_fail", 0)
 
 
 def _percent(value: str, where: str, path: str, minimum: int) -> str:
     match = re.match(r"^(\d+)%$", value)
     if not match or not minimum <= int(match.group(1)) <= 100:
-        raise _bad(where, path, f'{value!r} is not a percentage {minimum}-100 like "25%"')
+        raise check.bad(where, path, f'{value!r} is not a percentage {minimum}-100 like "25%"')
     return f"{int(match.group(1))}%"
-
-
-# --------------------------------------------------------------------------- scalars
-
-
-def _keys(
-    m: LocatedDict, path: str, known: Sequence[str], required: Sequence[str] = ()
-) -> LocatedDict:
-    """Refuse keys this level does not know (with a did-you-mean) and missing required ones."""
-    for key in m:
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            raise ConfigError(
-                f"unknown key {key!r} in {path or 'the playbook'}; known keys: {', '.join(known)}",
-                where=m.where(key),
-                hint=f"did you mean {close[0]!r}?" if close else None,
-            )
-    for key in required:
-        if m.get(key) is None:
-            raise _bad(m.where(key), _join(path, key), "required")
-    return m
-
-
-def _mapping(value: Any, where: str, path: str) -> LocatedDict:
-    if not isinstance(value, LocatedDict):
-        raise _bad(where, path, f"expected a mapping, got {_kind(value)}")
-    return value
-
-
-def _list(value: Any, where: str, path: str, hint: Optional[str] = None) -> LocatedList:
-    if not isinstance(value, LocatedList):
-        raise _bad(where, path, f"expected a list, got {_kind(value)}", hint=hint)
-    return value
-
-
-def _string(value: Any, where: str, path: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise _bad(where, path, f"expected a non-empty string, got {_kind(value)}")
-    return value
-
-
-def _bool(value: Any, where: str, path: str) -> bool:
-    if not isinstance(value, bool):
-        raise _bad(where, path, f"expected true or false, got {value!r}")
-    return value
-
-
-def _int(value: Any, where: str, path: str, minimum: int, maximum: Optional[int] = None) -> int:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int)
-        or value < minimum
-        or (maximum is not None and value > maximum)
-    ):
-        bounds = f"{minimum}-{maximum}" if maximum is not None else f">= {minimum}"
-        raise _bad(where, path, f"expected a whole number {bounds}; got {value!r}")
-    return value
-
-
-def _number(value: Any, where: str, path: str, minimum: float, above: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < minimum or (above and value == minimum):
-        bound = f"above {minimum:g}" if above else f">= {minimum:g}"
-        raise _bad(where, path, f"expected a number {bound}; got {value!r}")
-    return float(value)
-
-
-def _choice(value: Any, where: str, path: str, options: Sequence[str]) -> str:
-    if value not in options:
-        raise _bad(where, path, f"one of {', '.join(options)}; got {value!r}")
-    return value
-
-
-def _duration(value: Any, where: str, path: str, minimum: float, above: bool = False) -> float:
-    """A duration: `"500ms"`, `"5s"`, `"2m"`, `"1h"`, `"1m30s"`, or a number of seconds."""
-    if isinstance(value, str):
-        if not _DURATION.match(value):
-            raise _bad(where, path, f'{value!r} is not a duration like "500ms", "5s", "2m" or "1h"')
-        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(value))
-        if seconds == 0 and above:
-            raise _bad(where, path, f"{value!r}: must be above 0")
-        return seconds
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _bad(
-            where, path, f'expected a duration like "5s" or a number of seconds; got {value!r}'
-        )
-    return _number(value, where, path, minimum, above)
-
-
-def _size_mib(value: Any, where: str, path: str) -> int:
-    """A size: `512m`, `1.5g`, `2048k` (a whole number of MiB) or a plain number of MiB."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return _int(value, where, path, 1)
-    match = _SIZE.match(value) if isinstance(value, str) else None
-    if not match:
-        raise _bad(where, path, f'{value!r} is not a size like "512m", "2g" or a number of MiB')
-    kib = float(match.group(1)) * _SIZE_KIB[match.group(2).lower()]
-    if kib < 1024 or kib % 1024:
-        raise _bad(where, path, f"{value!r} is not a whole number of MiB (at least 1m)")
-    return int(kib // 1024)
-
-
-def _url_path(value: Any, where: str, path: str) -> str:
-    text = _string(value, where, path)
-    if not text.startswith("/") or _UNSAFE.search(text):
-        raise _bad(where, path, f"{text!r} must start with / and contain no whitespace")
-    return text
-
-
-def _json(value: Any, where: str, path: str) -> Any:
-    """Plain JSON data (a request or an expected answer); YAML dates and the like refused."""
-    if isinstance(value, dict):
-        for key in value:
-            if not isinstance(key, str):
-                raise _bad(where, path, f"key {key!r}: JSON object keys are strings; quote it")
-        return {k: _json(v, value.where(k), f"{path}.{k}") for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json(v, value.where(i), f"{path}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, float) and not math.isfinite(value):
-        raise _bad(where, path, f"{value!r} is not a JSON number")
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    if isinstance(value, (datetime.date, datetime.datetime)):
-        raise _bad(where, path, f"YAML read {value} as a date; quote it")
-    raise _bad(where, path, f"{_kind(value)} is not JSON data")
 
 
 def _template(value: Any, where: str, path: str, placeholders: bool = False) -> Template:
     """A string that may use `{{ name }}` (and `{tag}`, `{variant}` where allowed)."""
-    text = _string(value, where, path)
+    text = check.string(value, where, path)
     template = Template(text, path, where, placeholders)
     rest = template.literal_parts()
     if any(marker in rest for marker in _JINJA):
-        raise _bad(
+        raise check.bad(
             where,
             path,
             f"{text!r}: only {{{{ name }}}} (a host variable) is supported;"
@@ -987,7 +886,7 @@ def _host_value(host_vars: Dict[str, Any], host_name: str, name: str, t: Templat
         )
     if value is None or isinstance(value, (dict, list, tuple, set)):
         raise ConfigError(
-            f"host {host_name}: `{t.path}` uses {{{{ {name} }}}}, which is {_kind(value)}"
+            f"host {host_name}: `{t.path}` uses {{{{ {name} }}}}, which is {check.kind(value)}"
             " in the inventory; a template needs a string or a number",
             where=t.where,
             hint=f"set {name} to a value for {host_name}",
@@ -1015,7 +914,7 @@ def _check_tag(tag: str) -> None:
 
 
 def _unsafe_problem(text: str) -> Optional[str]:
-    if _UNSAFE.search(text):
+    if check.UNSAFE.search(text):
         return "contains whitespace or a shell metacharacter (';', '`', '$(')"
     return None
 
@@ -1062,30 +961,6 @@ def _user_problem(user: str, allow_root: bool) -> Optional[str]:
 
 
 # --------------------------------------------------------------------------- small pieces
-
-
-def _bad(where: str, path: str, what: str, hint: Optional[str] = None) -> ConfigError:
-    return ConfigError(f"`{path}`: {what}", where=where, hint=hint)
-
-
-def _join(path: str, key: Any) -> str:
-    return f"{path}.{key}" if path else str(key)
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "nothing (null)"
-    if isinstance(value, bool):
-        return f"the boolean {value}"
-    if isinstance(value, (int, float)):
-        return f"the number {value}"
-    if isinstance(value, str):
-        return f"the string {value!r}"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return f"a {type(value).__name__}"
 
 
 def _yaml_word(value: Any) -> str:
