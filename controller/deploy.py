@@ -15,7 +15,7 @@ from mlfleet.agent.bundle import AgentBundle, build_zipapp
 from mlfleet.agent.registry_probe import split_reference
 from mlfleet.controller import hostops
 from mlfleet.controller.errors import ConfigError, MlfleetError
-from mlfleet.controller.inventory import Host
+from mlfleet.controller.hosts import Host
 from mlfleet.controller.playbook import Playbook
 from mlfleet.controller.registry import Registry, RegistryError
 from mlfleet.controller.relay import Relay

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import posixpath
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
 from mlfleet.agent.bundle import AgentBundle
-from mlfleet.controller.inventory import Host
+from mlfleet.controller.hosts import Host
 from mlfleet.controller.transport import CommandResult, Connection, HostUnreachable
 
 CRON_MARK = "# mlfleet-agent"
@@ -69,13 +70,49 @@ def merge_crontab(existing: str, line: str) -> str:
     return "\n".join([*kept, line]) + "\n"
 
 
+# One round trip tells the agent's hash, the crontab and whether the agent runs: on a fleet
+# that already has the agent this is all `install_agent` sends (every remote command costs a
+# session and a login shell on the host). Sections are split by MARK; the exit code is the
+# version check's.
+MARK = "--mlfleet-probe--"
+_PROBE = (
+    'sha256sum "$1" 2>/dev/null; echo "' + MARK + '"; '
+    'if [ -n "$3" ]; then cat "$3"; else crontab -l; fi 2>/dev/null; echo "' + MARK + '"; '
+    '"$2" "$1" version --json'
+)
+
+
+@dataclass(frozen=True)
+class AgentProbe:
+    sha256: Optional[str]  # of the agent file on the host, None when missing
+    crontab: str  # the spool file (mlfleet_cron_dir) or `crontab -l`; "" when none
+    version: CommandResult  # `python3 <agent> version --json` (of whatever file is there)
+
+
+def parse_probe(result: CommandResult) -> AgentProbe:
+    """Split the probe's output (pure)."""
+    parts = result.stdout.split(MARK + "\n", 2)
+    if len(parts) != 3:
+        return AgentProbe(None, "", result)
+    digest = parts[0].split()[0] if parts[0].strip() else None
+    return AgentProbe(digest, parts[1], CommandResult(result.code, parts[2], result.stderr))
+
+
+def _cron_spool(host: Host) -> str:
+    if not host.cron_dir:
+        return ""
+    return posixpath.join(
+        host.cron_dir, "root" if host.user == "root" or host.become else host.user
+    )
+
+
 def install_agent(conn: Connection, bundle: AgentBundle) -> Dict[str, Any]:
     """Copy the zipapp where missing or different, install the cron entry, check it runs."""
     host = conn.host
     path = agent_path(host)
-    result = conn.run(["sha256sum", path], timeout=60)
-    current = result.stdout.split()[0] if result.code == 0 and result.stdout else None
-    copied = current != bundle.sha256
+    probe = parse_probe(conn.run(["sh", "-c", _PROBE, "sh", path, host.python, _cron_spool(host)], timeout=60))  # fmt: skip
+    copied = probe.sha256 != bundle.sha256
+    version = probe.version
     if copied:
         conn.run(["mkdir", "-p", host.agent_dir], timeout=60)
         conn.put(bundle.path.read_bytes(), path, 0o755)
@@ -84,38 +121,29 @@ def install_agent(conn: Connection, bundle: AgentBundle) -> Dict[str, Any]:
             raise AgentFailed(
                 "the agent's hash on the host does not match after the copy", where=host.name
             )
-    version = conn.run([host.python, path, "version", "--json"], timeout=60)
+        version = conn.run([host.python, path, "version", "--json"], timeout=60)
     if version.code != 0:
         raise AgentFailed(
             f"`{host.python} {path} version` failed: {(version.stderr or version.stdout).strip()[-300:]}",
             where=host.name,
             hint="the agent needs Python 3.8+ on the host (mlfleet_python)",
         )
-    _install_cron(conn)
+    _install_cron(conn, probe.crontab)
     return {"copied": copied, "sha256": bundle.sha256, **json.loads(version.stdout)}
 
 
-def _install_cron(conn: Connection) -> None:
+def _install_cron(conn: Connection, existing: str) -> None:
+    """Put mlfleet's entry into the crontab `existing` came from, unless it is there already."""
     host = conn.host
     line = cron_line(host)
+    if line in existing.splitlines():
+        return
     if host.cron_dir:
-        spool = posixpath.join(
-            host.cron_dir, "root" if host.user == "root" or host.become else host.user
-        )
-        existing = conn.run(["cat", spool], timeout=30)
-        conn.put(
-            merge_crontab(existing.stdout if existing.code == 0 else "", line).encode(),
-            spool,
-            0o600,
-        )
+        conn.put(merge_crontab(existing, line).encode(), _cron_spool(host), 0o600)
         # How `crontab` tells a running busybox crond to reload; harmless for other crons.
         conn.put(b"root\n", posixpath.join(host.cron_dir, "cron.update"), 0o600)
         return
-    existing = conn.run(["crontab", "-l"], timeout=30)
-    text = existing.stdout if existing.code == 0 else ""
-    if line in text.splitlines():
-        return
-    result = conn.run(["crontab", "-"], stdin=merge_crontab(text, line).encode(), timeout=30)
+    result = conn.run(["crontab", "-"], stdin=merge_crontab(existing, line).encode(), timeout=30)
     if result.code != 0:
         raise AgentFailed(f"could not install the cron entry: {result.stderr.strip()}", where=host.name,
                           hint="install cron, or run `mlfleet-agent daemon` on the host")  # fmt: skip

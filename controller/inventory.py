@@ -42,343 +42,25 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import ipaddress
-import os
 import re
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from mlfleet.controller.errors import ConfigError
 from mlfleet.controller.hostrange import expand_host_pattern
+from mlfleet.controller.hosts import Host, as_int
 from mlfleet.controller.yamlsource import LocatedDict, LocatedList, load_yaml_file, plain
 
 GROUP_KEYS = ("hosts", "children", "vars")
-TRANSFER_MODES = ("pull", "relay", "auto")
-DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 
 _GROUP_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _DIGITS = re.compile(r"^[0-9]+$")
-_HOST_PORT = re.compile(r"^[A-Za-z0-9.-]+:[0-9]{1,5}$")
-_TRUE = frozenset({"true", "yes", "on", "y", "t", "1"})
-_FALSE = frozenset({"false", "no", "off", "n", "f", "0"})
 # Ansible's vars-file lookup: `<name>` (file or directory) first, then these extensions.
 _VARS_EXTENSIONS = ("", ".yml", ".yaml", ".json")
 
 # ("group" | "host", name) -> that name's mappings from group_vars/ or host_vars/
 VarsLookup = Callable[[str, str], Sequence[LocatedDict]]
-
-
-@dataclass(frozen=True)
-class JumpHost:
-    """An SSH jump (bastion) host. `user` None: not given, the SSH layer decides."""
-
-    user: Optional[str]
-    address: str
-    port: int = 22
-
-
-@dataclass(frozen=True)
-class Host:
-    """One inventory host with its merged variables and typed connection settings.
-
-    `groups` lists every group the host is in, `all` first, in the order their variables
-    apply. `origins` maps each variable to the file:line its winning value came from.
-    """
-
-    name: str
-    vars: Dict[str, Any] = field(hash=False)
-    groups: Tuple[str, ...] = ()
-    origins: Dict[str, str] = field(default_factory=dict, hash=False, compare=False, repr=False)
-    where: str = ""  # file:line of its first listing
-
-    @property
-    def address(self) -> str:
-        """Where SSH connects: `ansible_host` (or `ansible_ssh_host`), else the name."""
-        return self._text("ansible_ssh_host", "ansible_host") or self.name
-
-    @property
-    def port(self) -> int:
-        """SSH port: `ansible_port` (or `ansible_ssh_port`), default 22."""
-        return self._int(("ansible_ssh_port", "ansible_port"), 22, 1, 65535) or 22
-
-    @property
-    def user(self) -> str:
-        """SSH user: `ansible_user` (or `ansible_ssh_user`), default root."""
-        return self._text("ansible_ssh_user", "ansible_user") or "root"
-
-    @property
-    def ssh_key(self) -> Optional[str]:
-        """Private key file (`~` expanded), or None for the SSH agent and default keys."""
-        return self._local_path("ansible_ssh_private_key_file", "ansible_private_key_file")
-
-    @property
-    def known_hosts(self) -> str:
-        """known_hosts file to verify the host key against (`~` expanded)."""
-        return self._local_path("mlfleet_known_hosts") or os.path.expanduser(DEFAULT_KNOWN_HOSTS)
-
-    @property
-    def jump_host(self) -> Optional[JumpHost]:
-        """`mlfleet_jump_host` (`user@host:port`), else a ProxyJump in Ansible's SSH args."""
-        var, value = self._get("mlfleet_jump_host")
-        if var is None:
-            var, value = self._proxy_jump_from_ssh_args()
-            if var is None:
-                return None
-        if not isinstance(value, str):
-            raise self._error(var, "a jump host like user@bastion:22", value)
-        _no_template(self, var, value)
-        try:
-            return parse_jump_host(value)
-        except ValueError as exc:
-            raise self._error(
-                var, "a jump host like user@bastion:22", value, hint=str(exc)
-            ) from None
-
-    @property
-    def become(self) -> bool:
-        """Use sudo for what needs root when the user is not root (`mlfleet_become`,
-        `ansible_become`; default false)."""
-        var, value = self._get("mlfleet_become", "ansible_become")
-        if var is None:
-            return False
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        text = value.strip().lower() if isinstance(value, str) else None
-        if text in _TRUE or text in _FALSE:
-            return text in _TRUE
-        raise self._error(var, "true or false", value)
-
-    @property
-    def python(self) -> str:
-        """The host's Python 3 for the agent: `mlfleet_python`, else a fixed
-        `ansible_python_interpreter`, else python3."""
-        text = self._text("mlfleet_python")
-        if text is None:
-            text = self._text("ansible_python_interpreter")
-            if text is not None and text.startswith("auto"):  # Ansible's interpreter discovery
-                text = None
-        return text or "python3"
-
-    @property
-    def agent_dir(self) -> str:
-        """Where the agent and its state live on the host."""
-        return self._remote_path("mlfleet_agent_dir") or "/var/lib/mlfleet"
-
-    @property
-    def docker_host(self) -> Optional[str]:
-        """The host's Docker engine in DOCKER_HOST form, or None for the default socket."""
-        text = self._text("mlfleet_docker_host")
-        if text is not None and "://" not in text:
-            raise self._error(
-                "mlfleet_docker_host", "a DOCKER_HOST address", text,
-                hint="e.g. unix:///var/run/docker.sock or tcp://127.0.0.1:2375",
-            )  # fmt: skip
-        return text
-
-    @property
-    def root(self) -> str:
-        """Root prefix for hardware detection on the host."""
-        return self._remote_path("mlfleet_root") or "/"
-
-    @property
-    def device_root(self) -> str:
-        """Prefix of the GPU device nodes as the host's engine sees them."""
-        return self._remote_path("mlfleet_device_root") or "/"
-
-    @property
-    def cron_dir(self) -> Optional[str]:
-        """A cron spool directory for the agent's entry, or None to use `crontab -`."""
-        return self._remote_path("mlfleet_cron_dir")
-
-    @property
-    def registry(self) -> Optional[str]:
-        """The registry the host pulls from (`host:port`), or None."""
-        return self._text("mlfleet_registry")
-
-    @property
-    def transfer(self) -> str:
-        """How images reach the host: pull, relay or auto (default pull)."""
-        text = self._text("mlfleet_transfer") or "pull"
-        if text not in TRANSFER_MODES:
-            raise self._error("mlfleet_transfer", "one of " + ", ".join(TRANSFER_MODES), text)
-        return text
-
-    @property
-    def bwlimit_kbit(self) -> Optional[int]:
-        """Bandwidth cap for image transfers in kbit/s, or None."""
-        return self._int(("mlfleet_bwlimit_kbit",), None, 1, None)
-
-    @property
-    def relay_registry(self) -> Optional[str]:
-        """Where the relay's tunnel leads on the controller's side: None for the registry
-        named in the image (`upstream`, the default), `cache` for a pull-through cache that
-        mlfleet runs on the controller's loopback, or a registry's `host:port`."""
-        text = self._text("mlfleet_relay_registry")
-        if text in (None, "upstream"):
-            return None
-        if text == "cache" or _HOST_PORT.match(text):
-            return text
-        raise self._error(
-            "mlfleet_relay_registry", "upstream, cache or a registry's host:port", text
-        )
-
-    def validate(self) -> None:
-        """Read every typed setting once, so a bad value fails early with its file:line."""
-        for name in _SETTINGS:
-            getattr(self, name)
-
-    # --- typed readers -------------------------------------------------------------------
-
-    def _get(self, *names: str) -> Tuple[Optional[str], Any]:
-        """The first of `names` set (to anything but null) and its value."""
-        for name in names:
-            if self.vars.get(name) is not None:
-                return name, self.vars[name]
-        return None, None
-
-    def _text(self, *names: str) -> Optional[str]:
-        var, value = self._get(*names)
-        if var is None:
-            return None
-        if not isinstance(value, str) or not value.strip():
-            raise self._error(var, "non-empty text", value)
-        _no_template(self, var, value)
-        return value.strip()
-
-    def _int(
-        self, names: Tuple[str, ...], default: Optional[int], low: int, high: Optional[int]
-    ) -> Optional[int]:
-        var, value = self._get(*names)
-        if var is None:
-            return default
-        number = _as_int(value)
-        if number is None or number < low or (high is not None and number > high):
-            span = f"from {low} to {high}" if high is not None else f"of at least {low}"
-            raise self._error(var, f"a whole number {span}", value)
-        return number
-
-    def _local_path(self, *names: str) -> Optional[str]:
-        text = self._text(*names)
-        return os.path.expanduser(text) if text is not None else None
-
-    def _remote_path(self, name: str) -> Optional[str]:
-        text = self._text(name)
-        if text is not None and not text.startswith("/"):
-            raise self._error(name, "an absolute path on the host", text)
-        return text
-
-    def _proxy_jump_from_ssh_args(self) -> Tuple[Optional[str], Any]:
-        for var in ("ansible_ssh_args", "ansible_ssh_common_args", "ansible_ssh_extra_args"):
-            args = self.vars.get(var)
-            if not isinstance(args, str):
-                continue
-            try:
-                jump, proxy_command = _ssh_args_proxy(args)
-            except ValueError as exc:
-                raise self._error(var, "SSH command-line arguments", args, hint=str(exc)) from None
-            if jump is not None:
-                return (var, jump) if jump.lower() != "none" else (None, None)
-            if proxy_command:
-                raise ConfigError(
-                    f"host {self.name!r}: `{var}` sets a ProxyCommand, which mlfleet does not run",
-                    where=self.origins.get(var, self.where) or None,
-                    hint="set `mlfleet_jump_host: user@bastion:22` for this host or group",
-                )
-        return None, None
-
-    def _error(
-        self, var: str, expected: str, value: Any, hint: Optional[str] = None
-    ) -> ConfigError:
-        return ConfigError(
-            f"host {self.name!r}: `{var}` must be {expected}, not {value!r}",
-            where=self.origins.get(var, self.where) or None,
-            hint=hint,
-        )
-
-
-_SETTINGS = (
-    "address", "port", "user", "ssh_key", "known_hosts", "jump_host", "become", "python",
-    "agent_dir", "docker_host", "root", "device_root", "cron_dir", "registry", "transfer",
-    "bwlimit_kbit", "relay_registry",
-)  # fmt: skip
-
-
-def _no_template(host: Host, var: str, value: str) -> None:
-    if "{{" in value or "{%" in value:
-        raise ConfigError(
-            f"host {host.name!r}: `{var}` is a Jinja template, which mlfleet does not evaluate",
-            where=host.origins.get(var, host.where) or None,
-            hint="write the value out",
-        )
-
-
-def _as_int(value: Any) -> Optional[int]:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and _DIGITS.match(value.strip()):  # Ansible accepts "2222"
-        return int(value)
-    return None
-
-
-def parse_jump_host(text: str) -> JumpHost:
-    """`[user@]host[:port]` (also `ssh://...`, IPv6 as `[2001:db8::1]:22`) -> JumpHost.
-
-    Raises ValueError saying what is wrong; a chain of several jump hosts is refused.
-    """
-    text = text.strip()
-    if text.startswith("ssh://"):
-        text = text[len("ssh://") :]
-    if "," in text:
-        raise ValueError("only one jump host is supported, not a chain")
-    if not text or any(c.isspace() for c in text):
-        raise ValueError("expected [user@]host[:port]")
-    user, at, rest = text.rpartition("@")
-    if at and not user:
-        raise ValueError("the user before '@' is empty")
-    port_text: Optional[str] = None
-    if rest.startswith("["):
-        address, closed, tail = rest[1:].partition("]")
-        if not closed or (tail and not tail.startswith(":")):
-            raise ValueError("expected [address]:port for an IPv6 address")
-        port_text = tail[1:] if tail else None
-    elif rest.count(":") == 1:
-        address, port_text = rest.split(":")
-    else:
-        address = rest  # a name, or a bare IPv6 address
-    if not address:
-        raise ValueError("the host is empty")
-    port = 22 if port_text is None else _as_int(port_text)
-    if port is None or not 1 <= port <= 65535:
-        raise ValueError(f"port {port_text!r} is not a number from 1 to 65535")
-    return JumpHost(user=user or None, address=address, port=port)
-
-
-def _ssh_args_proxy(args: str) -> Tuple[Optional[str], bool]:
-    """(the first ProxyJump value or None, whether a ProxyCommand is set) in SSH arguments."""
-    tokens = shlex.split(args)
-    jump: Optional[str] = None
-    proxy_command = False
-    for i, token in enumerate(tokens):
-        following = tokens[i + 1] if i + 1 < len(tokens) else ""
-        if token.startswith("-J"):
-            value: Optional[str] = token[2:] or following
-        elif token.startswith("-o"):
-            option = token[2:] or following
-            key, _, value = option.replace("=", " ", 1).partition(" ")
-            key = key.strip().lower()
-            proxy_command = proxy_command or key == "proxycommand"
-            if key != "proxyjump":
-                continue
-        else:
-            continue
-        if jump is None and value and value.strip():  # as in OpenSSH, the first value wins
-            jump = value.strip()
-    return jump, proxy_command
 
 
 @dataclass
@@ -672,7 +354,7 @@ class _Builder:
             loc = doc.where(key)
             _check_var_name(key, loc)
             if key == "ansible_group_priority":  # ordering, not a variable (as in Ansible)
-                priority = _as_int(value)
+                priority = as_int(value)
                 if priority is None:
                     raise ConfigError(
                         f"`ansible_group_priority` of group {group.name!r} must be a whole "
@@ -852,7 +534,7 @@ def _split_port(pattern: str, where: str) -> Tuple[str, Optional[int]]:
         return pattern, None
     if port_text is None:
         return head, None
-    port = _as_int(port_text)
+    port = as_int(port_text)
     if port is None or not 1 <= port <= 65535:
         raise ConfigError(
             f"host {pattern!r}: port {port_text!r} is not a number from 1 to 65535",

@@ -19,7 +19,7 @@ from typing import Callable, List, Optional, Sequence
 import paramiko
 
 from mlfleet.controller.errors import MlfleetError
-from mlfleet.controller.inventory import Host
+from mlfleet.controller.hosts import Host
 
 
 class HostUnreachable(MlfleetError):

@@ -9,12 +9,11 @@ from typing import List
 import pytest
 
 from mlfleet.controller.errors import ConfigError
+from mlfleet.controller.hosts import JumpHost, parse_jump_host
 from mlfleet.controller.inventory import (
     Inventory,
-    JumpHost,
     load_inventory,
     parse_inventory,
-    parse_jump_host,
     split_host_pattern,
 )
 from mlfleet.controller.lab.inventory_file import render_inventory
