@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 from mlfleet.agent.bundle import AgentBundle, build_zipapp
+from mlfleet.agent.facts import HostFacts
 from mlfleet.agent.registry_probe import split_reference
+from mlfleet.agent.selection import select_variant
+from mlfleet.agent.variants import VariantError, parse_variants
 from mlfleet.controller import hostops
 from mlfleet.controller.errors import ConfigError, MlfleetError
 from mlfleet.controller.hosts import Host
@@ -228,32 +231,71 @@ class DeployOptions:
     on_failure: str
 
 
+def expected_variant(
+    playbook: Playbook, facts: Optional[Dict[str, Any]]
+) -> Tuple[bool, Optional[str]]:
+    """(known, variant): the variant the host's agent will select, from the facts stored by
+    `mlfleet facts` (pure). known False: no usable facts, any variant may be chosen."""
+    if not facts:
+        return False, None
+    try:
+        variants = parse_variants([v.spec for v in playbook.variants])
+        return True, select_variant(variants, HostFacts.from_dict(facts)).variant
+    except (ValueError, KeyError, TypeError, VariantError):
+        return False, None
+
+
+def needed_images(
+    playbook: Playbook, host: Host, tag: str, facts: Optional[Dict[str, Any]]
+) -> Dict[str, bool]:
+    """Image reference -> whether the host needs it: only its expected variant's when its
+    stored facts tell (the others would not be pulled), every variant's when they do not."""
+    images = playbook.images(host.vars, host.name, tag)
+    known, chosen = expected_variant(playbook, facts)
+    return {ref: (not known or name == chosen) for name, ref in images.items()}
+
+
 def check_images(fleet: Fleet, tag: str) -> List[str]:
-    """Every image the deployment may need must be in its registry: one missing stops the
-    deployment before any host is touched. Returns the references checked."""
+    """Every image the deployment needs must be in its registry: one missing stops the
+    deployment before any host is touched. A host with stored facts needs only the variant
+    it will select (hosts whose hardware changed since are still safe: their agent's pull
+    fails in preflight, before anything running is touched). Returns the references checked."""
     playbook = _playbook(fleet)
     refs: Dict[str, List[str]] = {}
     for host in fleet.hosts:
-        for image in playbook.images(host.vars, host.name, tag).values():
-            refs.setdefault(image, []).append(host.name)
-    missing = []
+        for ref, needed in needed_images(playbook, host, tag, fleet.state.facts(host.name)).items():
+            users = refs.setdefault(ref, [])
+            if needed:
+                users.append(host.name)
+    missing, unused = [], []
+    https = (
+        fleet.hosts[0].vars.get("mlfleet_registry_scheme", "https") == "https"
+        if fleet.hosts
+        else True
+    )
     for ref, users in refs.items():
         registry, repo, reference = split_reference(ref)
-        https = fleet.hosts[0].vars.get("mlfleet_registry_scheme", "https") == "https"
         try:
             found = Registry(registry, https=https, timeout=10).get_manifest(repo, reference)
         except RegistryError as exc:
             raise MlfleetError(
                 f"cannot check images: {exc}", hint="is the registry reachable from here?"
             ) from None
-        if found is None:
+        if found is None and users:
             missing.append(
                 f"{ref} (needed by {', '.join(users[:3])}{' ...' if len(users) > 3 else ''})"
             )
+        elif found is None:
+            unused.append(ref)
     if missing:
         raise ConfigError(
             "not in the registry: " + "; ".join(missing),
-            hint=f"push tag {tag} for every variant, or remove the variant from the playbook",
+            hint=f"push tag {tag} for these variants, or run `mlfleet facts` so hosts need only the"
+            " variant they select",
+        )
+    if unused:
+        fleet.progress(
+            "*", f"not in the registry, and no host's stored facts select them: {', '.join(unused)}"
         )
     return sorted(refs)
 

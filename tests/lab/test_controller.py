@@ -289,3 +289,37 @@ def test_on_failure_rollback_returns_updated_hosts_to_their_previous_release(ctl
     assert by_host["edge-cpu"]["result"] == "rolled_back"
     assert serving(ctl.lab["hosts_by_name"]["edge-cpu"]) == before
     assert proc.returncode == 1
+
+
+def test_hosts_with_stored_facts_need_only_the_image_of_their_variant(ctl, tmp_path):
+    from mlfleet.controller.lab.images import REPOSITORY
+    from mlfleet.controller.registry import MANIFEST_V2, Registry
+
+    # A tag built for the CPU variant alone (a team that has no GPU image of it yet).
+    registry = Registry(ctl.lab["registry"]["address"])
+    manifest, _ = registry.get_manifest(REPOSITORY, "v3-cpu")
+    registry.put_manifest(REPOSITORY, "cpuonly-cpu", json.dumps(manifest).encode(), MANIFEST_V2)
+    state = tmp_path / "state.db"
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        argv = [
+            "-i",
+            str(ctl.lab["inventory"]),
+            "-p",
+            str(PLAYBOOK),
+            "--state",
+            str(state),
+            "--limit",
+            "edge-cpu",
+        ]
+        return subprocess.run([sys.executable, "-m", "mlfleet.controller", *argv, *args],
+                              capture_output=True, text=True, timeout=900)  # fmt: skip
+
+    # Nothing known about the host: it might select any variant, so every image must exist.
+    refused = run("deploy", "--tag", "cpuonly")
+    assert refused.returncode == 2 and "cpuonly-cuda12" in refused.stderr, refused.stderr
+    assert run("facts").returncode == 0
+    deployed = run("deploy", "--tag", "cpuonly", "--json")
+    assert deployed.returncode == 0, deployed.stderr
+    assert results(deployed)["edge-cpu"]["variant"] == "cpu"
+    assert "no host's stored facts select them" in deployed.stderr

@@ -1,0 +1,35 @@
+"""Which images a deployment needs in the registry, per host (pure): with stored facts only
+the variant the host's agent will select, without them every variant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlfleet.controller.deploy import needed_images
+from mlfleet.controller.hosts import Host
+from mlfleet.controller.playbook import load_playbook
+from tests.unit.test_selection import host, nvidia_gpu, nvidia_host
+
+PLAYBOOK = load_playbook(Path(__file__).resolve().parents[2] / "playbooks" / "sentiment.yml")
+EDGE = Host("edge-1", {"mlfleet_registry": "reg:5000", "model_data_dir": "/srv/w"})
+
+
+def image(variant: str) -> str:
+    return f"reg:5000/mlfleet-lab/sentiment:v3-{variant}"
+
+
+def test_a_cpu_host_with_facts_needs_only_the_cpu_image():
+    needed = needed_images(PLAYBOOK, EDGE, "v3", host().to_dict())
+    assert [ref for ref, yes in needed.items() if yes] == [image("cpu")]
+    assert set(needed) == {image(v) for v in ("cuda12", "cuda11", "rocm", "cpu")}
+
+
+def test_a_t4_on_driver_470_needs_the_cuda11_image():
+    t4 = nvidia_host("470.182.03", [nvidia_gpu("Tesla T4", "7.5")])
+    needed = needed_images(PLAYBOOK, EDGE, "v3", t4.to_dict())
+    assert [ref for ref, yes in needed.items() if yes] == [image("cuda11")]
+
+
+def test_without_usable_facts_every_variant_is_needed():
+    for facts in (None, {}, {"schema": 99}, {"schema": 1, "hostname": "x"}):
+        assert all(needed_images(PLAYBOOK, EDGE, "v3", facts).values()), facts
