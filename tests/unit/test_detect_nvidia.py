@@ -12,7 +12,7 @@ from mlfleet.agent.hostroot import HostRoot
 ROOTS = Path(__file__).parent.parent / "fixtures" / "roots"
 
 
-def root(name: str, timeout: float = 5.0) -> HostRoot:
+def root(name: str, timeout: float = 30.0) -> HostRoot:
     return HostRoot(str(ROOTS / name), program_timeout=timeout)
 
 
