@@ -334,6 +334,11 @@ def _start_sshd(
         "MLFLEET_DEVICE_ROOT": str(layout.root(name)),
         "MLFLEET_AGENT_DIR": str(layout.agent_dir(name)),
         "MLFLEET_CRON_DIR": str(layout.cron_dir(name)),
+        # Bash runs ~/.bashrc for every command that arrives over SSH unless SHLVL says it
+        # is not a top-level shell. The lab hosts share this machine's /root, whose .bashrc
+        # may set up a developer's tools (pyenv's init takes a global lock: 100 sessions at
+        # once queue on it for a minute); a real host's root has a stock one.
+        "SHLVL": "1",
     }
     if profile.engine:
         env["DOCKER_HOST"] = layout.docker_host(name)
