@@ -46,6 +46,20 @@ def _collection_version(name: str) -> str:
     return match.group(1) if match else "?"
 
 
+def _bashrc_s(runs: int = 5) -> Optional[float]:
+    """What root's ~/.bashrc costs: bash runs it for every command that arrives over SSH,
+    so every remote command of every tool pays it (a stock Debian one costs ~0)."""
+    rc = Path.home() / ".bashrc"
+    if not rc.exists():
+        return None
+    times = []
+    for _ in range(runs):
+        started = time.monotonic()
+        subprocess.run(["bash", "-c", f". {rc}"], capture_output=True, timeout=30)
+        times.append(time.monotonic() - started)
+    return round(sorted(times)[len(times) // 2], 3)
+
+
 def machine_info() -> Dict[str, Any]:
     cpuinfo = Path("/proc/cpuinfo").read_text()
     model = re.search(r"model name\s*:\s*(.+)", cpuinfo)
@@ -60,6 +74,7 @@ def machine_info() -> Dict[str, Any]:
         "kernel": platform.release(),
         "debian": debian.read_text().strip() if debian.exists() else "not Debian",
         "python": platform.python_version(),
+        "root_bashrc_s": _bashrc_s(),
         "dockerd": _first_line(["dockerd", "--version"]),
         "openssh": subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip(),
         "mlfleet": _version("mlfleet"),
@@ -128,7 +143,13 @@ def _sections(results: Dict[str, Any], table: Any) -> List[str]:
         out += table(HEAD, _tool_rows(update))
         rc = update.get("remote_command_s")
         if rc:
-            out += [f"One remote command on an open SSH connection (`true`) costs {rc['median']:.3f}s here; every tool pays it per command."]  # fmt: skip
+            bashrc = results["machine"].get("root_bashrc_s")
+            of_it = (
+                f" ({bashrc:.3f}s of it root's ~/.bashrc, which bash runs for every SSH command)"
+                if bashrc
+                else ""
+            )
+            out += [f"One remote command on an open SSH connection (`true`) costs {rc['median']:.3f}s here{of_it}; every tool pays it per command."]  # fmt: skip
         prof = update.get("mlfleet_profile") or {}
         if prof:
             ph = prof["agent_phase_median_s"]

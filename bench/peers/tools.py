@@ -28,9 +28,15 @@ class Tool:
 UPDATE_TOOLS = (
     Tool("mlfleet", "mlfleet deploy (same job)",
          "agent install check, variant selection, preflight, pull, stop-first replace, /health "
-         "and an inference check, commit (old release kept), a record in the state DB; "
-         "playbook copy with `monitor: 0s`; --canary 0 --batch 100% --forks N",
-         "no watch window after healthy (the shipped playbook's 10s)"),
+         "(every 500ms) and an inference check, commit (old release kept), a record in the "
+         "state DB; playbook copy with `monitor: 0s` and `health.docker: false`; "
+         "--canary 0 --batch 100% --forks N",
+         "no watch window after healthy (the shipped playbook's 10s); does not also wait for "
+         "the image's own HEALTHCHECK"),
+    Tool("mlfleet-image-hc", "mlfleet deploy (same job + image HEALTHCHECK)",
+         "as the same job, but with the playbook's default `health.docker: true`: also waits "
+         "for the image's own HEALTHCHECK (interval 2s, start period 5s in the lab image)",
+         "no watch window"),
     Tool("mlfleet-shipped", "mlfleet deploy (as shipped)",
          "playbooks/sentiment.yml as it is: canary 1 host, then batches of 50%, each host "
          "watched 10s after healthy before the next wave; default --forks 20",
@@ -73,14 +79,21 @@ FACTS_TOOLS = (
 )  # fmt: skip
 
 
-def same_job_playbook(workdir: Path) -> Path:
-    """playbooks/sentiment.yml with `monitor: 0s` (the peers watch nothing after healthy)."""
+def same_job_playbook(workdir: Path, image_healthcheck: bool = False) -> Path:
+    """playbooks/sentiment.yml with `monitor: 0s` (the peers watch nothing after healthy)
+    and, unless `image_healthcheck`, `health.docker: false`: mlfleet then probes /health
+    itself every 500ms, where the peers have Docker run the same probe every 500ms, instead
+    of also waiting for the image's own HEALTHCHECK (interval 2s in the lab image)."""
     text = (REPO / "playbooks/sentiment.yml").read_text()
-    changed, n = re.subn(r"(?m)^monitor:\s*\S+", "monitor: 0s", text)
+    text, n = re.subn(r"(?m)^monitor:\s*\S+", "monitor: 0s", text)
     if n != 1:
         raise ValueError("playbooks/sentiment.yml has no top-level `monitor:` line")
-    path = workdir / "sentiment-monitor-0s.yml"
-    path.write_text(changed)
+    if not image_healthcheck:
+        text, n = re.subn(r"(?m)^health:\n", "health:\n  docker: false\n", text)
+        if n != 1:
+            raise ValueError("playbooks/sentiment.yml has no top-level `health:` mapping")
+    path = workdir / f"sentiment-same-job{'-image-healthcheck' if image_healthcheck else ''}.yml"
+    path.write_text(text)
     return path
 
 
@@ -101,11 +114,11 @@ def update_command(
     """The command that moves every host to `tag` with `tool`. `run` names a fresh
     directory for per-run state (Ansible's SSH control sockets)."""
     env = dict(os.environ)
-    if tool in ("mlfleet", "mlfleet-shipped"):
+    if tool.startswith("mlfleet"):
         state = workdir / f"state-{tool}.db"
         if tool == "mlfleet-shipped" and tag != "v1":
             return _mlfleet(inventory, REPO / "playbooks/sentiment.yml", state, 20, "deploy", "--tag", tag), env  # fmt: skip
-        playbook = same_job_playbook(workdir)
+        playbook = same_job_playbook(workdir, image_healthcheck=tool == "mlfleet-image-hc")
         return _mlfleet(inventory, playbook, state, forks, "deploy", "--tag", tag, "--canary", "0", "--batch", "100%"), env  # fmt: skip
     if tool == "ansible":
         argv = [str(BIN / "ansible-playbook"), "-i", str(inventory), str(PEERS / "update.yml"),
