@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
+from mlfleet.controller.lab.images import REPOSITORY
 from mlfleet.controller.lab.profiles import DEFAULT_PROFILES_YAML
 from peers.measure import BenchError, spread
 
@@ -106,6 +107,13 @@ def reset_host(host: Dict[str, Any], keep_tag_prefix: str = "v1-") -> None:
             path.unlink()
     for path in Path(host["cron_dir"]).glob("*"):
         path.write_text("")
+
+
+def prepull(hosts: List[Dict[str, Any]], registry: str, tag: str) -> None:
+    """Every engine holds `tag` before the runs (two at a time, gently), so no tool's setup
+    has all hosts pull the whole image at once."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(lambda h: _docker(h, "pull", "-q", f"{registry}/{REPOSITORY}:{tag}"), hosts))
 
 
 def reset(hosts: List[Dict[str, Any]], keep_tag_prefix: str = "v1-") -> None:

@@ -47,8 +47,9 @@ def _collection_version(name: str) -> str:
 
 
 def _bashrc_s(runs: int = 5) -> Optional[float]:
-    """What root's ~/.bashrc costs: bash runs it for every command that arrives over SSH,
-    so every remote command of every tool pays it (a stock Debian one costs ~0)."""
+    """What this machine's /root/.bashrc costs to run. Bash runs it for every command that
+    arrives over SSH unless SHLVL says otherwise; the lab's sshd sets SHLVL=1, so the lab
+    hosts skip it like hosts with a stock root shell (shown so a reader can tell)."""
     rc = Path.home() / ".bashrc"
     if not rc.exists():
         return None
@@ -143,13 +144,7 @@ def _sections(results: Dict[str, Any], table: Any) -> List[str]:
         out += table(HEAD, _tool_rows(update))
         rc = update.get("remote_command_s")
         if rc:
-            bashrc = results["machine"].get("root_bashrc_s")
-            of_it = (
-                f" ({bashrc:.3f}s of it root's ~/.bashrc, which bash runs for every SSH command)"
-                if bashrc
-                else ""
-            )
-            out += [f"One remote command on an open SSH connection (`true`) costs {rc['median']:.3f}s here{of_it}; every tool pays it per command."]  # fmt: skip
+            out += [f"One remote command on an open SSH connection (`true`) costs {rc['median']:.3f}s here; every tool pays it per command."]  # fmt: skip
         prof = update.get("mlfleet_profile") or {}
         if prof:
             ph = prof["agent_phase_median_s"]
@@ -157,6 +152,7 @@ def _sections(results: Dict[str, Any], table: Any) -> List[str]:
                     + ", ".join(f"{k[:-2]} {v:.2f}" for k, v in ph.items())
                     + f"; SSH, agent check and start {prof['ssh_agent_check_and_start_median_s']:.2f}"
                     + f"; controller outside the hosts {prof['controller_outside_hosts_s']['median']:.2f}"]  # fmt: skip
+        out += _failure_lines(update)
     elif update:
         out += ["", f"Fleet update: {update}"]
     facts = results.get("facts") or {}
@@ -170,12 +166,18 @@ def _sections(results: Dict[str, Any], table: Any) -> List[str]:
         variants = ", ".join(f"{h} {v}" for h, v in sorted(hetero["variants"].items()))
         out += ["", f"mlfleet alone on the heterogeneous five (variants: {variants})"]
         out += table(HEAD, _tool_rows(hetero))
+        out += _failure_lines(hetero)
     elif hetero:
         out += ["", f"Heterogeneous five: {hetero}"]
     out += _agent_lines(results.get("agent"))
     out += _delivery_lines(results.get("delivery"), table)
     out += ["", "Targets (reported, not asserted):", *(f"  {t}" for t in target_lines(results))]
     return out
+
+
+def _failure_lines(section: Dict[str, Any]) -> List[str]:
+    """Timed runs that failed (not in the medians), each with the first line of its reason."""
+    return [f"FAILED run {f['run']}: {f['reason'].splitlines()[0]}" for f in section.get("failed_runs") or []]  # fmt: skip
 
 
 def _agent_lines(agent: Optional[Dict[str, Any]]) -> List[str]:
