@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -50,6 +51,10 @@ class ControllerState:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         self.db = sqlite_utils.Database(conn)
+        # One connection serves the worker threads too: sqlite-utils wraps each write in a
+        # named savepoint, and two threads' savepoints interleaved on one connection fail
+        # ("no such savepoint"). Writes from threads take this lock.
+        self._writing = threading.Lock()
         self._schema()
 
     def _schema(self) -> None:
@@ -185,7 +190,10 @@ class ControllerState:
             "started": result.get("started"),
             "finished": time.time(),
         }
-        self.db["host_results"].insert(row, alter=True)  # `transfer` came later: older DBs gain it
+        with self._writing:
+            self.db["host_results"].insert(
+                row, alter=True
+            )  # `transfer` came later: older DBs gain it
 
     def deployments(self, limit: int = 20) -> List[Dict[str, Any]]:
         return list(self.db["deployments"].rows_where(order_by="id desc", limit=limit))
@@ -214,9 +222,10 @@ class ControllerState:
     # --- facts and events ------------------------------------------------------------------
 
     def save_facts(self, host: str, data: Dict[str, Any]) -> None:
-        self.db["facts"].upsert(
-            {"host": host, "at": time.time(), "data": json.dumps(data)}, pk="host"
-        )
+        with self._writing:
+            self.db["facts"].upsert(
+                {"host": host, "at": time.time(), "data": json.dumps(data)}, pk="host"
+            )
 
     def facts(self, host: str) -> Optional[Dict[str, Any]]:
         rows = list(self.db["facts"].rows_where("host = ?", [host]))
@@ -229,12 +238,13 @@ class ControllerState:
         deployment_id: Optional[int] = None,
         host: Optional[str] = None,
     ) -> None:
-        self.db["events"].insert(
-            {
-                "at": time.time(),
-                "deployment_id": deployment_id,
-                "host": host,
-                "kind": kind,
-                "message": message,
-            }
-        )
+        with self._writing:
+            self.db["events"].insert(
+                {
+                    "at": time.time(),
+                    "deployment_id": deployment_id,
+                    "host": host,
+                    "kind": kind,
+                    "message": message,
+                }
+            )
