@@ -111,6 +111,17 @@ def start_from_v1(key: str, hosts: List[Dict[str, Any]], inventory: Path, forks:
                 raise
 
 
+def setup_or_record(key: str, hosts: List[Dict[str, Any]], inventory: Path, forks: int, work: Path,
+                    name: str, failures: List[Dict[str, Any]]) -> bool:  # fmt: skip
+    """start_from_v1; when even its retries fail, that run is recorded as failed and skipped."""
+    try:
+        start_from_v1(key, hosts, inventory, forks, work, name)
+    except BenchError as exc:
+        failures.append({"tool": key, "run": name, "reason": "setup v1: " + str(exc)[-1500:]})
+        return False
+    return True
+
+
 def timed_update(key: str, hosts: List[Dict[str, Any]], inventory: Path, forks: int, work: Path,
                  name: str, failures: List[Dict[str, Any]]) -> Optional[Sample]:  # fmt: skip
     """The timed v1 -> v3 run; a failed run is recorded with its reason, not retried."""
@@ -142,7 +153,8 @@ def bench_update(args: argparse.Namespace, work: Path) -> Dict[str, Any]:
         for run in range(args.runs):
             for key in rotated(keys, run):
                 name = f"update-{key}-{run + 1}"
-                start_from_v1(key, hosts, inventory, args.hosts, work, name)
+                if not setup_or_record(key, hosts, inventory, args.hosts, work, name, failures):
+                    continue
                 sample = timed_update(key, hosts, inventory, args.hosts, work, name, failures)
                 if sample is None:
                     continue
@@ -178,6 +190,7 @@ def bench_facts(args: argparse.Namespace, work: Path) -> Dict[str, Any]:
     hosts = lab.status()["hosts"]
     forks = args.facts_hosts
     samples: Dict[str, List[Sample]] = {t.key: [] for t in tools.FACTS_TOOLS}
+    failures: List[Dict[str, Any]] = []
     try:
         for run in range(args.runs):
             for group in rotated(["mlfleet", "ansible", "pyinfra"], run):
@@ -185,11 +198,16 @@ def bench_facts(args: argparse.Namespace, work: Path) -> Dict[str, Any]:
                 for key in keys:
                     if key == "mlfleet-first":
                         labs.wipe_agents(hosts)
-                    name = f"facts-{key}-{run}"
+                    name = f"facts-{key}-{run + 1}"
                     argv, env = tools.facts_command(key, inventory, forks, work, name)
-                    sample = run_timed(argv, f"{key}: facts", env, log=work / f"{name}.log")
+                    try:
+                        sample = run_timed(argv, f"{key}: facts", env, log=work / f"{name}.log")
+                    except BenchError as exc:
+                        failures.append({"tool": key, "run": name, "reason": str(exc)[-1500:]})
+                        log(f"{name}: FAILED: {str(exc).splitlines()[0]}")
+                        continue
                     samples[key].append(sample)
-                    log(f"facts run {run + 1}/{args.runs}: {key} {sample.wall_s:.1f}s wall, {sample.cpu_s:.1f}s CPU")  # fmt: skip
+                    log(f"{name}: {sample.wall_s:.1f}s wall, {sample.cpu_s:.1f}s controller CPU")
     finally:
         if not args.keep_labs:
             lab.down()
@@ -198,6 +216,7 @@ def bench_facts(args: argparse.Namespace, work: Path) -> Dict[str, Any]:
         "forks": forks,
         "runs": args.runs,
         "lab_up_s": round(lab_up_s, 1),
+        "failed_runs": failures,
         "tools": {t.key: {"label": t.label, "does": t.does, "does_not": t.does_not} for t in tools.FACTS_TOOLS},
         "results": summarize(samples, "mlfleet"),
     }  # fmt: skip
@@ -214,7 +233,8 @@ def bench_hetero(args: argparse.Namespace, work: Path, lab: labs.Lab) -> Dict[st
     for run in range(args.runs):
         for key in rotated(list(samples), run):
             name = f"five-{key}-{run + 1}"
-            start_from_v1(key, hosts, inventory, len(hosts), work, name)
+            if not setup_or_record(key, hosts, inventory, len(hosts), work, name, failures):
+                continue
             sample = timed_update(key, hosts, inventory, len(hosts), work, name, failures)
             if sample is not None:
                 samples[key].append(sample)

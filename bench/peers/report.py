@@ -159,6 +159,7 @@ def _sections(results: Dict[str, Any], table: Any) -> List[str]:
     if "results" in facts:
         out += ["", f"Facts, {facts['hosts']} SSH-only hosts, forks {facts['forks']}, {facts['runs']} runs; median [min-max]"]  # fmt: skip
         out += table(HEAD, _tool_rows(facts))
+        out += _failure_lines(facts)
     elif facts:
         out += ["", f"Facts: {facts}"]
     hetero = results.get("hetero") or {}
