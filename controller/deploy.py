@@ -53,7 +53,7 @@ class Fleet:
     _connections: Dict[str, Connection] = field(default_factory=dict)
     _bundle: Optional[AgentBundle] = None
     _caches: Dict[str, RelayCache] = field(default_factory=dict)
-    _caches_lock: threading.Lock = field(default_factory=threading.Lock)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def connection(self, host: Host) -> Connection:
         if host.name not in self._connections:
@@ -79,7 +79,7 @@ class Fleet:
             name, _, port = choice.rpartition(":")
             return (name, int(port))
         key = f"{upstream[0]}:{upstream[1]}"
-        with self._caches_lock:
+        with self._lock:
             if key not in self._caches:
                 https = host.vars.get("mlfleet_registry_scheme", "https") == "https"
                 self._caches[key] = RelayCache(key, https).start()
@@ -88,9 +88,11 @@ class Fleet:
             return self._caches[key].address
 
     def bundle(self) -> AgentBundle:
-        if self._bundle is None:
-            self._bundle = build_zipapp(self.state.path.parent / "agent")
-        return self._bundle
+        """The agent zipapp, built once (worker threads may ask for it at the same time)."""
+        with self._lock:
+            if self._bundle is None:
+                self._bundle = build_zipapp(self.state.path.parent / "agent")
+            return self._bundle
 
     def each(self, fn: Callable[[Host], T], hosts: Optional[Sequence[Host]] = None) -> Dict[str, T]:
         """fn on every host in parallel (bounded by forks); one slow or dead host never
