@@ -309,13 +309,15 @@ def main() -> int:
         "--out", type=Path, default=BENCH / "results", help="where latest.json/.md go"
     )
     parser.add_argument("--keep-labs", action="store_true", help="leave the labs up afterwards")
+    parser.add_argument("--note", default="", help="a line for the report, e.g. what else ran")
     args = parser.parse_args()
     wanted = [w.strip() for w in args.only.split(",") if w.strip()]
     unknown = sorted(set(wanted) - set(ITEMS))
     if unknown or not 1 <= args.hosts <= 200 or not 1 <= args.facts_hosts <= 250 or args.runs < 1:
         parser.error(f"bad item(s) {unknown}" if unknown else "--hosts 1..200, --facts-hosts 1..250, --runs >= 1")  # fmt: skip
     started = time.monotonic()
-    results: Dict[str, Any] = {"machine": report.machine_info(), "command": " ".join(sys.argv[1:])}
+    results: Dict[str, Any] = {"machine": report.machine_info(), "command": " ".join(sys.argv[1:]),
+                               "note": args.note}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="mlfleet-bench-") as tmp:
         work = {item: Path(tmp) / item for item in ("update", "facts", "five")}
         for path in work.values():

@@ -231,6 +231,7 @@ def markdown(results: Dict[str, Any]) -> str:
              "(same job), so above 1 means slower or costlier than mlfleet. Controller CPU is the user+system "
              "time of the tool's process tree; machine CPU is every core's busy time, which includes the "
              "simulated hosts' own work (they share this machine) and any other load.",
+             *(["", f"Note: {results['note']}"] if results.get("note") else []),
              "", "## Machine", "", *_md_table(["what", "value"], [[k, str(v)] for k, v in m.items()])]  # fmt: skip
     lines += ["", "## Figures", "```", *_sections(results, _text_table), "```"]
     for item in ("update", "facts"):
