@@ -254,9 +254,6 @@ def deploy_cmd(settings: Settings, tag: str, canary: Optional[int], batch: Optio
 
     fleet = _fleet(settings, need_playbook=True)
     fleet.transfer = transfer
-    # The agent zipapp once, here: built lazily by the first wave's worker threads, every
-    # one of them would build it into the same temporary file at once.
-    fleet.bundle()
     policy = fleet.playbook.rollout
     options = DeployOptions(
         tag=tag,

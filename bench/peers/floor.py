@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 from typing import List
 
-from mlfleet.controller.inventory import Host, load_inventory
+from mlfleet.controller.hosts import Host
+from mlfleet.controller.inventory import load_inventory
 
 PROBE = "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/health', timeout=2)"
 WAIT = (
