@@ -5,10 +5,13 @@ the same pieces: facts, plan, status, rollback, agent install."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 from mlfleet.agent.bundle import AgentBundle, build_zipapp
@@ -52,6 +55,7 @@ class Fleet:
     progress: Progress = field(default=lambda host, msg: None)
     _connections: Dict[str, Connection] = field(default_factory=dict)
     _bundle: Optional[AgentBundle] = None
+    _build_dir: Optional[str] = None
     _caches: Dict[str, RelayCache] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -67,6 +71,8 @@ class Fleet:
             conn.close()
         for cache in self._caches.values():
             cache.stop()
+        if self._build_dir:
+            shutil.rmtree(self._build_dir, ignore_errors=True)
 
     def relay_source(self, host: Host, upstream: Tuple[str, int]) -> Tuple[str, int]:
         """Where the host's relay tunnel connects: the upstream registry, a registry the
@@ -91,7 +97,9 @@ class Fleet:
         """The agent zipapp, built once (worker threads may ask for it at the same time)."""
         with self._lock:
             if self._bundle is None:
-                self._bundle = build_zipapp(self.state.path.parent / "agent")
+                # A directory of its own: beside the state DB it could land in a source tree.
+                self._build_dir = tempfile.mkdtemp(prefix="mlfleet-agent-")
+                self._bundle = build_zipapp(Path(self._build_dir))
             return self._bundle
 
     def each(self, fn: Callable[[Host], T], hosts: Optional[Sequence[Host]] = None) -> Dict[str, T]:
