@@ -22,6 +22,11 @@ from mlfleet.agent.desired import DesiredState
 from mlfleet.agent.engine_api import EngineError
 from mlfleet.agent.state import Release
 
+# A release that answers but fails a tick's probes may only be slow for a moment (a busy
+# host makes even Docker's own HEALTHCHECK time out): a fresh one is rolled back when the
+# next tick, a minute later, confirms it; an older one is restarted after three. A crash
+# needs no confirmation.
+UNHEALTHY_TICKS_BEFORE_ROLLBACK = 2
 UNHEALTHY_TICKS_BEFORE_RESTART = 3
 
 
@@ -85,11 +90,18 @@ def _keep_serving(host: AgentHost, current: Release, actions: List[str]) -> None
         )
         if ok:
             return
-    if fresh and previous is not None:
+        if fresh and previous is not None:
+            if _failed_ticks(host, current, UNHEALTHY_TICKS_BEFORE_ROLLBACK):
+                _auto_rollback(host, current, previous, actions)
+            else:
+                host.event("unhealthy", f"{current.tag} failed its health check; rolled back if the next tick confirms it",
+                           app, current.id)  # fmt: skip
+                actions.append(f"{app}: {current.tag} unhealthy; rolled back if the next tick confirms it")  # fmt: skip
+            return
+    if fresh and previous is not None:  # it had stopped and did not come back healthy
         _auto_rollback(host, current, previous, actions)
         return
-    recent = host.store.recent_health(current.id, UNHEALTHY_TICKS_BEFORE_RESTART)
-    if len(recent) >= UNHEALTHY_TICKS_BEFORE_RESTART and not any(s["ok"] for s in recent):
+    if _failed_ticks(host, current, UNHEALTHY_TICKS_BEFORE_RESTART):
         try:
             host.engine.request(
                 "POST", f"/containers/{current.container_id}/restart", {"t": 10}, timeout=60
@@ -99,11 +111,18 @@ def _keep_serving(host: AgentHost, current: Release, actions: List[str]) -> None
             return
         host.event(
             "restarted",
-            f"{current.tag} unhealthy for {len(recent)} ticks; restarted",
+            f"{current.tag} unhealthy for {UNHEALTHY_TICKS_BEFORE_RESTART} ticks; restarted",
             app,
             current.id,
         )
         actions.append(f"{app}: restarted unhealthy {current.tag}")
+
+
+def _failed_ticks(host: AgentHost, current: Release, n: int) -> bool:
+    """Whether the release's last n health samples all failed (the apply's own verdict is
+    the first sample, so a release's first failing tick never counts n of them alone)."""
+    recent = host.store.recent_health(current.id, n)
+    return len(recent) >= n and not any(s["ok"] for s in recent)
 
 
 def _auto_rollback(

@@ -49,8 +49,8 @@ controller/yamlcheck.py, the typed readers shared by every key):
 - `monitor` [`check.duration`]: watch window after the release first turns healthy (agent
   default 10s).
 - `retain` [`check.whole_number`]: releases kept on a host, current and previous included; >= 2.
-- `grace` [`check.duration`]: the agent's cron tick rolls back a release that turns unhealthy
-  within this long (agent default 10m).
+- `grace` [`check.duration`]: the agent's cron tick rolls back a release that crashes, or
+  fails its checks on two ticks in a row, within this long (agent default 10m).
 - `strategy` [`check.choice`]: `auto` (stop-first when old and new bind the same host port),
   `stop-first` or `start-first`.
 - `rollout` [`_rollout`]: read by the controller's rollout planner, never sent to a host:

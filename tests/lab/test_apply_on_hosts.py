@@ -283,3 +283,33 @@ def test_daemon_runs_the_tick_without_cron(v1_everywhere):
         assert serving(host) is not None
     finally:
         ssh(host, "pkill -f 'mlfleet-agent.pyz daemon'")
+
+
+def test_tick_rolls_back_a_fresh_release_that_hangs_only_when_the_next_tick_confirms_it(
+    v1_everywhere,
+):
+    lab, _ = v1_everywhere
+    host = lab["hosts_by_name"]["edge-cpu"]
+    before = serving(host)["tag"]
+    code, result, _ = apply(lab, "edge-cpu", "v2", monitor_s=0)
+    assert code == 0 and result["status"] == "succeeded", result
+    pid = f"$(docker inspect -f '{{{{.State.Pid}}}}' {result['container']})"
+
+    def hang(yes: bool) -> None:  # the model server stops answering, as a wedged process does
+        assert ssh(host, f"kill -{'STOP' if yes else 'CONT'} {pid}")[0] == 0
+
+    try:
+        # One failing tick is not enough: a busy minute must not undo a release.
+        hang(True)
+        assert any("rolled back if the next tick confirms" in a for a in _tick(host)["actions"])
+        hang(False)
+        assert serving(host)["tag"] == "v2"
+        assert _tick(host)["actions"] == [] and serving(host)["tag"] == "v2"
+        # Sick on two ticks in a row: rolled back, the old release serves.
+        hang(True)
+        assert not any("rolled back v2" in a for a in _tick(host)["actions"])
+        status = _tick(host)
+        assert any("rolled back v2" in a for a in status["actions"]), status
+        assert serving(host)["tag"] == before
+    finally:
+        ssh(host, f"kill -CONT {pid} 2>/dev/null")
