@@ -140,9 +140,7 @@ def gather_facts(fleet: Fleet) -> Dict[str, Dict[str, Any]]:
 
     def one(host: Host) -> Dict[str, Any]:
         try:
-            conn = fleet.connection(host)
-            hostops.install_agent(conn, bundle)
-            data = hostops.facts(conn)
+            data = hostops.facts(fleet.connection(host), bundle)
         except HostUnreachable as exc:
             return {"error": str(exc)}
         fleet.state.save_facts(host.name, data)
@@ -160,8 +158,7 @@ def plan(fleet: Fleet, tag: str) -> Dict[str, Dict[str, Any]]:
         try:
             desired = playbook.desired_state(host.vars, host.name, tag, "plan")
             conn = fleet.connection(host)
-            hostops.install_agent(conn, bundle)
-            selection = hostops.select(conn, desired["variants"])
+            selection = hostops.select(conn, bundle, desired["variants"])
             current = _current(hostops.status(conn), playbook.app)
         except HostUnreachable as exc:
             return {"result": "unreachable", "reason": str(exc)}
@@ -382,7 +379,6 @@ def _deploy_host(
     playbook = _playbook(fleet)
     try:
         conn = fleet.connection(host)
-        hostops.install_agent(conn, fleet.bundle())
         desired = playbook.desired_state(host.vars, host.name, tag, str(deployment_id))
 
         shown = (
@@ -411,10 +407,10 @@ def _deploy_host(
                 fleet.progress(
                     host.name, f"relay: the host pulls through {relay.address} (SSH tunnel)"
                 )
-                outcome = hostops.apply(conn, desired, on_event=event)
+                outcome = hostops.apply(conn, fleet.bundle(), desired, on_event=event)
             relay_bytes = relay.bytes_to_host
         else:
-            outcome = hostops.apply(conn, desired, on_event=event)
+            outcome = hostops.apply(conn, fleet.bundle(), desired, on_event=event)
         result = {
             "result": RESULT_OF.get(outcome["status"], "failed"),
             "variant": outcome.get("variant"),

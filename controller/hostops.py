@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import posixpath
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from mlfleet.agent.bundle import AgentBundle
 from mlfleet.controller.hosts import Host
@@ -70,15 +70,17 @@ def merge_crontab(existing: str, line: str) -> str:
     return "\n".join([*kept, line]) + "\n"
 
 
-# One round trip tells the agent's hash, the crontab and whether the agent runs: on a fleet
-# that already has the agent this is all `install_agent` sends (every remote command costs a
-# session and a login shell on the host). Sections are split by MARK; the exit code is the
-# version check's.
+# On a fleet that already has the agent, every agent command is one round trip (every remote
+# command costs a session and a login shell on the host, and a round trip on an edge link):
+# the same shell line tells the agent file's hash and the crontab, then runs the command only
+# when the hash is the controller's. Sections are split by MARK; the exit code is the
+# command's. Arguments: agent file, cron spool ("" for `crontab -l`), expected hash, argv.
 MARK = "--mlfleet-probe--"
 _PROBE = (
-    'sha256sum "$1" 2>/dev/null; echo "' + MARK + '"; '
-    'if [ -n "$3" ]; then cat "$3"; else crontab -l; fi 2>/dev/null; echo "' + MARK + '"; '
-    '"$2" "$1" version --json'
+    'sum=$(sha256sum "$1" 2>/dev/null); echo "$sum"; echo "' + MARK + '"; '
+    'if [ -n "$2" ]; then cat "$2"; else crontab -l; fi 2>/dev/null; echo "' + MARK + '"; '
+    'case "$sum" in "$3 "*) ;; *) exit 0;; esac; '
+    'shift 3; exec "$@"'
 )
 
 
@@ -86,7 +88,7 @@ _PROBE = (
 class AgentProbe:
     sha256: Optional[str]  # of the agent file on the host, None when missing
     crontab: str  # the spool file (mlfleet_cron_dir) or `crontab -l`; "" when none
-    version: CommandResult  # `python3 <agent> version --json` (of whatever file is there)
+    result: CommandResult  # the agent command's, when the file there was the expected one
 
 
 def parse_probe(result: CommandResult) -> AgentProbe:
@@ -106,30 +108,59 @@ def _cron_spool(host: Host) -> str:
     )
 
 
-def install_agent(conn: Connection, bundle: AgentBundle) -> Dict[str, Any]:
-    """Copy the zipapp where missing or different, install the cron entry, check it runs."""
+def run_agent(conn: Connection, bundle: AgentBundle, argv: Sequence[str], *, stdin: Optional[bytes] = None,
+              timeout: float = 600.0, on_stderr_line: Optional[Callable[[str], None]] = None
+              ) -> Tuple[CommandResult, bool]:  # fmt: skip
+    """Run an agent command (argv from `agent_argv`) with this bundle's agent on the host:
+    one round trip when it is there already; otherwise copy it (by hash, atomically), check
+    it runs, and run the command. The cron entry is put in place when missing. Returns the
+    command's result and whether the agent was copied."""
+    host = conn.host
+    probe_argv = ["sh", "-c", _PROBE, "sh", agent_path(host), _cron_spool(host), bundle.sha256, *argv]  # fmt: skip
+    probe = parse_probe(
+        conn.run(probe_argv, stdin=stdin, timeout=timeout, on_stderr_line=on_stderr_line)
+    )
+    copied = probe.sha256 != bundle.sha256
+    result = probe.result
+    if copied:
+        _copy_agent(conn, bundle)
+        result = conn.run(argv, stdin=stdin, timeout=timeout, on_stderr_line=on_stderr_line)
+    _install_cron(conn, probe.crontab)
+    return result, copied
+
+
+def _copy_agent(conn: Connection, bundle: AgentBundle) -> None:
+    """Put the zipapp on the host and check that it is intact and runs there."""
     host = conn.host
     path = agent_path(host)
-    probe = parse_probe(conn.run(["sh", "-c", _PROBE, "sh", path, host.python, _cron_spool(host)], timeout=60))  # fmt: skip
-    copied = probe.sha256 != bundle.sha256
-    version = probe.version
-    if copied:
-        conn.run(["mkdir", "-p", host.agent_dir], timeout=60)
-        conn.put(bundle.path.read_bytes(), path, 0o755)
-        check = conn.run(["sha256sum", path], timeout=60)
-        if not check.stdout.startswith(bundle.sha256):
-            raise AgentFailed(
-                "the agent's hash on the host does not match after the copy", where=host.name
-            )
-        version = conn.run([host.python, path, "version", "--json"], timeout=60)
+    conn.run(["mkdir", "-p", host.agent_dir], timeout=60)
+    conn.put(bundle.path.read_bytes(), path, 0o755)
+    check = conn.run(["sha256sum", path], timeout=60)
+    if not check.stdout.startswith(bundle.sha256):
+        raise AgentFailed(
+            "the agent's hash on the host does not match after the copy", where=host.name
+        )
+    _check_version(conn, conn.run([host.python, path, "version", "--json"], timeout=60))
+
+
+def _check_version(conn: Connection, version: CommandResult) -> Dict[str, Any]:
+    host = conn.host
     if version.code != 0:
         raise AgentFailed(
-            f"`{host.python} {path} version` failed: {(version.stderr or version.stdout).strip()[-300:]}",
+            f"`{host.python} {agent_path(host)} version` failed: {(version.stderr or version.stdout).strip()[-300:]}",
             where=host.name,
             hint="the agent needs Python 3.8+ on the host (mlfleet_python)",
         )
-    _install_cron(conn, probe.crontab)
-    return {"copied": copied, "sha256": bundle.sha256, **json.loads(version.stdout)}
+    return json.loads(version.stdout)
+
+
+def install_agent(conn: Connection, bundle: AgentBundle) -> Dict[str, Any]:
+    """Copy the zipapp where missing or different, install the cron entry, check it runs."""
+    host = conn.host
+    version, copied = run_agent(
+        conn, bundle, [host.python, agent_path(host), "version", "--json"], timeout=60
+    )
+    return {"copied": copied, "sha256": bundle.sha256, **_check_version(conn, version)}
 
 
 def _install_cron(conn: Connection, existing: str) -> None:
@@ -159,33 +190,25 @@ def _agent_json(conn: Connection, result: CommandResult, what: str) -> Dict[str,
         ) from None
 
 
-def facts(conn: Connection) -> Dict[str, Any]:
-    result = conn.run(_detect_argv(conn.host), timeout=120)
+def facts(conn: Connection, bundle: AgentBundle) -> Dict[str, Any]:
+    result, _ = run_agent(conn, bundle, _detect_argv(conn.host), timeout=120)
     return _agent_json(conn, result, "agent detect")
 
 
-def select(conn: Connection, variants: List[Dict[str, Any]]) -> Dict[str, Any]:
-    """The agent's choice of variant for these variants (nothing is changed)."""
+def select(conn: Connection, bundle: AgentBundle, variants: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """The agent's choice of variant for these variants (nothing is changed; the variants go
+    on stdin, nothing is written on the host)."""
     host = conn.host
-    path = posixpath.join(host.agent_dir, "plan-variants.json")
-    conn.put(json.dumps({"variants": variants}).encode(), path)
-    argv = [
-        host.python,
-        agent_path(host),
-        "select",
-        "--variants",
-        path,
-        "--json",
-        "--root",
-        host.root,
-    ]
+    argv = [host.python, agent_path(host), "select", "--variants", "-", "--json", "--root", host.root]  # fmt: skip
     if host.docker_host:
         argv += ["--docker-host", host.docker_host]
-    return _agent_json(conn, conn.run(argv, timeout=120), "agent select")
+    stdin = json.dumps({"variants": variants}).encode()
+    result, _ = run_agent(conn, bundle, argv, stdin=stdin, timeout=120)
+    return _agent_json(conn, result, "agent select")
 
 
-def apply(conn: Connection, desired: Dict[str, Any], on_event: Optional[Callable[[Dict[str, Any]], None]] = None,
-          timeout: float = 1800.0) -> Dict[str, Any]:  # fmt: skip
+def apply(conn: Connection, bundle: AgentBundle, desired: Dict[str, Any],
+          on_event: Optional[Callable[[Dict[str, Any]], None]] = None, timeout: float = 1800.0) -> Dict[str, Any]:  # fmt: skip
     """Run the agent's apply with the desired state on stdin; its progress events (JSON
     lines on stderr) go to `on_event`; returns its result."""
 
@@ -197,12 +220,8 @@ def apply(conn: Connection, desired: Dict[str, Any], on_event: Optional[Callable
         except ValueError:
             pass
 
-    result = conn.run(
-        agent_argv(conn.host, "apply", "-"),
-        stdin=json.dumps(desired).encode(),
-        timeout=timeout,
-        on_stderr_line=line,
-    )
+    result, _ = run_agent(conn, bundle, agent_argv(conn.host, "apply", "-"),
+                          stdin=json.dumps(desired).encode(), timeout=timeout, on_stderr_line=line)  # fmt: skip
     return _agent_json(conn, result, "agent apply")
 
 

@@ -116,7 +116,7 @@ def detect(root: HostRoot) -> Finding[NvidiaFacts]:
     """NVML (only when reading the host itself), else nvidia-smi, else the version files."""
     finding: Finding[NvidiaFacts] = Finding()
     module_driver, kernel_module = _module_version(root)
-    if root.prefix == "/":
+    if root.prefix == "/" and _driver_present(root, module_driver):
         nvml = _nvml(finding)
         if nvml is not None:
             nvml.kernel_module = kernel_module
@@ -141,6 +141,13 @@ def detect(root: HostRoot) -> Finding[NvidiaFacts]:
     nodes = [p for p in root.glob("/dev/nvidia[0-9]*") if re.match(r"^/dev/nvidia\d+$", p)]
     finding.gpus = [Gpu(vendor="nvidia", model="NVIDIA GPU (model unknown)") for _ in nodes]
     return finding
+
+
+def _driver_present(root: HostRoot, module_driver: Optional[str]) -> bool:
+    """Whether NVML could answer at all: the kernel module is loaded, or the driver's
+    device nodes are there (WSL2's /dev/dxg has no module files). Importing and loading
+    NVML costs ~0.1 s of CPU, which hosts without NVIDIA hardware need not pay."""
+    return module_driver is not None or root.exists("/dev/nvidiactl") or root.exists("/dev/dxg")
 
 
 def _module_version(root: HostRoot) -> Tuple[Optional[str], Optional[str]]:

@@ -113,3 +113,13 @@ def test_model_table_for_compute_capability():
     assert nvidia.compute_capability_for_model("Tesla T4") == "7.5"
     assert nvidia.compute_capability_for_model("NVIDIA GeForce RTX 4090") == "8.9"
     assert nvidia.compute_capability_for_model("Mystery GPU") is None
+
+
+def test_nvml_is_tried_only_where_an_nvidia_driver_shows(tmp_path):
+    # A host without NVIDIA hardware does not pay for importing and loading NVML.
+    bare = HostRoot(str(tmp_path))
+    assert not nvidia._driver_present(bare, None)
+    assert nvidia._driver_present(bare, "550.54.15")  # the kernel module's version file
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev" / "dxg").touch()  # WSL2: the driver without module files
+    assert nvidia._driver_present(bare, None)

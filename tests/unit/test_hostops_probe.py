@@ -1,8 +1,13 @@
-"""The agent probe's output (one round trip: hash, crontab, version) split into its parts."""
+"""The agent probe's output (one round trip: hash, crontab, then the agent command when the
+hash is the expected one) split into its parts, and the probe run by a real shell."""
 
 from __future__ import annotations
 
-from mlfleet.controller.hostops import MARK, parse_probe
+import hashlib
+import subprocess
+from pathlib import Path
+
+from mlfleet.controller.hostops import _PROBE, MARK, parse_probe
 from mlfleet.controller.transport import CommandResult
 
 
@@ -11,15 +16,38 @@ def test_agent_present_with_crontab() -> None:
     probe = parse_probe(CommandResult(0, out, ""))
     assert probe.sha256 == "abc123"
     assert probe.crontab == "* * * * * tick # mlfleet-agent\n"
-    assert probe.version.code == 0 and probe.version.stdout.strip() == '{"version": "0.1.0"}'
+    assert probe.result.code == 0 and probe.result.stdout.strip() == '{"version": "0.1.0"}'
 
 
-def test_fresh_host_has_no_hash_no_crontab_and_a_failed_version() -> None:
-    probe = parse_probe(CommandResult(2, f"{MARK}\n{MARK}\n", "python3: can't open file"))
-    assert probe.sha256 is None and probe.crontab == ""
-    assert probe.version.code == 2 and "can't open" in probe.version.stderr
+def test_fresh_host_has_no_hash_no_crontab_and_no_command_output() -> None:
+    probe = parse_probe(CommandResult(0, f"\n{MARK}\n{MARK}\n", ""))
+    assert probe.sha256 is None and probe.crontab == "" and probe.result.stdout == ""
 
 
 def test_unexpected_output_means_unknown_agent() -> None:
     probe = parse_probe(CommandResult(127, "", "sh: not found"))
-    assert probe.sha256 is None and probe.version.code == 127
+    assert probe.sha256 is None and probe.result.code == 127
+
+
+def _probe(
+    tmp_path: Path, agent: bytes, expected: str, *argv: str, stdin: bytes = b""
+) -> CommandResult:
+    path = tmp_path / "mlfleet-agent.pyz"
+    path.write_bytes(agent)
+    spool = tmp_path / "root"
+    spool.write_text("* * * * * tick # mlfleet-agent\n")
+    proc = subprocess.run(["sh", "-c", _PROBE, "sh", str(path), str(spool), expected, *argv],
+                          input=stdin, capture_output=True)  # fmt: skip
+    return CommandResult(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
+
+
+def test_the_command_runs_with_its_stdin_and_exit_code_only_when_the_hash_matches(tmp_path) -> None:
+    agent = b"the agent"
+    digest = hashlib.sha256(agent).hexdigest()
+    command = ["sh", "-c", 'cat; echo " done"; exit 3', "sh"]
+    ran = parse_probe(_probe(tmp_path, agent, digest, *command, stdin=b"hello"))
+    assert ran.sha256 == digest and ran.crontab.endswith("# mlfleet-agent\n")
+    assert (ran.result.code, ran.result.stdout) == (3, "hello done\n")
+    # Another agent there (an older release): the command does not run.
+    other = parse_probe(_probe(tmp_path, b"an older agent", digest, *command, stdin=b"hello"))
+    assert other.sha256 != digest and (other.result.code, other.result.stdout) == (0, "")
