@@ -112,38 +112,35 @@ def run_agent(conn: Connection, bundle: AgentBundle, argv: Sequence[str], *, std
               timeout: float = 600.0, on_stderr_line: Optional[Callable[[str], None]] = None
               ) -> Tuple[CommandResult, bool]:  # fmt: skip
     """Run an agent command (argv from `agent_argv`) with this bundle's agent on the host:
-    one round trip when it is there already; otherwise copy it (by hash, atomically), check
-    it runs, and run the command. The cron entry is put in place when missing. Returns the
-    command's result and whether the agent was copied."""
+    one round trip when it is there already; otherwise copy it (atomically) and run the
+    command through the same hash check. The cron entry is put in place when missing.
+    Returns the command's result and whether the agent was copied."""
     host = conn.host
     probe_argv = ["sh", "-c", _PROBE, "sh", agent_path(host), _cron_spool(host), bundle.sha256, *argv]  # fmt: skip
-    probe = parse_probe(
-        conn.run(probe_argv, stdin=stdin, timeout=timeout, on_stderr_line=on_stderr_line)
-    )
-    copied = probe.sha256 != bundle.sha256
-    result = probe.result
-    if copied:
-        _copy_agent(conn, bundle)
-        result = conn.run(argv, stdin=stdin, timeout=timeout, on_stderr_line=on_stderr_line)
-    _install_cron(conn, probe.crontab)
-    return result, copied
 
-
-def _copy_agent(conn: Connection, bundle: AgentBundle) -> None:
-    """Put the zipapp on the host and check that it is intact and runs there."""
-    host = conn.host
-    path = agent_path(host)
-    conn.run(["mkdir", "-p", host.agent_dir], timeout=60)
-    conn.put(bundle.path.read_bytes(), path, 0o755)
-    check = conn.run(["sha256sum", path], timeout=60)
-    if not check.stdout.startswith(bundle.sha256):
-        raise AgentFailed(
-            "the agent's hash on the host does not match after the copy", where=host.name
+    def probe() -> AgentProbe:
+        return parse_probe(
+            conn.run(probe_argv, stdin=stdin, timeout=timeout, on_stderr_line=on_stderr_line)
         )
-    _check_version(conn, conn.run([host.python, path, "version", "--json"], timeout=60))
+
+    found = probe()
+    copied = found.sha256 != bundle.sha256
+    if copied:
+        conn.put(bundle.path.read_bytes(), agent_path(host), 0o755)
+        found = probe()
+        if found.sha256 != bundle.sha256:
+            raise AgentFailed(
+                "the agent's hash on the host does not match after the copy", where=host.name
+            )
+    if found.result.code != 0 and not found.result.stdout.strip():
+        # Failed without a word on stdout: can the agent run on this host at all?
+        _check_version(conn, conn.run([host.python, agent_path(host), "version", "--json"], timeout=60))  # fmt: skip
+    _install_cron(conn, found.crontab)
+    return found.result, copied
 
 
 def _check_version(conn: Connection, version: CommandResult) -> Dict[str, Any]:
+    """The agent's `version --json`, or why it cannot run on this host."""
     host = conn.host
     if version.code != 0:
         raise AgentFailed(
@@ -163,18 +160,27 @@ def install_agent(conn: Connection, bundle: AgentBundle) -> Dict[str, Any]:
     return {"copied": copied, "sha256": bundle.sha256, **_check_version(conn, version)}
 
 
+# A spool file written whole and renamed into place, then its user named in cron.update:
+# what `crontab` does to tell a running busybox crond to reload (harmless for other crons).
+_WRITE_SPOOL = (
+    'umask 077 && cat > "$1.mlfleet-tmp" && mv -f "$1.mlfleet-tmp" "$1" && echo "$3" >> "$2"'
+)
+
+
 def _install_cron(conn: Connection, existing: str) -> None:
     """Put mlfleet's entry into the crontab `existing` came from, unless it is there already."""
     host = conn.host
     line = cron_line(host)
     if line in existing.splitlines():
         return
+    crontab = merge_crontab(existing, line).encode()
     if host.cron_dir:
-        conn.put(merge_crontab(existing, line).encode(), _cron_spool(host), 0o600)
-        # How `crontab` tells a running busybox crond to reload; harmless for other crons.
-        conn.put(b"root\n", posixpath.join(host.cron_dir, "cron.update"), 0o600)
-        return
-    result = conn.run(["crontab", "-"], stdin=merge_crontab(existing, line).encode(), timeout=30)
+        spool = _cron_spool(host)
+        update = posixpath.join(host.cron_dir, "cron.update")
+        argv = ["sh", "-c", _WRITE_SPOOL, "sh", spool, update, posixpath.basename(spool)]
+        result = conn.run(argv, stdin=crontab, timeout=30)
+    else:
+        result = conn.run(["crontab", "-"], stdin=crontab, timeout=30)
     if result.code != 0:
         raise AgentFailed(f"could not install the cron entry: {result.stderr.strip()}", where=host.name,
                           hint="install cron, or run `mlfleet-agent daemon` on the host")  # fmt: skip

@@ -323,3 +323,19 @@ def test_hosts_with_stored_facts_need_only_the_image_of_their_variant(ctl, tmp_p
     assert deployed.returncode == 0, deployed.stderr
     assert results(deployed)["edge-cpu"]["variant"] == "cpu"
     assert "no host's stored facts select them" in deployed.stderr
+
+
+def test_a_host_whose_python_cannot_run_the_agent_is_failed_with_what_to_do(ctl):
+    lab = ctl.lab
+    before = serving(lab["hosts_by_name"]["edge-cpu"])
+    doc = yaml.safe_load(Path(lab["inventory"]).read_text())
+    for group in doc["all"]["children"].values():
+        if "edge-cpu" in group.get("hosts", {}):
+            group["hosts"]["edge-cpu"]["mlfleet_python"] = "/usr/bin/python2.7"
+    inventory = ctl.work / "inventory-no-python3.yml"
+    inventory.write_text(yaml.safe_dump(doc))
+    proc = ctl("deploy", "--tag", "v2", "--json", inventory=inventory, limit="edge-cpu")
+    cpu = results(proc)["edge-cpu"]
+    assert cpu["result"] == "failed" and proc.returncode == 1, cpu
+    assert "/usr/bin/python2.7" in cpu["reason"] and "mlfleet_python" in cpu["reason"], cpu
+    assert serving(lab["hosts_by_name"]["edge-cpu"]) == before

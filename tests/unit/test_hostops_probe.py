@@ -51,3 +51,17 @@ def test_the_command_runs_with_its_stdin_and_exit_code_only_when_the_hash_matche
     # Another agent there (an older release): the command does not run.
     other = parse_probe(_probe(tmp_path, b"an older agent", digest, *command, stdin=b"hello"))
     assert other.sha256 != digest and (other.result.code, other.result.stdout) == (0, "")
+
+
+def test_the_spool_is_replaced_whole_and_crond_told_to_reload_it(tmp_path) -> None:
+    from mlfleet.controller.hostops import _WRITE_SPOOL
+
+    spool, update = tmp_path / "deploy", tmp_path / "cron.update"
+    spool.write_text("old entry\n")
+    update.write_text("root\n")  # another user's reload, not yet read by crond
+    proc = subprocess.run(["sh", "-c", _WRITE_SPOOL, "sh", str(spool), str(update), "deploy"],
+                          input=b"new entry # mlfleet-agent\n", capture_output=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert spool.read_text() == "new entry # mlfleet-agent\n" and spool.stat().st_mode & 0o077 == 0
+    assert update.read_text() == "root\ndeploy\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cron.update", "deploy"]
