@@ -522,6 +522,6 @@ def _print_status(status: Dict[str, Any], as_json: bool) -> None:
             HostProfile(**p).describe(),
             mark[running["dockerd"]] if "dockerd" in running else "—",
             mark[running["sshd"]],
-            mark[running["crond"]],
+            mark[running["crond"]] if "crond" in running else "—",
         )
     out.print(table)

@@ -54,7 +54,10 @@ class Lab:
 
 
 def cpu_lab(name: str, subnet: str, hosts: int, engine: bool = True) -> Lab:
-    body = "{}" if engine else "{engine: false}"
+    # SSH-only hosts run no cron daemon: the agents' minute ticks that mlfleet installs
+    # there would otherwise load the cores every tool shares here (on a real fleet they run
+    # on the hosts' own CPUs; their cost is in the agent footprint).
+    body = "{}" if engine else "{engine: false, cron: false}"
     width = max(2, len(str(hosts)))
     return Lab(name, subnet, f"hosts:\n  cpu[{1:0{width}d}:{hosts:0{width}d}]: {body}\n")
 
@@ -105,8 +108,15 @@ def reset_host(host: Dict[str, Any], keep_tag_prefix: str = "v1-") -> None:
     for path in agent_dir.glob("*"):
         if path.name != "mlfleet-agent.pyz" and path.is_file():
             path.unlink()
-    for path in Path(host["cron_dir"]).glob("*"):
-        path.write_text("")
+    clear_crontab(host)
+
+
+def clear_crontab(host: Dict[str, Any]) -> None:
+    """Empty root's crontab and tell the host's busybox crond to reload it (as `crontab`
+    does): it rereads a changed spool file only when named in cron.update."""
+    cron_dir = Path(host["cron_dir"])
+    (cron_dir / "root").write_text("")
+    (cron_dir / "cron.update").write_text("root\n")
 
 
 def prepull(hosts: List[Dict[str, Any]], registry: str, tag: str) -> None:
@@ -127,8 +137,7 @@ def wipe_agents(hosts: List[Dict[str, Any]]) -> None:
         for path in Path(host["agent_dir"]).glob("*"):
             if path.is_file():
                 path.unlink()
-        for path in Path(host["cron_dir"]).glob("*"):
-            path.write_text("")
+        clear_crontab(host)
 
 
 def serving_tag(address: str) -> Optional[str]:

@@ -67,7 +67,8 @@ FACTS_TOOLS = (
          "memory, disk; stored in the state DB; --forks N",
          "no general-purpose facts (packages, network interfaces, mounts)"),
     Tool("mlfleet", "mlfleet facts (agent present)",
-         "the same, the agent already on the host (checked by hash)", "as above"),
+         "the same, the agent already on the host: one round trip checks its hash and "
+         "cron entry and runs `detect`", "as above"),
     Tool("ansible", "ansible -m setup",
          "Ansible's full fact gathering (gather_subset=all) on every host; -f N, pipelining, "
          "fresh SSH ControlMaster per run",

@@ -97,7 +97,9 @@ def _write_state(layout: LabLayout, state: Dict[str, Any]) -> None:
 
 def host_health(layout: LabLayout, host: Dict[str, Any]) -> Dict[str, bool]:
     pids = host["pids"]
-    health = {"sshd": alive(pids.get("sshd")), "crond": alive(pids.get("crond"))}
+    health = {"sshd": alive(pids.get("sshd"))}
+    if host["profile"].get("cron", True):
+        health["crond"] = alive(pids.get("crond"))
     if host["profile"].get("engine", True):
         health["dockerd"] = alive(pids.get("dockerd")) and _engine_answers(
             layout.docker_socket(host["name"])
@@ -262,10 +264,11 @@ def _create_host(
             )
         pids["dockerd"] = _start_dockerd(layout, spec, profile, netns)
     pids["sshd"] = _start_sshd(layout, profile, address, netns, uts)
-    pids["crond"] = start_daemon(
-        ["busybox", "crond", "-f", "-c", str(layout.cron_dir(name)), "-L", str(hdir / "cron.log")],
-        hdir / "crond.out", netns=netns, uts=uts,
-    )  # fmt: skip
+    if profile.cron:
+        pids["crond"] = start_daemon(
+            ["busybox", "crond", "-f", "-c", str(layout.cron_dir(name)), "-L", str(hdir / "cron.log")],
+            hdir / "crond.out", netns=netns, uts=uts,
+        )  # fmt: skip
     wait_until(lambda: _port_open(address, 22), 15, f"sshd on {name}")
     if profile.engine:
         sock = layout.docker_socket(name)

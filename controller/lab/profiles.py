@@ -76,6 +76,7 @@ class HostProfile:
     link_kbit: Optional[int] = None
     registry: bool = True
     engine: bool = True
+    cron: bool = True  # False: no cron daemon (the agent's cron entry is written, never run)
 
     def describe(self) -> str:
         """A short human summary, e.g. '2x NVIDIA A100-SXM4-80GB, driver 550.54.15, toolkit'."""
@@ -96,6 +97,8 @@ class HostProfile:
             parts.append("CPU only")
         if not self.engine:
             parts.append("no engine")
+        if not self.cron:
+            parts.append("no cron")
         if not self.registry:
             parts.append("no registry route")
         if self.link_kbit:
@@ -124,7 +127,7 @@ class LabSpec:
 
 _HOST_KEYS = {
     "gpus", "nvidia_driver", "container_toolkit", "nvidia_kernel_module", "nvidia_smi", "rocm",
-    "jetson", "docker_disk_mib", "link_kbit", "registry", "engine",
+    "jetson", "docker_disk_mib", "link_kbit", "registry", "engine", "cron",
 }  # fmt: skip
 _GPU_KEYS = {"vendor", "model", "memory_mib", "compute_capability", "gfx"}
 _JETSON_KEYS = {"l4t", "soc", "model", "release_file"}
@@ -243,6 +246,7 @@ def _host(name: str, body: Any, loc: str) -> HostProfile:
         link_kbit=_opt(body, "link_kbit", _int_at_least(8), name),
         registry=_opt(body, "registry", _bool, name) is not False,
         engine=_opt(body, "engine", _bool, name) is not False,
+        cron=_opt(body, "cron", _bool, name) is not False,
     )  # fmt: skip
 
 

@@ -35,12 +35,13 @@ def test_ranges_make_many_hosts_with_options():
     spec = parse(
         "subnet: 10.88.0.0/16\n"
         "hosts:\n"
-        "  cpu[001:100]: {engine: false}\n"
+        "  cpu[001:100]: {engine: false, cron: false}\n"
         "  air: {registry: false, docker_disk_mib: 300, link_kbit: 512}\n"
     )
     assert len(spec.hosts) == 101
     assert spec.hosts[0].name == "cpu001" and spec.hosts[99].name == "cpu100"
-    assert not spec.hosts[0].engine
+    assert not spec.hosts[0].engine and not spec.hosts[0].cron
+    assert spec.hosts[0].describe() == "CPU only, no engine, no cron"
     air = spec.hosts[100]
     assert (air.registry, air.docker_disk_mib, air.link_kbit) == (False, 300, 512)
 
