@@ -18,7 +18,6 @@ class BundleError(Exception):
 
 
 _FIXED_TIME = (2026, 1, 1, 0, 0, 0)  # reproducible bytes: the same agent, the same hash
-_MAIN = b"from mlfleet.agent.cli import main\n\nraise SystemExit(main())\n"
 _SHEBANG = b"#!/usr/bin/env python3\n"
 
 
@@ -47,7 +46,8 @@ def _module_file(name: str) -> Iterator[Tuple[str, Path]]:
 
 
 def bundle_files() -> Dict[str, bytes]:
-    files: Dict[str, bytes] = {"__main__.py": _MAIN, "mlfleet/__init__.py": b""}
+    main = (Path(__file__).parent / "zipmain.py").read_bytes()  # unpacks itself, compiled
+    files: Dict[str, bytes] = {"__main__.py": main, "mlfleet/__init__.py": b""}
     for arcname, path in [
         *_package_files("mlfleet.agent"),
         *_package_files("yaml"),  # pure-Python PyYAML: its C extension is left out

@@ -33,7 +33,8 @@ def _root(args: argparse.Namespace) -> str:
 
 
 def _version(args: argparse.Namespace) -> int:
-    info = {"agent": __version__, "python": platform.python_version()}
+    code = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    info = {"agent": __version__, "python": platform.python_version(), "code": code}
     print(
         json.dumps(info) if args.json else f"mlfleet-agent {__version__} (python {info['python']})"
     )

@@ -26,9 +26,15 @@ def agent_path(host: Host) -> str:
     return posixpath.join(host.agent_dir, AGENT_FILE)
 
 
+def python_argv(host: Host) -> List[str]:
+    """The host's Python for the agent, without `site`: the agent carries what it imports, so
+    the host's site-packages and .pth hooks can neither slow its start nor shadow its code."""
+    return [host.python, "-S"]
+
+
 def agent_argv(host: Host, *args: str, with_state: bool = True) -> List[str]:
     """`python3 <agent>.pyz ARGS` plus where this host keeps things (from its variables)."""
-    argv = [host.python, agent_path(host), *args]
+    argv = [*python_argv(host), agent_path(host), *args]
     if with_state:
         argv += [
             "--agent-dir",
@@ -44,7 +50,7 @@ def agent_argv(host: Host, *args: str, with_state: bool = True) -> List[str]:
 
 
 def _detect_argv(host: Host) -> List[str]:
-    argv = [host.python, agent_path(host), "detect", "--json", "--root", host.root]
+    argv = [*python_argv(host), agent_path(host), "detect", "--json", "--root", host.root]
     if host.docker_host:
         argv += ["--docker-host", host.docker_host]
     return argv
@@ -134,7 +140,7 @@ def run_agent(conn: Connection, bundle: AgentBundle, argv: Sequence[str], *, std
             )
     if found.result.code != 0 and not found.result.stdout.strip():
         # Failed without a word on stdout: can the agent run on this host at all?
-        _check_version(conn, conn.run([host.python, agent_path(host), "version", "--json"], timeout=60))  # fmt: skip
+        _check_version(conn, conn.run([*python_argv(host), agent_path(host), "version", "--json"], timeout=60))  # fmt: skip
     _install_cron(conn, found.crontab)
     return found.result, copied
 
@@ -155,7 +161,7 @@ def install_agent(conn: Connection, bundle: AgentBundle) -> Dict[str, Any]:
     """Copy the zipapp where missing or different, install the cron entry, check it runs."""
     host = conn.host
     version, copied = run_agent(
-        conn, bundle, [host.python, agent_path(host), "version", "--json"], timeout=60
+        conn, bundle, [*python_argv(host), agent_path(host), "version", "--json"], timeout=60
     )
     return {"copied": copied, "sha256": bundle.sha256, **_check_version(conn, version)}
 
@@ -205,7 +211,7 @@ def select(conn: Connection, bundle: AgentBundle, variants: List[Dict[str, Any]]
     """The agent's choice of variant for these variants (nothing is changed; the variants go
     on stdin, nothing is written on the host)."""
     host = conn.host
-    argv = [host.python, agent_path(host), "select", "--variants", "-", "--json", "--root", host.root]  # fmt: skip
+    argv = [*python_argv(host), agent_path(host), "select", "--variants", "-", "--json", "--root", host.root]  # fmt: skip
     if host.docker_host:
         argv += ["--docker-host", host.docker_host]
     stdin = json.dumps({"variants": variants}).encode()
