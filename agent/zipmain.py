@@ -2,8 +2,10 @@
 
 Python compiles every module it imports from a zip archive again on every start (it cannot
 write bytecode into the archive): about 50 ms of CPU for each agent command and cron tick,
-paid again every minute on a small edge CPU. So the first run unpacks the archive, compiled,
-into `cache/<python>-<crc>-<size>/` beside it, and every later run imports from there. One
+paid again every minute on a small edge CPU. So the first run unpacks the archive into
+`cache/<python>-<crc>-<size>/` beside it and imports from there, where Python keeps the
+bytecode of what it compiles as usual: each module is compiled once, when first needed (a
+compile of everything up front would double the first run's CPU). One
 directory per (archive, Python) pair, written under a temporary name and renamed into
 place, so a half-written cache is never used; the three newest are kept. Whatever goes wrong
 here (a read-only disk, no room), the agent runs from the archive as it always did.
@@ -26,7 +28,6 @@ def _key(archive: str) -> str:
 
 
 def _unpack(archive: str, base: str, target: str) -> bool:
-    import compileall
     import shutil
     import tempfile
     import zipfile
@@ -36,8 +37,6 @@ def _unpack(archive: str, base: str, target: str) -> bool:
     try:
         with zipfile.ZipFile(archive) as zf:
             zf.extractall(tmp)
-        if not compileall.compile_dir(tmp, quiet=2):
-            return False
         open(os.path.join(tmp, _DONE), "w").close()
         if os.path.isdir(target) and not os.path.isfile(os.path.join(target, _DONE)):
             shutil.rmtree(target, ignore_errors=True)  # not ours: every cache is renamed in whole
@@ -71,7 +70,7 @@ def _prune(base: str) -> None:
 
 def cached_code(archive: str) -> str:
     """The cache directory to import the agent from ("" to import from the archive)."""
-    if not sys.implementation.cache_tag or not os.path.isfile(archive):
+    if sys.dont_write_bytecode or not sys.implementation.cache_tag or not os.path.isfile(archive):
         return ""
     base = os.path.join(os.path.dirname(os.path.abspath(archive)), "cache")
     target = os.path.join(base, _key(archive))

@@ -10,21 +10,24 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import pytest
 
 from mlfleet.agent.bundle import build_zipapp
 
 
-def _run(archive: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-S", str(archive), *args], capture_output=True, text=True, timeout=60
-    )
+def _run(
+    archive: Path, *args: str, env: Optional[Dict[str, str]] = None
+) -> subprocess.CompletedProcess:
+    if env is None:  # as in a cron job or an SSH session: Python writes bytecode
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return subprocess.run([sys.executable, "-S", str(archive), *args],
+                          capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
 
 
-def _version(archive: Path) -> Dict[str, Any]:
-    proc = _run(archive, "version", "--json")
+def _version(archive: Path, env: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    proc = _run(archive, "version", "--json", env=env)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -45,11 +48,21 @@ def test_the_second_run_imports_compiled_code_from_the_cache(archive: Path) -> N
     assert (code / "complete").is_file()
     assert list(code.glob("mlfleet/agent/__pycache__/cli.*.pyc"))
     assert oct(code.stat().st_mode & 0o777) == "0o700"
+    assert list(code.glob("mlfleet/agent/detect/__pycache__/host_facts.*.pyc")) == []
     assert _version(archive)["code"] == str(code)
     detect = _run(archive, "detect", "--json")
     assert detect.returncode == 0, detect.stderr
     assert json.loads(detect.stdout)["arch"] == os.uname().machine
+    assert list(code.glob("mlfleet/agent/detect/__pycache__/host_facts.*.pyc"))
     assert _caches(archive.parent) == [code.name]
+
+
+def test_where_python_is_told_not_to_write_bytecode_the_agent_runs_from_the_archive(
+    archive: Path,
+) -> None:
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    assert _version(archive, env)["code"] == str(archive)
+    assert not (archive.parent / "cache").exists()
 
 
 def _new_release(archive: Path, n: int) -> None:
