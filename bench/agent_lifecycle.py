@@ -31,7 +31,7 @@ import json, resource, subprocess, sys, time
 runs = []
 for _ in range(int(sys.argv[2])):
     t = time.perf_counter()
-    subprocess.run([sys.executable, sys.argv[1], "tick"], stdout=subprocess.DEVNULL, check=True)
+    subprocess.run([sys.executable, "-S", sys.argv[1], "tick"], stdout=subprocess.DEVNULL, check=True)
     runs.append(time.perf_counter() - t)
 print(json.dumps({"wall_s": runs, "max_rss_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
 """
@@ -63,7 +63,7 @@ def apply(layout: LabLayout, host: Dict[str, Any], registry: str, tag: str) -> D
     argv = fleet.ssh_argv(
         layout,
         host["name"],
-        ["python3", f"{host['agent_dir']}/mlfleet-agent.pyz", "apply", str(path)],
+        ["python3", "-S", f"{host['agent_dir']}/mlfleet-agent.pyz", "apply", str(path)],
     )
     proc = subprocess.run(argv, capture_output=True, text=True)
     done.set()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -135,7 +136,9 @@ def wipe_agents(hosts: List[Dict[str, Any]]) -> None:
     """Hosts mlfleet has never seen: no agent, no state, no cron entry."""
     for host in hosts:
         for path in Path(host["agent_dir"]).glob("*"):
-            if path.is_file():
+            if path.is_dir():
+                shutil.rmtree(path)  # the agent's cache of its own unpacked code
+            else:
                 path.unlink()
         clear_crontab(host)
 
