@@ -46,7 +46,7 @@ def _module_file(name: str) -> Iterator[Tuple[str, Path]]:
 
 
 def bundle_files() -> Dict[str, bytes]:
-    main = (Path(__file__).parent / "zipmain.py").read_bytes()  # unpacks itself, compiled
+    main = (Path(__file__).parent / "zipmain.py").read_bytes()  # runs from its unpacked cache
     files: Dict[str, bytes] = {"__main__.py": main, "mlfleet/__init__.py": b""}
     for arcname, path in [
         *_package_files("mlfleet.agent"),

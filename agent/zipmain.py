@@ -5,10 +5,10 @@ write bytecode into the archive): about 50 ms of CPU for each agent command and 
 paid again every minute on a small edge CPU. So the first run unpacks the archive into
 `cache/<python>-<crc>-<size>/` beside it and imports from there, where Python keeps the
 bytecode of what it compiles as usual: each module is compiled once, when first needed (a
-compile of everything up front would double the first run's CPU). One
-directory per (archive, Python) pair, written under a temporary name and renamed into
-place, so a half-written cache is never used; the three newest are kept. Whatever goes wrong
-here (a read-only disk, no room), the agent runs from the archive as it always did.
+compile of everything up front would double the first run's CPU). One directory per
+(archive, Python) pair, written under a temporary name and renamed into place, so a
+half-written cache is never used; the three newest are kept. Whatever goes wrong here (a
+read-only disk, no room), the agent runs from the archive as it always did.
 
 Python 3.8 compatible and stdlib only: this runs before anything else of the agent."""
 

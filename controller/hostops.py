@@ -26,15 +26,11 @@ def agent_path(host: Host) -> str:
     return posixpath.join(host.agent_dir, AGENT_FILE)
 
 
-def python_argv(host: Host) -> List[str]:
-    """The host's Python for the agent, without `site`: the agent carries what it imports, so
-    the host's site-packages and .pth hooks can neither slow its start nor shadow its code."""
-    return [host.python, "-S"]
-
-
 def agent_argv(host: Host, *args: str, with_state: bool = True) -> List[str]:
-    """`python3 <agent>.pyz ARGS` plus where this host keeps things (from its variables)."""
-    argv = [*python_argv(host), agent_path(host), *args]
+    """`python3 -S <agent>.pyz ARGS` plus where this host keeps things (from its variables).
+    `-S`: the agent carries what it imports, so the host's site-packages and .pth hooks can
+    neither slow its start nor shadow its code."""
+    argv = [host.python, "-S", agent_path(host), *args]
     if with_state:
         argv += [
             "--agent-dir",
@@ -50,7 +46,7 @@ def agent_argv(host: Host, *args: str, with_state: bool = True) -> List[str]:
 
 
 def _detect_argv(host: Host) -> List[str]:
-    argv = [*python_argv(host), agent_path(host), "detect", "--json", "--root", host.root]
+    argv = agent_argv(host, "detect", "--json", "--root", host.root, with_state=False)
     if host.docker_host:
         argv += ["--docker-host", host.docker_host]
     return argv
@@ -140,7 +136,7 @@ def run_agent(conn: Connection, bundle: AgentBundle, argv: Sequence[str], *, std
             )
     if found.result.code != 0 and not found.result.stdout.strip():
         # Failed without a word on stdout: can the agent run on this host at all?
-        _check_version(conn, conn.run([*python_argv(host), agent_path(host), "version", "--json"], timeout=60))  # fmt: skip
+        _check_version(conn, conn.run(agent_argv(host, "version", "--json", with_state=False), timeout=60))  # fmt: skip
     _install_cron(conn, found.crontab)
     return found.result, copied
 
@@ -161,7 +157,7 @@ def install_agent(conn: Connection, bundle: AgentBundle) -> Dict[str, Any]:
     """Copy the zipapp where missing or different, install the cron entry, check it runs."""
     host = conn.host
     version, copied = run_agent(
-        conn, bundle, [*python_argv(host), agent_path(host), "version", "--json"], timeout=60
+        conn, bundle, agent_argv(host, "version", "--json", with_state=False), timeout=60
     )
     return {"copied": copied, "sha256": bundle.sha256, **_check_version(conn, version)}
 
@@ -211,7 +207,7 @@ def select(conn: Connection, bundle: AgentBundle, variants: List[Dict[str, Any]]
     """The agent's choice of variant for these variants (nothing is changed; the variants go
     on stdin, nothing is written on the host)."""
     host = conn.host
-    argv = [*python_argv(host), agent_path(host), "select", "--variants", "-", "--json", "--root", host.root]  # fmt: skip
+    argv = agent_argv(host, "select", "--variants", "-", "--json", "--root", host.root, with_state=False)  # fmt: skip
     if host.docker_host:
         argv += ["--docker-host", host.docker_host]
     stdin = json.dumps({"variants": variants}).encode()
