@@ -29,6 +29,7 @@ from mlfleet.agent.health import (
     probe_once,
     wait_healthy,
 )
+from mlfleet.agent.protocol import Event, EventKind
 
 CONTAINER_PORT = 8080
 
@@ -327,16 +328,16 @@ def fail_first(n: int, status: int = 503) -> Callable[[Dict[str, Any]], Answer]:
     return lambda r: (status, "model loading") if r["n"] <= n else (200, "ok")
 
 
-def run_wait(t: Target, s: HealthSpec, clock: FakeClock) -> Tuple[Any, List[Dict[str, Any]]]:
-    events: List[Dict[str, Any]] = []
+def run_wait(t: Target, s: HealthSpec, clock: FakeClock) -> Tuple[Any, List[Event]]:
+    events: List[Event] = []
     verdict = wait_healthy(t, s, emit=events.append, clock=clock, sleep=clock.sleep)
     return verdict, events
 
 
 def run_monitor(
     t: Target, s: HealthSpec, clock: FakeClock, window: float
-) -> Tuple[Any, List[Dict[str, Any]]]:
-    events: List[Dict[str, Any]] = []
+) -> Tuple[Any, List[Event]]:
+    events: List[Event] = []
     verdict = monitor(t, s, window, emit=events.append, clock=clock, sleep=clock.sleep)
     return verdict, events
 
@@ -501,12 +502,10 @@ def test_healthy_after_start_period_failures(server: Server, clock: FakeClock) -
     verdict, events = run_wait(target(FakeEngine(clock), server.port), spec(), clock)
     assert verdict.ok
     assert verdict.seconds == 4.0
-    assert [e["ok"] for e in events] == [False, False, False, False, True]
-    assert events[0] == {
-        "event": "health",
-        "ok": False,
-        "detail": "http :8080/health: HTTP 503 (wanted 200): model loading",
-    }
+    assert [e.ok for e in events] == [False, False, False, False, True]
+    assert events[0] == Event(
+        EventKind.HEALTH, "http :8080/health: HTTP 503 (wanted 200): model loading", ok=False
+    )
     assert verdict.evidence == [
         "0.0s-3.0s (4 rounds): http :8080/health: HTTP 503 (wanted 200): model loading"
         " (start period, not counted)",
@@ -555,7 +554,7 @@ def test_retries_count_only_failures_in_a_row(server: Server, clock: FakeClock) 
     )
     assert verdict.ok, verdict.evidence
     assert verdict.seconds == 5.0
-    assert [e["ok"] for e in events] == [False] * 5 + [True]
+    assert [e.ok for e in events] == [False] * 5 + [True]
 
 
 def test_retries_zero_means_the_first_counted_failure_fails(
@@ -608,11 +607,9 @@ def test_container_exits_fails_at_once(server: Server, clock: FakeClock) -> None
         verdict.reason
         == "failed after 2.0s: container exited with code 137 (killed: out of memory)"
     )
-    assert events[-1] == {
-        "event": "health",
-        "ok": False,
-        "detail": "container exited with code 137 (killed: out of memory)",
-    }
+    assert events[-1] == Event(
+        EventKind.HEALTH, "container exited with code 137 (killed: out of memory)", ok=False
+    )
     assert [p.check for p in verdict.probes] == ["container"]
     assert len(server.requests) == 2
 
@@ -771,7 +768,7 @@ def test_monitor_stable_window(server: Server, clock: FakeClock) -> None:
     assert verdict.ok
     assert verdict.seconds == 10.0
     assert len(events) == 10  # at 1..10: wait_healthy has just run the round at 0
-    assert all(e["ok"] for e in events)
+    assert all(e.ok for e in events)
     assert verdict.evidence == [
         "1.0s-10.0s (10 rounds): all 2 checks passed",
         "stayed healthy for the 10s monitor window",
@@ -793,7 +790,7 @@ def test_monitor_fails_when_the_server_starts_failing(server: Server, clock: Fak
     )
     assert not verdict.ok
     assert verdict.seconds == 7.0  # failing from the 5th round on; the 3rd failure is at 7s
-    assert [e["ok"] for e in events] == [True] * 4 + [False] * 3
+    assert [e.ok for e in events] == [True] * 4 + [False] * 3
     assert verdict.evidence[-2:] == [
         "5.0s-7.0s (3 rounds): http :8080/health: HTTP 500 (wanted 200): worker died",
         "turned unhealthy 7.0s into the 30s monitor window: 3 failed rounds in a row; "
@@ -808,7 +805,7 @@ def test_monitor_tolerates_failures_not_in_a_row(server: Server, clock: FakeCloc
         target(FakeEngine(clock), server.port), spec(retries=3), clock, 20
     )
     assert verdict.ok, verdict.evidence
-    assert sum(1 for e in events if not e["ok"]) == 7
+    assert sum(1 for e in events if not e.ok) == 7
 
 
 def test_monitor_follows_a_failing_run_past_the_window(server: Server, clock: FakeClock) -> None:
@@ -835,7 +832,7 @@ def test_monitor_fails_when_the_container_stops(server: Server, clock: FakeClock
     assert (
         verdict.reason == "failed 4.0s into the 30s monitor window: container exited with code 139"
     )
-    assert events[-1]["detail"] == "container exited with code 139"
+    assert events[-1].message == "container exited with code 139"
 
 
 def test_monitor_fails_when_docker_turns_unhealthy(server: Server, clock: FakeClock) -> None:

@@ -14,8 +14,9 @@ from mlfleet.agent.detect import amd, drm, jetson
 from mlfleet.agent.detect.drm import DrmCard
 from mlfleet.agent.facts import AmdFacts, Gpu, JetsonFacts
 from mlfleet.agent.hostroot import HostRoot, ProgramHung, ProgramResult
+from tests.paths import FIXTURES
 
-ROOTS = Path(__file__).resolve().parent.parent / "fixtures" / "roots"
+ROOTS = FIXTURES / "roots"
 ALL_ROOTS = sorted(p.name for p in ROOTS.iterdir() if p.is_dir())
 AMD_ROOTS = {"mi210", "mi300x", "amd-no-rocm"}
 JETSON_ROOTS = {"jetson-nano", "jetson-xavier", "jetson-orin", "jetson-orin-no-release"}

@@ -8,8 +8,9 @@ import pytest
 
 from mlfleet.agent.detect import nvidia
 from mlfleet.agent.hostroot import HostRoot
+from tests.paths import FIXTURES
 
-ROOTS = Path(__file__).parent.parent / "fixtures" / "roots"
+ROOTS = FIXTURES / "roots"
 
 
 def root(name: str, timeout: float = 30.0) -> HostRoot:

@@ -19,7 +19,9 @@ from typing import Any, Callable, Iterator
 import numpy  # noqa: F401  -- the server needs it; fail loudly here rather than skip
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.paths import REPO
+
+ROOT = REPO
 SERVER = ROOT / "controller" / "lab" / "image" / "server.py"
 
 

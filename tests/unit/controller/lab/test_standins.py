@@ -19,7 +19,9 @@ from types import ModuleType
 
 import pytest
 
-STANDINS = Path(__file__).resolve().parents[2] / "controller" / "lab" / "standins"
+from tests.paths import REPO
+
+STANDINS = REPO / "controller" / "lab" / "standins"
 
 
 def _load(name: str) -> ModuleType:

@@ -11,8 +11,9 @@ import pytest
 
 from mlfleet.agent.detect.host_facts import detect_host_facts
 from mlfleet.agent.facts import HostFacts
+from tests.paths import FIXTURES
 
-ROOTS = Path(__file__).parent.parent / "fixtures" / "roots"
+ROOTS = FIXTURES / "roots"
 NO_ENGINE = "unix:///nonexistent/docker.sock"
 
 

@@ -19,8 +19,9 @@ from mlfleet.controller.playbook import (
     find_playbook,
     load_playbook,
 )
+from tests.paths import REPO
 
-SENTIMENT = Path(__file__).resolve().parents[2] / "playbooks" / "sentiment.yml"
+SENTIMENT = REPO / "playbooks" / "sentiment.yml"
 LAB_VARS = {"mlfleet_registry": "10.77.0.1:5000", "model_data_dir": "/srv/w"}
 # The smallest valid playbook: four lines, so whatever a test appends starts at line 5.
 MINIMAL = "app: m\nimage: reg/m\nvariants:\n  - {name: cpu}\n"

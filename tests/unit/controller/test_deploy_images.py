@@ -3,14 +3,13 @@ the variant the host's agent will select, without them every variant."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from mlfleet.controller.deploy import needed_images
 from mlfleet.controller.hosts import Host
 from mlfleet.controller.playbook import load_playbook
-from tests.unit.test_selection import host, nvidia_gpu, nvidia_host
+from tests.paths import REPO
+from tests.unit.agent.test_selection import host, nvidia_gpu, nvidia_host
 
-PLAYBOOK = load_playbook(Path(__file__).resolve().parents[2] / "playbooks" / "sentiment.yml")
+PLAYBOOK = load_playbook(REPO / "playbooks" / "sentiment.yml")
 EDGE = Host("edge-1", {"mlfleet_registry": "reg:5000", "model_data_dir": "/srv/w"})
 
 

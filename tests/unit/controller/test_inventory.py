@@ -18,8 +18,10 @@ from mlfleet.controller.inventory import (
 )
 from mlfleet.controller.lab.inventory_file import render_inventory
 from mlfleet.controller.yamlsource import load_yaml_text
+from tests.paths import FIXTURES as ALL_FIXTURES
+from tests.paths import REPO
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "inventories"
+FIXTURES = ALL_FIXTURES / "inventories"
 FLEET = FIXTURES / "fleet.yml"
 
 
@@ -354,7 +356,7 @@ def test_the_labs_inventory_without_key_or_known_hosts_falls_back_to_defaults():
 
 
 def test_the_example_inventory_loads():
-    inv = load_inventory(Path(__file__).resolve().parents[2] / "inventory" / "hosts.yml")
+    inv = load_inventory(REPO / "inventory" / "hosts.yml")
     assert len(inv.hosts) == 5 + 3 + 20
     assert inv.hosts["gpu05.dc1.example.com"].port == 2222
     orin = inv.hosts["orin-b.site7.example.com"]
