@@ -19,16 +19,17 @@ from mlfleet.agent.container_config import (
     parse_env_file,
     runs_as_root,
 )
-from mlfleet.agent.desired import ApplyResult, DesiredState
+from mlfleet.agent.desired import DesiredState
 from mlfleet.agent.detect.host_facts import detect_host_facts
 from mlfleet.agent.engine_api import EngineAPI, EngineError, EngineUnreachable
 from mlfleet.agent.facts import HostFacts
+from mlfleet.agent.protocol import ApplyResult, ApplyStatus, Event, EventKind, Phase, Strategy
 from mlfleet.agent.registry_probe import RemoteImage, remote_image, split_reference
 from mlfleet.agent.selection import select_variant
 from mlfleet.agent.state import Release, StateStore
 from mlfleet.agent.variants import Variant
 
-Emit = Callable[[Dict[str, Any]], None]
+Emit = Callable[[Event], None]
 # Extraction needs more room than the compressed download; plus a floor for the engine.
 DISK_FACTOR = 3.0
 DISK_RESERVE_MIB = 32
@@ -37,7 +38,7 @@ DISK_RESERVE_MIB = 32
 class ApplyFailed(Exception):
     """A phase failed; `phase` says which, the message says why."""
 
-    def __init__(self, phase: str, reason: str):
+    def __init__(self, phase: Phase, reason: str):
         super().__init__(reason)
         self.phase = phase
         self.reason = reason
@@ -59,24 +60,30 @@ class AgentHost:
         return detect_host_facts(self.root, self.docker_host)
 
     def event(
-        self, kind: str, message: str, app: Optional[str] = None, release_id: Optional[int] = None
+        self,
+        kind: EventKind,
+        message: str,
+        app: Optional[str] = None,
+        release_id: Optional[int] = None,
     ) -> None:
-        self.store.event(kind, message, app=app, release_id=release_id)
-        self.emit({"event": kind, "message": message, "app": app})
+        """Record an event in the host's history and report it as progress."""
+        self.store.event(kind.value, message, app=app, release_id=release_id)
+        self.say(kind, message, app)
 
-
-def public_spec(desired: DesiredState) -> Dict[str, Any]:
-    """The desired state as recorded: env_file is a path; its values never leave the host."""
-    return desired.to_dict()
+    def say(self, kind: EventKind, message: str, app: Optional[str] = None) -> None:
+        """Progress only (not recorded)."""
+        self.emit(Event(kind, message, app, time.time()))
 
 
 # --- apply -------------------------------------------------------------------------------
 
 
-def apply(host: AgentHost, desired: DesiredState) -> ApplyResult:
+def apply(host: AgentHost, desired: DesiredState, pull_via: Optional[str] = None) -> ApplyResult:
+    """Apply `desired`. `pull_via`: a registry mirror (host:port) to pull the image from
+    instead of its own registry; the image is then tagged under its canonical name."""
     started = time.monotonic()
     result = ApplyResult(
-        status="failed", app=desired.app, tag=desired.tag, deployment=desired.deployment
+        status=ApplyStatus.FAILED, app=desired.app, tag=desired.tag, deployment=desired.deployment
     )
     timings: Dict[str, float] = {}
     result.timings = timings
@@ -90,17 +97,21 @@ def apply(host: AgentHost, desired: DesiredState) -> ApplyResult:
         current = host.store.current(desired.app)
         result.previous_tag = current.tag if current else None
         if current and _unchanged(host, current, desired, variant):
-            result.status, result.variant, result.image = "unchanged", variant.name, variant.image
+            result.status, result.variant, result.image = (
+                ApplyStatus.UNCHANGED,
+                variant.name,
+                variant.image,
+            )
             result.digest, result.container = current.digest, current.container_name
             host.event(
-                "unchanged",
+                EventKind.UNCHANGED,
                 f"{desired.tag} ({variant.name}) already serves",
                 desired.app,
                 current.id,
             )
             return result
         t = time.monotonic()
-        image_info, user, env_file = _preflight(host, desired, variant, facts, result)
+        image_info, user, env_file = _preflight(host, desired, variant, facts, result, pull_via)
         timings["preflight_s"] = _since(t)
         release = host.store.new_release(
             desired.app,
@@ -108,7 +119,7 @@ def apply(host: AgentHost, desired: DesiredState) -> ApplyResult:
             desired.tag,
             variant.name,
             variant.image,
-            public_spec(desired),
+            desired.to_dict(),
         )
         result.digest = (image_info.get("RepoDigests") or [None])[0]
         host.store.update(release.id, digest=result.digest)
@@ -119,22 +130,25 @@ def apply(host: AgentHost, desired: DesiredState) -> ApplyResult:
         timings["start_s"] = _since(t)
         _prove(host, desired, release, container_id, image_info, result, timings)
         _commit(host, desired, release, current, container_id)
-        result.status = "succeeded"
+        result.status = ApplyStatus.SUCCEEDED
         host.event(
-            "succeeded", f"{desired.tag} ({variant.name}) is serving", desired.app, release.id
+            EventKind.SUCCEEDED,
+            f"{desired.tag} ({variant.name}) is serving",
+            desired.app,
+            release.id,
         )
     except Exception as caught:
         # Anything unexpected still ends in a rollback, never in a half-state.
         exc = (
             caught
             if isinstance(caught, ApplyFailed)
-            else ApplyFailed("internal", f"{type(caught).__name__}: {caught}")
+            else ApplyFailed(Phase.INTERNAL, f"{type(caught).__name__}: {caught}")
         )
         result.phase, result.reason = exc.phase, exc.reason
         if release is not None:
             _roll_back(host, desired.app, release, exc, result)
         else:
-            host.event("refused", f"{exc.phase}: {exc.reason}", desired.app)
+            host.event(EventKind.REFUSED, f"{exc.phase.value}: {exc.reason}", desired.app)
     finally:
         timings["total_s"] = _since(started)
     return result
@@ -154,14 +168,14 @@ def _since(t: float) -> float:
 def _select(desired: DesiredState, facts: HostFacts, result: ApplyResult) -> Variant:
     if not facts.docker or not facts.docker.reachable:
         raise ApplyFailed(
-            "preflight",
+            Phase.PREFLIGHT,
             (facts.docker.error if facts.docker else None) or "Docker engine unreachable",
         )
     selection = select_variant(desired.parsed_variants(), facts)
-    result.selection = selection.to_dict()
+    result.selection = selection
     if not selection.variant:
         reasons = "; ".join(f"{r.variant}: {r.reason}" for r in selection.rejected)
-        raise ApplyFailed("select", f"no variant fits this host ({reasons})")
+        raise ApplyFailed(Phase.SELECT, f"no variant fits this host ({reasons})")
     variant = next(v for v in desired.parsed_variants() if v.name == selection.variant)
     result.variant, result.image = variant.name, variant.image
     return variant
@@ -185,18 +199,18 @@ def _unchanged(host: AgentHost, current: Release, desired: DesiredState, variant
 
 
 def _spec_key(spec: Dict[str, Any]) -> str:
-    keep = {k: v for k, v in spec.items() if k not in ("deployment", "pull_via")}
+    keep = {k: v for k, v in spec.items() if k != "deployment"}
     return json.dumps(keep, sort_keys=True)
 
 
 def _preflight(host: AgentHost, desired: DesiredState, variant: Variant, facts: HostFacts,
-               result: ApplyResult) -> tuple:  # fmt: skip
+               result: ApplyResult, pull_via: Optional[str]) -> tuple:  # fmt: skip
     """Everything that can be checked before anything running is touched."""
     spec = desired.container
     for mount in spec.mounts:
         if not os.path.exists(mount.source):
             raise ApplyFailed(
-                "preflight", f"mount source {mount.source} does not exist on this host"
+                Phase.PREFLIGHT, f"mount source {mount.source} does not exist on this host"
             )
     env_file: Dict[str, str] = {}
     if spec.env_file:
@@ -204,18 +218,20 @@ def _preflight(host: AgentHost, desired: DesiredState, variant: Variant, facts: 
             with open(spec.env_file, encoding="utf-8") as fh:
                 env_file = parse_env_file(fh.read())
         except OSError as exc:
-            raise ApplyFailed("preflight", f"env file {spec.env_file}: {exc.strerror}") from None
+            raise ApplyFailed(
+                Phase.PREFLIGHT, f"env file {spec.env_file}: {exc.strerror}"
+            ) from None
     assert variant.image is not None
     image_info = host.engine.image_inspect(variant.image)
     if image_info is None:
-        source = _pull_source(variant.image, desired.pull_via)
+        source = _pull_source(variant.image, pull_via)
         remote = _check_disk(host, source, facts)
         result.bytes_pulled = _pull_with_retries(host, source, remote)
         digest = _adopt(host, source, variant.image) if source != variant.image else None
         image_info = host.engine.image_inspect(variant.image)
         if image_info is None:
             raise ApplyFailed(
-                "preflight", f"image {variant.image} is not on the engine after its pull"
+                Phase.PREFLIGHT, f"image {variant.image} is not on the engine after its pull"
             )
         if digest and not image_info.get("RepoDigests"):
             # Pulled from a mirror: record the manifest digest under the canonical name.
@@ -224,7 +240,7 @@ def _preflight(host: AgentHost, desired: DesiredState, variant: Variant, facts: 
     user = spec.user or (image_info.get("Config") or {}).get("User") or None
     if runs_as_root(user) and not spec.allow_root:
         raise ApplyFailed(
-            "preflight",
+            Phase.PREFLIGHT,
             f"image {variant.image} runs as root; set the container's user or allow_root: true",
         )
     return image_info, spec.user, env_file
@@ -236,7 +252,7 @@ def _check_disk(host: AgentHost, image: str, facts: HostFacts) -> Optional[Remot
     try:
         remote = remote_image(image, host.engine.info())
     except EngineUnreachable as exc:
-        raise ApplyFailed("preflight", str(exc)) from None
+        raise ApplyFailed(Phase.PREFLIGHT, str(exc)) from None
     if remote is None or free is None:
         return remote  # the registry cannot be asked ahead: the pull decides
     local = set()
@@ -249,7 +265,7 @@ def _check_disk(host: AgentHost, image: str, facts: HostFacts) -> Optional[Remot
     need = int(missing * DISK_FACTOR / (1024 * 1024)) + DISK_RESERVE_MIB
     if missing and need > free:
         raise ApplyFailed(
-            "preflight",
+            Phase.PREFLIGHT,
             f"not enough disk for {image}: its missing layers are {missing / 1048576:.1f} MiB compressed, "
             f"about {need} MiB once unpacked, and the engine's data root has {free} MiB free",
         )
@@ -296,7 +312,9 @@ def _pull_with_retries(host: AgentHost, image: str, remote: Optional[RemoteImage
                 or "not found" in exc.reason
             ):
                 raise
-            host.emit({"event": "pull_retry", "attempt": attempt, "reason": exc.reason})
+            host.say(
+                EventKind.PULL_RETRY, f"pull attempt {attempt} failed ({exc.reason}); retrying"
+            )
             time.sleep(2**attempt)
     raise AssertionError("unreachable")
 
@@ -308,7 +326,7 @@ def _pull(host: AgentHost, image: str, remote: Optional[RemoteImage]) -> int:
     repository, tag = _repository_and_tag(image)
     sizes: Dict[str, int] = {d[7:19]: size for d, size in remote.layers} if remote else {}
     fetched = set()
-    host.emit({"event": "pull", "image": image})
+    host.say(EventKind.PULL, f"pulling {image}")
     try:
         for msg in host.engine.pull(repository, tag):
             layer, status = msg.get("id"), msg.get("status", "")
@@ -320,13 +338,13 @@ def _pull(host: AgentHost, image: str, remote: Optional[RemoteImage]) -> int:
             if status in ("Downloading", "Download complete", "Pull complete"):
                 fetched.add(layer)
             if status in ("Download complete", "Already exists"):
-                host.emit({"event": "layer", "layer": layer, "status": status})
+                host.say(EventKind.LAYER, f"layer {layer}: {status}")
     except EngineError as exc:
         raise ApplyFailed(
-            "preflight", f"image {image} could not be pulled: {exc.message}"
+            Phase.PREFLIGHT, f"image {image} could not be pulled: {exc.message}"
         ) from None
     except EngineUnreachable as exc:
-        raise ApplyFailed("preflight", str(exc)) from None
+        raise ApplyFailed(Phase.PREFLIGHT, str(exc)) from None
     return sum(sizes.get(layer, 0) for layer in fetched)
 
 
@@ -337,15 +355,17 @@ def _host_ports(spec: DesiredState) -> set:
 def _start(host: AgentHost, desired: DesiredState, variant: Variant, release: Release,
            current: Optional[Release], facts: HostFacts, user: Optional[str], env_file: Dict[str, str],
            result: ApplyResult) -> str:  # fmt: skip
-    stop_first = desired.strategy == "stop-first"
-    if desired.strategy == "auto" and current is not None:
+    stop_first = desired.strategy == Strategy.STOP_FIRST.value
+    if desired.strategy == Strategy.AUTO.value and current is not None:
         stop_first = bool(_host_ports(desired) & _host_ports(DesiredState.from_dict(current.spec)))
     if current and current.container_id and stop_first:
-        host.emit({"event": "stop", "container": current.container_name, "why": "stop-first"})
+        host.say(EventKind.STOP, f"stopping {current.container_name} first (its port is needed)")
         try:
             host.engine.container_stop(current.container_id)
         except EngineError as exc:
-            raise ApplyFailed("start", f"could not stop the old release: {exc.message}") from None
+            raise ApplyFailed(
+                Phase.START, f"could not stop the old release: {exc.message}"
+            ) from None
     name = f"{desired.app}.r{release.id}"
     gids = _device_gids(host.device_root, variant)
     config = container_config(
@@ -364,8 +384,10 @@ def _start(host: AgentHost, desired: DesiredState, variant: Variant, release: Re
         result.container = name
         host.engine.container_start(container_id)
     except EngineError as exc:
-        raise ApplyFailed("start", f"the engine refused to start {name}: {exc.message}") from None
-    host.emit({"event": "started", "container": name})
+        raise ApplyFailed(
+            Phase.START, f"the engine refused to start {name}: {exc.message}"
+        ) from None
+    host.say(EventKind.STARTED, f"started {name}")
     return container_id
 
 
@@ -411,14 +433,15 @@ def _prove(host: AgentHost, desired: DesiredState, release: Release, container_i
     host.store.record_health(release.id, verdict.ok, "; ".join(verdict.evidence[-3:]))
     result.health_evidence = list(verdict.evidence)
     if not verdict.ok:
-        raise ApplyFailed("health", verdict.evidence[-1] if verdict.evidence else "not healthy")
+        raise ApplyFailed(Phase.HEALTH, verdict.evidence[-1] if verdict.evidence else "not healthy")
     t = time.monotonic()
     watched = health.monitor(target, desired.health, desired.monitor_s, host.emit)
     timings["monitor_s"] = _since(t)
     result.health_evidence += list(watched.evidence)
     if not watched.ok:
         raise ApplyFailed(
-            "monitor", watched.evidence[-1] if watched.evidence else "failed in the monitor window"
+            Phase.MONITOR,
+            watched.evidence[-1] if watched.evidence else "failed in the monitor window",
         )
 
 
@@ -450,28 +473,30 @@ def _roll_back(
     if previous is None:
         host.store.update(failed.id, status="failed", reason=exc.reason)
         host.event(
-            "failed",
-            f"{failed.tag}: {exc.phase}: {exc.reason} (nothing served before)",
+            EventKind.FAILED,
+            f"{failed.tag}: {exc.phase.value}: {exc.reason} (nothing served before)",
             app,
             failed.id,
         )
-        result.status = "failed"
+        result.status = ApplyStatus.FAILED
         return
     verdict = restore(host, previous)
     result.health_evidence += [f"rollback: {line}" for line in verdict.evidence[-5:]]
     if verdict.ok:
         host.store.reinstate(
-            app, previous.id, failed.id, "rolled_back", f"{exc.phase}: {exc.reason}"
+            app, previous.id, failed.id, "rolled_back", f"{exc.phase.value}: {exc.reason}"
         )
-        host.event("rolled_back", f"{failed.tag} failed ({exc.phase}: {exc.reason}); {previous.tag} serves again",
+        host.event(EventKind.ROLLED_BACK, f"{failed.tag} failed ({exc.phase.value}: {exc.reason}); {previous.tag} serves again",
                    app, failed.id)  # fmt: skip
-        result.status = "rolled_back"
+        result.status = ApplyStatus.ROLLED_BACK
     else:
         # Never rolled back again: recorded and left for an operator.
-        host.store.update(failed.id, status="rollback_failed", reason=f"{exc.phase}: {exc.reason}")
-        host.event("rollback_failed", f"{previous.tag} did not become healthy again: "
+        host.store.update(
+            failed.id, status="rollback_failed", reason=f"{exc.phase.value}: {exc.reason}"
+        )
+        host.event(EventKind.ROLLBACK_FAILED, f"{previous.tag} did not become healthy again: "
                    + (verdict.evidence[-1] if verdict.evidence else "?"), app, failed.id)  # fmt: skip
-        result.status = "rollback_failed"
+        result.status = ApplyStatus.ROLLBACK_FAILED
 
 
 def restore(host: AgentHost, release: Release) -> health.Verdict:
@@ -486,7 +511,7 @@ def restore(host: AgentHost, release: Release) -> health.Verdict:
     if not info["State"]["Running"]:
         host.engine.container_start(release.container_id or "")
         info = host.engine.container_inspect(release.container_id or "") or info
-    host.emit({"event": "restore", "tag": release.tag, "container": release.container_name})
+    host.say(EventKind.RESTORE, f"bringing {release.tag} back ({release.container_name})")
     return health.wait_healthy(
         health_target(host, desired, release.container_id or "", info), desired.health, host.emit
     )
@@ -497,7 +522,7 @@ def rollback_to(host: AgentHost, app: str, tag: Optional[str]) -> ApplyResult:
     current = host.store.current(app)
     kept = host.store.releases(app, ["previous", "retired"])
     target = next((r for r in kept if tag is None or r.tag == tag), None)
-    result = ApplyResult(status="failed", app=app, tag=tag or "", deployment="rollback")
+    result = ApplyResult(status=ApplyStatus.FAILED, app=app, tag=tag or "", deployment="rollback")
     if target is None:
         have = ", ".join(sorted({r.tag for r in kept})) or "none"
         result.reason = (
@@ -513,8 +538,8 @@ def rollback_to(host: AgentHost, app: str, tag: Optional[str]) -> ApplyResult:
     if verdict.ok:
         host.store.reinstate(app, target.id, None, "retired", "")
         serve_after_reboot(host, target.container_id or "")
-        host.event("rolled_back", f"rolled back by request to {target.tag}", app, target.id)
-        result.status = "rolled_back"
+        host.event(EventKind.ROLLED_BACK, f"rolled back by request to {target.tag}", app, target.id)
+        result.status = ApplyStatus.ROLLED_BACK
         return result
     # The requested release does not serve: bring the one we stopped back.
     if target.container_id:
@@ -537,7 +562,7 @@ def repair_interrupted(host: AgentHost) -> List[tuple]:
             host.engine.container_remove(release.container_id, force=True)
         host.store.update(release.id, status="failed", reason="apply was interrupted")
         msg = f"removed {release.tag}: its apply was interrupted"
-        host.event("repaired", msg, release.app, release.id)
+        host.event(EventKind.REPAIRED, msg, release.app, release.id)
         done.append((release.app, msg))
     return done
 

@@ -9,20 +9,23 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 from mlfleet.agent import __version__
-
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_NO_VARIANT = 3
-EXIT_BUSY = 4
+from mlfleet.agent.protocol import (
+    SCHEMA,
+    ApplyStatus,
+    Event,
+    ExitCode,
+    VersionInfo,
+    selection_to_dict,
+)
 
 
 class AgentError(Exception):
     """Bad input or a state the agent cannot work in: one line for the operator."""
 
-    def __init__(self, message: str, exit_code: int = EXIT_ERROR):
+    def __init__(self, message: str, exit_code: int = ExitCode.ERROR):
         super().__init__(message)
         self.exit_code = exit_code
 
@@ -34,11 +37,13 @@ def _root(args: argparse.Namespace) -> str:
 
 def _version(args: argparse.Namespace) -> int:
     code = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    info = {"agent": __version__, "python": platform.python_version(), "code": code}
+    info = VersionInfo(agent=__version__, python=platform.python_version(), code=code)
     print(
-        json.dumps(info) if args.json else f"mlfleet-agent {__version__} (python {info['python']})"
+        json.dumps(info.to_dict())
+        if args.json
+        else f"mlfleet-agent {__version__} (python {info.python})"
     )
-    return 0
+    return ExitCode.OK
 
 
 def _detect(args: argparse.Namespace) -> int:
@@ -64,14 +69,14 @@ def _load_document(path: str) -> Any:
         import yaml  # bundled in the agent's zipapp; JSON works without it
     except ImportError:
         raise AgentError(
-            f"{path}: not JSON, and PyYAML is not available to read YAML", EXIT_USAGE
+            f"{path}: not JSON, and PyYAML is not available to read YAML", ExitCode.USAGE
         ) from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else path
-        raise AgentError(f"{where}: not valid YAML or JSON", EXIT_USAGE) from None
+        raise AgentError(f"{where}: not valid YAML or JSON", ExitCode.USAGE) from None
 
 
 def _select(args: argparse.Namespace) -> int:
@@ -80,30 +85,34 @@ def _select(args: argparse.Namespace) -> int:
     from mlfleet.agent.variants import VariantError, parse_variants
 
     doc = _load_document(args.variants)
+    if isinstance(doc, dict) and isinstance(doc.get("schema"), int) and doc["schema"] > SCHEMA:
+        raise AgentError(
+            f"{args.variants}: schema {doc['schema']}; this agent reads {SCHEMA}", ExitCode.USAGE
+        )
     items = doc.get("variants") if isinstance(doc, dict) else doc
     if not isinstance(items, list) or not items:
-        raise AgentError(f"{args.variants}: expected a `variants:` list", EXIT_USAGE)
+        raise AgentError(f"{args.variants}: expected a `variants:` list", ExitCode.USAGE)
     try:
         variants = parse_variants(items)
     except VariantError as exc:
-        raise AgentError(f"{args.variants}: {exc}", EXIT_USAGE) from None
+        raise AgentError(f"{args.variants}: {exc}", ExitCode.USAGE) from None
     if args.facts:
         try:
             facts = HostFacts.from_dict(_load_document(args.facts))
         except ValueError as exc:
-            raise AgentError(f"{args.facts}: {exc}", EXIT_USAGE) from None
+            raise AgentError(f"{args.facts}: {exc}", ExitCode.USAGE) from None
     else:
         from mlfleet.agent.detect.host_facts import detect_host_facts
 
         facts = detect_host_facts(_root(args), args.docker_host)
     selection = select_variant(variants, facts)
     if args.json:
-        print(json.dumps(selection.to_dict(), indent=2))
+        print(json.dumps(selection_to_dict(selection), indent=2))
     else:
         from mlfleet.agent.report import selection_text
 
         print(selection_text(selection))
-    return 0 if selection.variant else EXIT_NO_VARIANT
+    return ExitCode.OK if selection.variant else ExitCode.NO_VARIANT
 
 
 DEFAULT_AGENT_DIR = "/var/lib/mlfleet"
@@ -113,10 +122,17 @@ def _agent_dir(args: argparse.Namespace) -> str:
     return args.agent_dir or os.environ.get("MLFLEET_AGENT_DIR") or DEFAULT_AGENT_DIR
 
 
-def _emit_stderr(event: Dict[str, Any]) -> None:
-    # Progress for the controller (and a curious operator): one JSON object per line.
-    event.setdefault("time", round(time.time(), 3))
-    print(json.dumps(event), file=sys.stderr, flush=True)
+def _emit_stderr(event: Event) -> None:
+    """Progress for the controller (and a curious operator): one JSON object per line.
+    Best effort: a controller that went away (a closed SSH channel) must not change what
+    the apply does; its result stays in the host's history."""
+    line = event.to_dict()
+    if not event.time:
+        line["time"] = round(time.time(), 3)
+    try:
+        print(json.dumps(line), file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 def _open_host(args: argparse.Namespace) -> Any:
@@ -145,7 +161,7 @@ def _locked(args: argparse.Namespace, command: str, wait_s: float) -> Any:
     try:
         lock.acquire(wait_s)
     except AgentBusy as exc:
-        raise AgentError(str(exc), EXIT_BUSY) from None
+        raise AgentError(str(exc), ExitCode.BUSY) from None
     return lock
 
 
@@ -157,11 +173,11 @@ def _apply(args: argparse.Namespace) -> int:
     try:
         desired = DesiredState.from_dict(json.loads(text))
     except ValueError as exc:  # JSON errors and DesiredStateError alike
-        raise AgentError(f"desired state: {exc}", EXIT_USAGE) from None
+        raise AgentError(f"desired state: {exc}", ExitCode.USAGE) from None
     with _locked(args, "apply", args.wait):
-        result = apply(_open_host(args), desired)
+        result = apply(_open_host(args), desired, pull_via=args.pull_via)
     print(json.dumps(result.to_dict(), indent=2))
-    return 0 if result.status in ("succeeded", "unchanged") else EXIT_ERROR
+    return ExitCode.OK if result.status.ok else ExitCode.ERROR
 
 
 def _read(path: str) -> str:
@@ -169,7 +185,7 @@ def _read(path: str) -> str:
         with open(path, encoding="utf-8") as fh:
             return fh.read()
     except OSError as exc:
-        raise AgentError(f"{path}: cannot read: {exc.strerror}", EXIT_USAGE) from None
+        raise AgentError(f"{path}: cannot read: {exc.strerror}", ExitCode.USAGE) from None
 
 
 def _rollback(args: argparse.Namespace) -> int:
@@ -178,7 +194,7 @@ def _rollback(args: argparse.Namespace) -> int:
     with _locked(args, "rollback", args.wait):
         result = rollback_to(_open_host(args), args.app, args.to)
     print(json.dumps(result.to_dict(), indent=2))
-    return 0 if result.status == "rolled_back" else EXIT_ERROR
+    return ExitCode.OK if result.status is ApplyStatus.ROLLED_BACK else ExitCode.ERROR
 
 
 def _tick(args: argparse.Namespace) -> int:
@@ -194,11 +210,11 @@ def _tick(args: argparse.Namespace) -> int:
     with lock:
         status = tick(_open_host(args))
     if args.json:
-        print(json.dumps(status, indent=2))
+        print(json.dumps(status.to_dict(), indent=2))
     else:
-        for action in status["actions"]:
+        for action in status.actions:
             print(action)
-    return 0
+    return ExitCode.OK
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -206,21 +222,18 @@ def _status(args: argparse.Namespace) -> int:
 
     status = host_status(_open_host(args))
     if args.json:
-        print(json.dumps(status, indent=2))
-        return 0
-    for app in status["apps"]:
-        cur = app["current"]
+        print(json.dumps(status.to_dict(), indent=2))
+        return ExitCode.OK
+    for app in status.apps:
+        cur = app.current
         if not cur:
-            print(f"{app['app']}: nothing serving")
+            print(f"{app.app}: nothing serving")
             continue
-        state = "healthy" if app["healthy"] else ("running" if app["running"] else "NOT RUNNING")
-        since = time.strftime(
-            "%Y-%m-%d %H:%M:%S", time.localtime(cur["activated_at"] or cur["created_at"])
-        )
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(cur.since))
         print(
-            f"{app['app']}: {cur['tag']} ({cur['variant']}) {state} since {since}; previous {app['previous']}"
+            f"{app.app}: {cur.tag} ({cur.variant}) {app.health.value} since {since}; previous {app.previous}"
         )
-    return 0
+    return ExitCode.OK
 
 
 def _history(args: argparse.Namespace) -> int:
@@ -237,25 +250,14 @@ def _history(args: argparse.Namespace) -> int:
 
 
 def _daemon(args: argparse.Namespace) -> int:
-    """The tick on a schedule, for hosts without cron (APScheduler when bundled)."""
-
-    def one_tick() -> None:
+    """The tick every --interval seconds, for hosts without cron."""
+    while True:
+        started = time.monotonic()
         try:
             _tick(argparse.Namespace(**{**vars(args), "json": False, "wait": 0.0}))
         except Exception as exc:
             print(f"mlfleet-agent: tick failed: {exc}", file=sys.stderr, flush=True)
-
-    try:
-        from apscheduler.schedulers.blocking import BlockingScheduler  # type: ignore[import-not-found]
-    except ImportError:
-        while True:
-            one_tick()
-            time.sleep(args.interval)
-    scheduler = BlockingScheduler()
-    scheduler.add_job(one_tick, "interval", seconds=args.interval, max_instances=1, coalesce=True)
-    one_tick()
-    scheduler.start()
-    return 0
+        time.sleep(max(0.0, args.interval - (time.monotonic() - started)))
 
 
 def _bundle(args: argparse.Namespace) -> int:
@@ -310,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     apply = sub.add_parser("apply", help="apply a desired state (JSON file or stdin)")
     apply.add_argument("file", nargs="?", help="desired state JSON (default: stdin)")
     apply.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the host lock")
+    apply.add_argument("--pull-via", help="pull the image from this registry mirror (host:port) "
+                       "instead of its own registry, then tag it under its own name")  # fmt: skip
     state_options(apply)
     apply.set_defaults(func=_apply)
 
@@ -354,7 +358,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     try:
         return int(args.func(args))
     except AgentError as exc:

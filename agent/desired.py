@@ -1,5 +1,6 @@
-"""The desired state the controller sends to `mlfleet-agent apply`, and the result the agent
-prints back: the one definition of both JSON formats (versioned)."""
+"""The desired state the controller sends to `mlfleet-agent apply`: the one definition of its
+JSON format (versioned) and of its validation. agent/protocol.py lists it with the other
+messages."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ SCHEMA = 1
 _APP = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# The strategies apply knows (protocol.Strategy holds their meaning).
 STRATEGIES = ("auto", "stop-first", "start-first")
 
 
@@ -115,10 +117,6 @@ class DesiredState:
     strategy: str = "auto"  # auto: stop-first when old and new bind the same host port
     # Tick: roll back automatically when the release turns unhealthy within this long.
     grace_s: float = 600.0
-    # A registry mirror this host reaches instead of the image's own registry (the
-    # controller's relay at 127.0.0.1:PORT through an SSH tunnel): pull from there, then
-    # tag the image under its canonical name, so nothing else cares how it arrived.
-    pull_via: Optional[str] = None
     schema: int = SCHEMA
 
     def parsed_variants(self) -> List[Variant]:
@@ -174,8 +172,6 @@ def _validate(s: DesiredState) -> None:
         raise bad("tag", "a Docker tag: letters, digits, '_', '.', '-'")
     if not s.deployment:
         raise bad("deployment", "required")
-    if s.pull_via is not None and not re.match(r"^[A-Za-z0-9.-]+:\d{1,5}$", s.pull_via):
-        raise bad("pull_via", "host:port of a registry")
     if s.strategy not in STRATEGIES:
         raise bad("strategy", "one of " + ", ".join(STRATEGIES))
     if s.retain < 2:
@@ -207,27 +203,3 @@ def _validate(s: DesiredState) -> None:
     for check in [*s.health.http, *s.health.inference]:
         if not check.path.startswith("/"):
             raise bad("health", f"path {check.path!r} must start with /")
-
-
-@dataclass
-class ApplyResult:
-    status: str  # succeeded | unchanged | rolled_back | failed | rollback_failed
-    app: str
-    tag: str
-    deployment: str
-    variant: Optional[str] = None
-    image: Optional[str] = None
-    digest: Optional[str] = None
-    container: Optional[str] = None
-    previous_tag: Optional[str] = None
-    reason: Optional[str] = None
-    phase: Optional[str] = None  # where it stopped: select | preflight | start | health | monitor
-    health_evidence: List[str] = field(default_factory=list)
-    logs: List[str] = field(default_factory=list)  # the last lines of the new container's log
-    timings: Dict[str, float] = field(default_factory=dict)
-    bytes_pulled: int = 0
-    selection: Optional[Dict[str, Any]] = None
-    schema: int = SCHEMA
-
-    def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)

@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from mlfleet.agent.desired import ExecCheck, HealthSpec, HttpCheck, InferenceCheck, TcpCheck
 from mlfleet.agent.engine_api import EngineError, EngineUnreachable
+from mlfleet.agent.protocol import Event, EventKind
 
 EVIDENCE_LINES = 20
 _MAX_BODY = 1024 * 1024  # an answer bigger than this is cut (inference answers are small)
@@ -29,7 +30,7 @@ _MIN_INTERVAL_S = 0.05  # a zero interval would spin
 _MIN_TIMEOUT_S = 0.1
 _ENGINE_ERRORS = (EngineUnreachable, EngineError, OSError, ValueError)
 
-Emit = Callable[[Dict[str, Any]], None]
+Emit = Callable[[Event], None]
 
 
 @dataclass
@@ -404,7 +405,7 @@ def wait_healthy(
         rnd = _run_round(target, spec, timeout)
         at = clock() - start
         summary = rnd.summary()
-        emit({"event": "health", "ok": rnd.ok, "detail": summary})
+        emit(Event(EventKind.HEALTH, summary, ok=rnd.ok))
         if rnd.stopped is not None:
             return _verdict(False, evidence, f"failed after {at:.1f}s: {summary}", rnd, at)
         if rnd.ok:
@@ -461,7 +462,7 @@ def monitor(
         rnd = _run_round(target, spec, timing.timeout_s)
         at = clock() - start
         summary = rnd.summary()
-        emit({"event": "health", "ok": rnd.ok, "detail": summary})
+        emit(Event(EventKind.HEALTH, summary, ok=rnd.ok))
         evidence.round(at, summary)
         if rnd.stopped is not None:
             reason = f"failed {at:.1f}s into the {window_s:g}s monitor window: {summary}"

@@ -15,13 +15,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional
 
+from mlfleet.agent.protocol import HealthSample, ReleaseStatus, ReleaseView
+
 # starting: being applied (a tick finding one here means an apply died)
 # current: serving; previous: stopped, kept for rollback; retired: older, kept until GC
 # failed: never became healthy; rolled_back: replaced by its predecessor after failing
 # rollback_failed: the rollback itself failed (left for an operator); removed: collected
-STATUSES = (
-    "starting", "current", "previous", "retired", "failed", "rolled_back", "rollback_failed", "removed",
-)  # fmt: skip
+STATUSES = tuple(s.value for s in ReleaseStatus)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS releases (
@@ -81,9 +81,26 @@ class Release:
     updated_at: float
 
     def to_dict(self) -> Dict[str, Any]:
+        """The row for the agent's own `history` (its spec left out)."""
         d = dict(self.__dict__)
         d.pop("spec")
         return d
+
+    def view(self) -> ReleaseView:
+        """The release as the protocol reports it to a controller."""
+        return ReleaseView(
+            id=self.id,
+            tag=self.tag,
+            variant=self.variant,
+            image=self.image,
+            digest=self.digest,
+            container=self.container_name,
+            status=ReleaseStatus(self.status),
+            deployment=self.deployment,
+            created_at=self.created_at,
+            activated_at=self.activated_at,
+            reason=self.reason,
+        )
 
 
 class StateStore:
@@ -229,12 +246,13 @@ class StateStore:
             db.execute("INSERT INTO health (release_id, at, ok, detail) VALUES (?, ?, ?, ?)",
                        (release_id, time.time(), int(ok), detail))  # fmt: skip
 
-    def recent_health(self, release_id: int, n: int) -> List[Dict[str, Any]]:
+    def recent_health(self, release_id: int, n: int) -> List[HealthSample]:
+        """The release's last `n` health samples, newest first."""
         rows = self.db.execute(
             "SELECT at, ok, detail FROM health WHERE release_id = ? ORDER BY id DESC LIMIT ?",
             (release_id, n),
         )
-        return [{"at": r["at"], "ok": bool(r["ok"]), "detail": r["detail"]} for r in rows]
+        return [HealthSample(r["at"], bool(r["ok"]), r["detail"]) for r in rows]
 
     def event(self, kind: str, message: str, app: Optional[str] = None, release_id: Optional[int] = None,
               data: Optional[Dict[str, Any]] = None) -> None:  # fmt: skip

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
 
 from mlfleet.agent import health
 from mlfleet.agent.apply import (
@@ -20,6 +20,7 @@ from mlfleet.agent.apply import (
 )
 from mlfleet.agent.desired import DesiredState
 from mlfleet.agent.engine_api import EngineError
+from mlfleet.agent.protocol import AppStatus, EventKind, HostStatus
 from mlfleet.agent.state import Release
 
 # A release that answers but fails a tick's probes may only be slow for a moment (a busy
@@ -30,7 +31,7 @@ UNHEALTHY_TICKS_BEFORE_ROLLBACK = 2
 UNHEALTHY_TICKS_BEFORE_RESTART = 3
 
 
-def tick(host: AgentHost) -> Dict[str, Any]:
+def tick(host: AgentHost) -> HostStatus:
     """One pass over every app on the host; returns the status written to status.json."""
     actions: List[str] = []
     actions += [f"{app}: {msg}" for app, msg in repair_interrupted(host)]
@@ -39,8 +40,7 @@ def tick(host: AgentHost) -> Dict[str, Any]:
         if current is not None:
             _keep_serving(host, current, actions)
             collect_garbage(host, app, DesiredState.from_dict(current.spec).retain)
-    status = host_status(host)
-    status["actions"] = actions
+    status = host_status(host, actions)
     write_reports(host.agent_dir, status)
     return status
 
@@ -51,7 +51,7 @@ def _keep_serving(host: AgentHost, current: Release, actions: List[str]) -> None
     info = host.engine.container_inspect(current.container_id) if current.container_id else None
     if info is None:
         host.event(
-            "missing",
+            EventKind.MISSING,
             f"container of {current.tag} is gone; an operator must redeploy",
             app,
             current.id,
@@ -75,7 +75,7 @@ def _keep_serving(host: AgentHost, current: Release, actions: List[str]) -> None
         host.store.record_health(
             current.id, verdict.ok, "restarted: " + "; ".join(verdict.evidence[-2:])
         )
-        host.event("restarted", f"{current.tag} had stopped (exit {info['State'].get('ExitCode')}); restarted",
+        host.event(EventKind.RESTARTED, f"{current.tag} had stopped (exit {info['State'].get('ExitCode')}); restarted",
                    app, current.id)  # fmt: skip
         actions.append(f"{app}: restarted {current.tag}")
         if verdict.ok:
@@ -94,7 +94,7 @@ def _keep_serving(host: AgentHost, current: Release, actions: List[str]) -> None
             if _failed_ticks(host, current, UNHEALTHY_TICKS_BEFORE_ROLLBACK):
                 _auto_rollback(host, current, previous, actions)
             else:
-                host.event("unhealthy", f"{current.tag} failed its health check; rolled back if the next tick confirms it",
+                host.event(EventKind.UNHEALTHY, f"{current.tag} failed its health check; rolled back if the next tick confirms it",
                            app, current.id)  # fmt: skip
                 actions.append(f"{app}: {current.tag} unhealthy; rolled back if the next tick confirms it")  # fmt: skip
             return
@@ -110,7 +110,7 @@ def _keep_serving(host: AgentHost, current: Release, actions: List[str]) -> None
             actions.append(f"{app}: restart of {current.tag} failed: {exc.message}")
             return
         host.event(
-            "restarted",
+            EventKind.RESTARTED,
             f"{current.tag} unhealthy for {UNHEALTHY_TICKS_BEFORE_RESTART} ticks; restarted",
             app,
             current.id,
@@ -122,7 +122,7 @@ def _failed_ticks(host: AgentHost, current: Release, n: int) -> bool:
     """Whether the release's last n health samples all failed (the apply's own verdict is
     the first sample, so a release's first failing tick never counts n of them alone)."""
     recent = host.store.recent_health(current.id, n)
-    return len(recent) >= n and not any(s["ok"] for s in recent)
+    return len(recent) >= n and not any(s.ok for s in recent)
 
 
 def _auto_rollback(
@@ -137,7 +137,7 @@ def _auto_rollback(
             app, previous.id, current.id, "rolled_back", "turned unhealthy within its grace period"
         )
         serve_after_reboot(host, previous.container_id or "")
-        host.event("rolled_back", f"{current.tag} turned unhealthy soon after deployment; {previous.tag} serves again",
+        host.event(EventKind.ROLLED_BACK, f"{current.tag} turned unhealthy soon after deployment; {previous.tag} serves again",
                    app, current.id)  # fmt: skip
         actions.append(f"{app}: rolled back {current.tag} -> {previous.tag}")
     else:
@@ -146,7 +146,7 @@ def _auto_rollback(
             host.engine.container_stop(previous.container_id)
         restore(host, current)
         host.event(
-            "rollback_failed",
+            EventKind.ROLLBACK_FAILED,
             f"{previous.tag} did not become healthy; {current.tag} kept",
             app,
             current.id,
@@ -154,28 +154,30 @@ def _auto_rollback(
         actions.append(f"{app}: rollback to {previous.tag} failed; kept {current.tag}")
 
 
-def host_status(host: AgentHost) -> Dict[str, Any]:
+def host_status(host: AgentHost, actions: Optional[List[str]] = None) -> HostStatus:
+    """What serves on this host, per app (`status --json`; the tick adds its actions)."""
     apps = []
     for app in host.store.apps():
         current = host.store.current(app)
         if current is None:
-            apps.append({"app": app, "current": None})
+            apps.append(AppStatus(app))
             continue
         info = host.engine.container_inspect(current.container_id) if current.container_id else None
         samples = host.store.recent_health(current.id, 1)
+        previous = host.store.previous(app)
         apps.append(
-            {
-                "app": app,
-                "current": current.to_dict(),
-                "running": bool(info and info["State"]["Running"]),
-                "healthy": bool(samples and samples[0]["ok"]),
-                "last_health": samples[0] if samples else None,
-                "previous": (host.store.previous(app) or current).tag
-                if host.store.previous(app)
-                else None,
-            }
+            AppStatus(
+                app=app,
+                current=current.view(),
+                running=bool(info and info["State"]["Running"]),
+                healthy=bool(samples and samples[0].ok),
+                last_health=samples[0] if samples else None,
+                previous=previous.tag if previous else None,
+            )
         )
-    return {"schema": 1, "time": time.time(), "last_tick": _last_tick(host.agent_dir), "apps": apps}
+    return HostStatus(
+        time=time.time(), last_tick=_last_tick(host.agent_dir), apps=apps, actions=actions or []
+    )
 
 
 def _last_tick(agent_dir: str) -> Optional[float]:
@@ -187,33 +189,26 @@ def _last_tick(agent_dir: str) -> Optional[float]:
         return None
 
 
-def _tag(release: Optional[Release]) -> Optional[str]:
-    return release.tag if release else None
-
-
-def write_reports(agent_dir: str, status: Dict[str, Any]) -> None:
+def write_reports(agent_dir: str, status: HostStatus) -> None:
     """status.json and a Prometheus textfile, each replaced atomically."""
-    _atomic_write(os.path.join(agent_dir, "status.json"), json.dumps(status, indent=2))
+    _atomic_write(os.path.join(agent_dir, "status.json"), json.dumps(status.to_dict(), indent=2))
     lines = [
         "# HELP mlfleet_release_info The release serving on this host.",
         "# TYPE mlfleet_release_info gauge",
     ]
-    for app in status["apps"]:
-        cur = app.get("current")
+    for app in status.apps:
+        cur = app.current
         if cur:
             lines.append(
-                f'mlfleet_release_info{{app="{app["app"]}",tag="{cur["tag"]}",variant="{cur["variant"]}",'
-                f'release="{cur["id"]}"}} 1'
+                f'mlfleet_release_info{{app="{app.app}",tag="{cur.tag}",variant="{cur.variant}",'
+                f'release="{cur.id}"}} 1'
             )
     lines += ["# HELP mlfleet_release_healthy 1 when the serving release passed its last check.",
               "# TYPE mlfleet_release_healthy gauge"]  # fmt: skip
-    lines += [
-        f'mlfleet_release_healthy{{app="{a["app"]}"}} {int(bool(a.get("healthy")))}'
-        for a in status["apps"]
-    ]
+    lines += [f'mlfleet_release_healthy{{app="{a.app}"}} {int(a.healthy)}' for a in status.apps]
     lines += ["# HELP mlfleet_agent_last_tick_timestamp_seconds When the agent last ran its tick.",
               "# TYPE mlfleet_agent_last_tick_timestamp_seconds gauge",
-              f"mlfleet_agent_last_tick_timestamp_seconds {status['time']:.3f}"]  # fmt: skip
+              f"mlfleet_agent_last_tick_timestamp_seconds {status.time:.3f}"]  # fmt: skip
     _atomic_write(os.path.join(agent_dir, "metrics", "mlfleet.prom"), "\n".join(lines) + "\n")
 
 
