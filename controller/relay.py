@@ -16,7 +16,7 @@ from typing import List, Optional, Tuple
 
 import paramiko
 
-from mlfleet.controller.transport import Connection, HostUnreachable
+from mlfleet.controller.transport import Stream, Transport
 
 
 class _Pacer:
@@ -45,7 +45,7 @@ class Relay:
     """One reverse tunnel for one host, open for the host's part of a deployment."""
 
     def __init__(
-        self, conn: Connection, registry: Tuple[str, int], bwlimit_kbit: Optional[int] = None
+        self, conn: Transport, registry: Tuple[str, int], bwlimit_kbit: Optional[int] = None
     ):
         self.conn = conn
         self.registry = registry
@@ -61,36 +61,18 @@ class Relay:
         return f"127.0.0.1:{self.port}"
 
     def __enter__(self) -> Relay:
-        self.conn.connect()
-        transport = self.conn.transport()
-        try:
-            self.port = transport.request_port_forward("127.0.0.1", 0, handler=self._incoming)
-        except paramiko.SSHException as exc:
-            raise HostUnreachable(
-                f"the host refused a reverse tunnel for the relay: {exc}",
-                where=self.conn.host.name,
-                hint="allow it in sshd_config: AllowTcpForwarding yes (or remote)",
-            ) from None
+        self.port = self.conn.forward_remote(self._serve)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        transport = self.conn.transport_or_none()
-        if transport is not None and transport.is_active() and self.port is not None:
-            try:
-                transport.cancel_port_forward("127.0.0.1", self.port)
-            except (paramiko.SSHException, EOFError, OSError):
-                pass
-        for t in self._threads:
+        if self.port is not None:
+            self.conn.cancel_forward(self.port)
+        for t in list(self._threads):
             t.join(timeout=5)
 
-    def _incoming(
-        self, channel: paramiko.Channel, origin: Tuple[str, int], server: Tuple[str, int]
-    ) -> None:
-        thread = threading.Thread(target=self._serve, args=(channel,), daemon=True)
-        self._threads.append(thread)
-        thread.start()
-
-    def _serve(self, channel: paramiko.Channel) -> None:
+    def _serve(self, channel: Stream) -> None:
+        with self._lock:
+            self._threads.append(threading.current_thread())
         try:
             upstream = socket.create_connection(self.registry, timeout=30)
         except OSError:
@@ -115,7 +97,7 @@ class Relay:
             upstream.close()
             up.join(timeout=5)
 
-    def _pump_to_registry(self, channel: paramiko.Channel, upstream: socket.socket) -> None:
+    def _pump_to_registry(self, channel: Stream, upstream: socket.socket) -> None:
         try:
             while True:
                 data = channel.recv(65536)

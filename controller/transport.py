@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Protocol, Sequence, Tuple
 
 import paramiko
 
@@ -37,6 +37,52 @@ class CommandResult:
     code: int
     stdout: str
     stderr: str
+
+
+class Stream(Protocol):
+    """One connection through a tunnel (a paramiko Channel is one)."""
+
+    def recv(self, nbytes: int) -> bytes: ...
+
+    def sendall(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+StreamHandler = Callable[[Stream], None]
+
+
+class Transport(Protocol):
+    """How the controller reaches one host. `Connection` (SSH, paramiko) is the real one;
+    the unit tests' fake agent is another."""
+
+    host: Host
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: Optional[bytes] = None,
+        timeout: float = 600.0,
+        on_stderr_line: Optional[Callable[[str], None]] = None,
+    ) -> CommandResult:
+        """Run argv on the host; raises HostUnreachable when it cannot."""
+        ...
+
+    def put(self, data: bytes, path: str, mode: int = 0o644) -> None:
+        """Write a file on the host atomically."""
+        ...
+
+    def forward_remote(self, handler: StreamHandler) -> int:
+        """Listen on 127.0.0.1:PORT on the host; each connection made there is handed to
+        `handler` (in a thread of its own). Returns PORT."""
+        ...
+
+    def cancel_forward(self, port: int) -> None:
+        """Stop listening on the host's PORT (a dropped connection is fine)."""
+        ...
+
+    def close(self) -> None: ...
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -156,6 +202,34 @@ class Connection:
             if client is not None:
                 client.close()
         self._client = self._jump = None
+
+    # --- tunnels -------------------------------------------------------------------------
+
+    def forward_remote(self, handler: StreamHandler) -> int:
+        self.connect()
+        transport = self.transport()
+
+        def incoming(
+            channel: paramiko.Channel, origin: Tuple[str, int], server: Tuple[str, int]
+        ) -> None:
+            threading.Thread(target=handler, args=(channel,), daemon=True).start()
+
+        try:
+            return transport.request_port_forward("127.0.0.1", 0, handler=incoming)
+        except paramiko.SSHException as exc:
+            raise HostUnreachable(
+                f"the host refused a reverse tunnel: {exc}",
+                where=self.host.name,
+                hint="allow it in sshd_config: AllowTcpForwarding yes (or remote)",
+            ) from None
+
+    def cancel_forward(self, port: int) -> None:
+        transport = self.transport_or_none()
+        if transport is not None and transport.is_active():
+            try:
+                transport.cancel_port_forward("127.0.0.1", port)
+            except (paramiko.SSHException, EOFError, OSError):
+                pass
 
     # --- running -------------------------------------------------------------------------
 
