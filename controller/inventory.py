@@ -55,7 +55,6 @@ from mlfleet.controller.yamlsource import LocatedDict, LocatedList, load_yaml_fi
 GROUP_KEYS = ("hosts", "children", "vars")
 
 _GROUP_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-_DIGITS = re.compile(r"^[0-9]+$")
 # Ansible's vars-file lookup: `<name>` (file or directory) first, then these extensions.
 _VARS_EXTENSIONS = ("", ".yml", ".yaml", ".json")
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -25,13 +24,6 @@ _ACCEPT = ", ".join([MANIFEST_V2, OCI_MANIFEST])
 
 class RegistryError(MlfleetError):
     """The registry refused or could not be reached."""
-
-
-@dataclass(frozen=True)
-class Blob:
-    digest: str  # sha256:...
-    size: int
-    media_type: str
 
 
 def sha256_digest(data: bytes) -> str:
@@ -120,8 +112,3 @@ class Registry:
             return []
         self._check(resp, f"tags of {repo}", (200,))
         return sorted(resp.json().get("tags") or [])
-
-    def catalog(self) -> List[str]:
-        resp = self._request("GET", f"{self.base}/_catalog")
-        self._check(resp, "catalog", (200,))
-        return sorted(resp.json().get("repositories") or [])

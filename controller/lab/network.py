@@ -43,10 +43,6 @@ def create_host_netns(netns: str, veth: str, bridge: str, address: str, prefixle
     run(["ip", "-n", netns, "link", "set", "lo", "up"])
 
 
-def set_gateway(netns: str, gateway: str) -> None:
-    run(["ip", "-n", netns, "route", "add", "default", "via", gateway])
-
-
 def delete_netns(netns: str) -> None:
     run(["ip", "netns", "del", netns], check=False)
 
