@@ -1,12 +1,27 @@
-"""Errors the CLI turns into one clear line (what, where, what to do) and an exit code."""
+"""Errors the CLI turns into one clear line (what, where, what to do) and an exit code, and
+the one table of exit codes."""
 
 from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """What `mlfleet` exits with. Each error class and each per-host outcome maps to one."""
+
+    OK = 0
+    FAILED = 1  # a deployment failed or halted; a host's apply or rollback failed
+    USAGE = 2  # bad input: options, inventory, playbook, an image missing in the registry
+    LAB = 3  # the lab could not be brought up, inspected or torn down
+    LOCKED = 4  # the fleet lock is held by another deployment
+    UNREACHABLE = 5  # hosts could not be reached (the others were done)
+    AGENT_FAILED = 6  # hosts answered, but their agent could not run (Python, cron, protocol)
 
 
 class MlfleetError(Exception):
     """An error a user can act on. `where` names the file:line, host or setting."""
 
-    exit_code = 1
+    exit_code: int = ExitCode.FAILED
 
     def __init__(self, message: str, *, where: str | None = None, hint: str | None = None):
         super().__init__(message)
@@ -22,12 +37,12 @@ class MlfleetError(Exception):
 
 
 class ConfigError(MlfleetError):
-    """Invalid input file: inventory, playbook, lab profiles."""
+    """Invalid input: options, inventory, playbook, lab profiles."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class LabError(MlfleetError):
     """The lab could not be brought up, inspected or torn down."""
 
-    exit_code = 3
+    exit_code = ExitCode.LAB

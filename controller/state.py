@@ -18,11 +18,11 @@ from typing import Any, Dict, List, Optional
 
 import sqlite_utils
 
-from mlfleet.controller.errors import MlfleetError
+from mlfleet.controller.errors import ExitCode, MlfleetError
 
 
 class LockHeld(MlfleetError):
-    exit_code = 4
+    exit_code = ExitCode.LOCKED
 
 
 def default_state_path() -> Path:

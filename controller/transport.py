@@ -18,14 +18,14 @@ from typing import Callable, List, Optional, Protocol, Sequence, Tuple
 
 import paramiko
 
-from mlfleet.controller.errors import MlfleetError
+from mlfleet.controller.errors import ExitCode, MlfleetError
 from mlfleet.controller.hosts import Host
 
 
 class HostUnreachable(MlfleetError):
     """The host could not be reached or refused us (network, auth, host key)."""
 
-    exit_code = 5
+    exit_code = ExitCode.UNREACHABLE
 
 
 class HostKeyChanged(HostUnreachable):
