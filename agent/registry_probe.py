@@ -12,6 +12,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
+from mlfleet.agent.imageref import ImageRef, split_host_port
+
 _ACCEPT = ", ".join([
     "application/vnd.docker.distribution.manifest.v2+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
@@ -27,21 +29,16 @@ class RemoteImage:
 
 
 def split_reference(reference: str) -> Tuple[str, str, str]:
-    """'10.77.0.1:5000/team/model:v3' -> ('10.77.0.1:5000', 'team/model', 'v3')."""
-    name, tag = reference, "latest"
-    if "@" in name:
-        name, tag = name.split("@", 1)
-    elif ":" in name.rsplit("/", 1)[-1]:
-        name, tag = name.rsplit(":", 1)
-    first, _, rest = name.partition("/")
-    if rest and ("." in first or ":" in first or first == "localhost"):
-        return first, rest, tag
-    return "registry-1.docker.io", name if rest else f"library/{name}", tag
+    """'10.77.0.1:5000/team/model:v3' -> ('10.77.0.1:5000', 'team/model', 'v3'): the registry
+    API's address, repository and manifest reference (see `ImageRef`; ImageRefError, a
+    ValueError, when `reference` is not an image reference)."""
+    ref = ImageRef.parse(reference)
+    return ref.registry_address, ref.api_repository, ref.reference
 
 
 def plain_http(registry: str, engine_info: Dict[str, Any]) -> bool:
     """Whether the engine talks to this registry without TLS (its insecure registries)."""
-    host = registry.rsplit(":", 1)[0]
+    host = split_host_port(registry)[0]
     config = engine_info.get("RegistryConfig") or {}
     index = (config.get("IndexConfigs") or {}).get(registry)
     if index is not None:
@@ -68,7 +65,10 @@ def remote_image(
 ) -> Optional[RemoteImage]:
     """The layers a pull of `reference` fetches, or None when the registry cannot be asked
     (authentication, no route): the pull itself is then the only judge."""
-    registry, repo, tag = split_reference(reference)
+    try:
+        registry, repo, tag = split_reference(reference)
+    except ValueError:
+        return None
     base = f"{'http' if plain_http(registry, engine_info) else 'https'}://{registry}/v2/{repo}"
     try:
         body = _get(f"{base}/manifests/{tag}", _ACCEPT, timeout)
