@@ -14,6 +14,7 @@ import shlex
 import statistics
 import tempfile
 from pathlib import Path
+from typing import Any, Dict
 
 from mlfleet.agent.bundle import build_zipapp
 from mlfleet.controller.lab import fleet
@@ -40,7 +41,7 @@ def main() -> int:
     status = fleet.status(layout)
     with tempfile.TemporaryDirectory() as tmp:
         bundle = build_zipapp(Path(tmp))
-        results = {"zipapp_bytes": bundle.size, "hosts": {}}
+        results: Dict[str, Any] = {"zipapp_bytes": bundle.size, "hosts": {}}
         for host in status["hosts"]:
             name = host["name"]
             target = f"{host['agent_dir']}/mlfleet-agent.pyz"

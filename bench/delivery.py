@@ -132,7 +132,10 @@ def measure(layout: LabLayout, inventory: Path, registry: str, host: str, method
 
 
 def layer_sizes(registry: str, tag: str) -> List[int]:
-    manifest, _ = Registry(registry).get_manifest(REPOSITORY, f"{tag}-cpu")
+    found = Registry(registry).get_manifest(REPOSITORY, f"{tag}-cpu")
+    if found is None:
+        raise SystemExit(f"the registry at {registry} has no {REPOSITORY}:{tag}-cpu")
+    manifest, _ = found
     return [layer["size"] for layer in manifest["layers"]]
 
 

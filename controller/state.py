@@ -60,25 +60,25 @@ class ControllerState:
     def _schema(self) -> None:
         db = self.db
         if "deployments" not in db.table_names():
-            db["deployments"].create(
+            db.table("deployments").create(
                 {"id": int, "app": str, "tag": str, "playbook": str, "inventory": str, "hosts": int,
                  "policy": str, "status": str, "reason": str, "operator": str, "started": float,
                  "finished": float, "pid": int},
                 pk="id",
             )  # fmt: skip
         if "host_results" not in db.table_names():
-            db["host_results"].create(
+            db.table("host_results").create(
                 {"id": int, "deployment_id": int, "host": str, "wave": str, "result": str, "variant": str,
                  "image": str, "digest": str, "previous_tag": str, "duration_s": float, "bytes": int,
                  "transfer": str, "reason": str, "evidence": str, "timings": str, "started": float, "finished": float},
                 pk="id",
             )  # fmt: skip
-            db["host_results"].create_index(["deployment_id"])
-            db["host_results"].create_index(["host"])
+            db.table("host_results").create_index(["deployment_id"])
+            db.table("host_results").create_index(["host"])
         if "facts" not in db.table_names():
-            db["facts"].create({"host": str, "at": float, "data": str}, pk="host")
+            db.table("facts").create({"host": str, "at": float, "data": str}, pk="host")
         if "events" not in db.table_names():
-            db["events"].create(
+            db.table("events").create(
                 {
                     "id": int,
                     "at": float,
@@ -90,7 +90,7 @@ class ControllerState:
                 pk="id",
             )
         if "lock" not in db.table_names():
-            db["lock"].create(
+            db.table("lock").create(
                 {
                     "id": int,
                     "holder": str,
@@ -105,7 +105,7 @@ class ControllerState:
     # --- fleet lock ----------------------------------------------------------------------
 
     def lock_status(self) -> Optional[Dict[str, Any]]:
-        rows = list(self.db["lock"].rows_where("id = 1"))
+        rows = list(self.db.table("lock").rows_where("id = 1"))
         if not rows:
             return None
         row = rows[0]
@@ -151,16 +151,18 @@ class ControllerState:
         fields.setdefault("started", time.time())
         fields.setdefault("pid", os.getpid())
         fields.setdefault("operator", getpass.getuser())
-        return int(self.db["deployments"].insert(fields).last_pk)
+        pk = self.db.table("deployments").insert(fields).last_pk
+        assert pk is not None  # an insert into a rowid table always has one
+        return int(pk)
 
     def finish_deployment(self, deployment_id: int, status: str, reason: str = "") -> None:
-        self.db["deployments"].update(
+        self.db.table("deployments").update(
             deployment_id, {"status": status, "reason": reason, "finished": time.time()}
         )
 
     def interrupted_deployments(self) -> List[Dict[str, Any]]:
         """Deployments still 'running' whose controller process is gone: killed mid-way."""
-        rows = self.db["deployments"].rows_where("status = 'running'")
+        rows = self.db.table("deployments").rows_where("status = 'running'")
         return [r for r in rows if r["pid"] != os.getpid() and not _pid_alive(r["pid"])]
 
     def mark_interrupted(self) -> List[int]:
@@ -191,23 +193,24 @@ class ControllerState:
             "finished": time.time(),
         }
         with self._writing:
-            self.db["host_results"].insert(
+            self.db.table("host_results").insert(
                 row, alter=True
             )  # `transfer` came later: older DBs gain it
 
     def deployments(self, limit: int = 20) -> List[Dict[str, Any]]:
-        return list(self.db["deployments"].rows_where(order_by="id desc", limit=limit))
+        return list(self.db.table("deployments").rows_where(order_by="id desc", limit=limit))
 
     def host_results(self, deployment_id: Optional[int] = None, host: Optional[str] = None,
                      limit: int = 200) -> List[Dict[str, Any]]:  # fmt: skip
-        where, args = [], []
+        where: List[str] = []
+        args: List[Any] = []
         if deployment_id is not None:
             where.append("deployment_id = ?")
             args.append(deployment_id)
         if host is not None:
             where.append("host = ?")
             args.append(host)
-        rows = self.db["host_results"].rows_where(
+        rows = self.db.table("host_results").rows_where(
             " AND ".join(where) or None, args, order_by="id desc", limit=limit
         )
         return [
@@ -223,12 +226,12 @@ class ControllerState:
 
     def save_facts(self, host: str, data: Dict[str, Any]) -> None:
         with self._writing:
-            self.db["facts"].upsert(
+            self.db.table("facts").upsert(
                 {"host": host, "at": time.time(), "data": json.dumps(data)}, pk="host"
             )
 
     def facts(self, host: str) -> Optional[Dict[str, Any]]:
-        rows = list(self.db["facts"].rows_where("host = ?", [host]))
+        rows = list(self.db.table("facts").rows_where("host = ?", [host]))
         return json.loads(rows[0]["data"]) if rows else None
 
     def event(
@@ -239,7 +242,7 @@ class ControllerState:
         host: Optional[str] = None,
     ) -> None:
         with self._writing:
-            self.db["events"].insert(
+            self.db.table("events").insert(
                 {
                     "at": time.time(),
                     "deployment_id": deployment_id,

@@ -6,9 +6,10 @@ import platform
 from typing import Callable, List, Optional, Set, TypeVar
 
 from mlfleet.agent.detect import amd, docker, drm, host, jetson, nvidia
+from mlfleet.agent.detect.drm import DrmCard
 from mlfleet.agent.detect.finding import Finding
 from mlfleet.agent.engine_api import default_docker_host
-from mlfleet.agent.facts import SCHEMA, HostFacts
+from mlfleet.agent.facts import SCHEMA, AmdFacts, HostFacts, JetsonFacts, NvidiaFacts, OsFacts
 from mlfleet.agent.hostroot import HostRoot
 
 T = TypeVar("T")
@@ -35,16 +36,21 @@ def detect_host_facts(root_prefix: str = "/", docker_host: Optional[str] = None)
             "OS",
             warnings,
             lambda: host.detect_os(root),
-            host.OsFacts(None, None, None, platform.release()),
+            OsFacts(None, None, None, platform.release()),
         ),
         cpus=host.cpus(),
         memory_mib=_guarded("memory", warnings, lambda: host.memory_mib(root), None),
         python=platform.python_version(),
         root=root.prefix,
     )
-    found_nvidia = _guarded("NVIDIA", warnings, lambda: nvidia.detect(root), Finding())
-    found_jetson = _guarded("Jetson", warnings, lambda: jetson.detect(root), Finding())
-    found_amd = _guarded("AMD", warnings, lambda: amd.detect(root), Finding())
+    # Annotated so that the empty fallbacks take the detector's type.
+    found_nvidia: Finding[NvidiaFacts] = _guarded(
+        "NVIDIA", warnings, lambda: nvidia.detect(root), Finding()
+    )
+    found_jetson: Finding[JetsonFacts] = _guarded(
+        "Jetson", warnings, lambda: jetson.detect(root), Finding()
+    )
+    found_amd: Finding[AmdFacts] = _guarded("AMD", warnings, lambda: amd.detect(root), Finding())
     if found_jetson.facts is not None:
         # A Jetson's integrated GPU also has an NVIDIA kernel module (JetPack 6); the Jetson
         # view (L4T, SoC) is the one that decides what runs there.
@@ -56,7 +62,7 @@ def detect_host_facts(root_prefix: str = "/", docker_host: Optional[str] = None)
     facts.jetson = found_jetson.facts
     facts.amd = found_amd.facts
 
-    cards = _guarded("DRM", warnings, lambda: drm.detect(root), [])
+    cards: List[DrmCard] = _guarded("DRM", warnings, lambda: drm.detect(root), [])
     known: Set[str] = {g.vendor for g in facts.gpus}
     others = drm.other_gpus(cards, known)
     for gpu in others:

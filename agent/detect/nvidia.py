@@ -211,7 +211,7 @@ def _smi(root: HostRoot, finding: Finding[NvidiaFacts]) -> Optional[NvidiaFacts]
 def _nvml(finding: Finding[NvidiaFacts]) -> Optional[NvidiaFacts]:
     """NVML through nvidia-ml-py, when the library loads (a real host with the driver)."""
     try:
-        import pynvml  # type: ignore[import-not-found]
+        import pynvml  # untyped; see [tool.mypy] in pyproject.toml
     except ImportError:
         return None
     try:

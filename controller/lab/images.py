@@ -103,8 +103,9 @@ def base_layer(cache: Path, progress: Progress) -> Layer:
             ["tar", "-C", str(rootfs), "--sort=name", "--numeric-owner", "-cf", "-", "."],
             stdout=subprocess.PIPE,
         )
-        assert tar.stdout is not None
-        layer = _compress_stream(iter(lambda: tar.stdout.read(1 << 20), b""), out)
+        stdout = tar.stdout  # a local: the narrowing below holds inside the lambda
+        assert stdout is not None
+        layer = _compress_stream(iter(lambda: stdout.read(1 << 20), b""), out)
         if tar.wait() != 0:
             raise LabError("tar of the Debian base failed")
     meta_path.write_text(json.dumps({**asdict(layer), "path": str(layer.path)}))

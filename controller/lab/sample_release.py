@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 from mlfleet.controller.lab.images import REPOSITORY
 from mlfleet.controller.lab.model_data import score
 
 SAMPLE_TEXT = "a great and wonderful model"
-VARIANT_SPECS = [
+VARIANT_SPECS: List[Dict[str, Any]] = [
     {"name": "cuda12", "gpu": "nvidia", "cuda": "12.2", "min_compute_capability": "7.0"},
     {"name": "cuda11", "gpu": "nvidia", "cuda": "11.8"},
     {"name": "rocm", "gpu": "amd", "rocm": "6.0", "gfx": ["gfx90a", "gfx942"]},

@@ -60,6 +60,7 @@ def test_detect_reports_each_hosts_profile(agents, name):
     driver = profile["nvidia_driver"]
     if driver:
         cuda = max_cuda_for_driver(driver)
+        assert cuda is not None, f"no CUDA version known for driver {driver}"
         assert facts["nvidia"]["driver_version"] == driver
         assert facts["nvidia"]["cuda_version"] == f"{cuda[0]}.{cuda[1]}"
     else:

@@ -52,6 +52,13 @@ def serving(host) -> Optional[Dict[str, Any]]:
         return None
 
 
+def served(host) -> Dict[str, Any]:
+    """What answers on the host's port 8080; the test fails when nothing does."""
+    answer = serving(host)
+    assert answer is not None, f"{host['name']}: nothing answers on port 8080"
+    return answer
+
+
 def running_releases(host) -> list:
     code, out, _ = ssh(
         host,
@@ -104,7 +111,7 @@ def test_v3_over_v1_pulls_only_the_small_top_layer(v1_everywhere):
     assert 0 < result["bytes_pulled"] < 16 * 1024, result["bytes_pulled"]
     assert result["previous_tag"] == "v1"
     host = lab["hosts_by_name"]["edge-cpu"]
-    assert serving(host)["tag"] == "v3"
+    assert served(host)["tag"] == "v3"
     assert [tag for _, tag in running_releases(host)] == ["v3"]
 
 
@@ -112,7 +119,7 @@ def test_v3_over_v1_pulls_only_the_small_top_layer(v1_everywhere):
 def test_a_failing_release_is_rolled_back_and_the_old_one_serves(v1_everywhere, tag, phase):
     lab, _ = v1_everywhere
     host = lab["hosts_by_name"]["edge-cpu"]
-    before = serving(host)["tag"]
+    before = served(host)["tag"]
     code, result, _ = apply(lab, "edge-cpu", tag)
     assert code != 0
     assert result["status"] == "rolled_back", result
@@ -155,7 +162,7 @@ def test_a_full_disk_is_refused_in_preflight(agent_hosts):
         code, result, _ = apply(lab, "edge-disk", "v3")
         assert code != 0 and (result["status"], result["phase"]) == ("failed", "preflight"), result
         assert "not enough disk" in result["reason"] and "MiB free" in result["reason"]
-        assert serving(host)["tag"] == "v1"
+        assert served(host)["tag"] == "v1"
     finally:
         ssh(host, f"rm -f {filler}")
 
@@ -172,13 +179,13 @@ def test_tick_restarts_a_killed_container_and_survives_an_engine_restart(v1_ever
     ssh(host, "docker kill sentiment.r1")
     status = _tick(host)
     assert any("restarted" in a for a in status["actions"]), status
-    assert serving(host)["tag"] == "v1"
+    assert served(host)["tag"] == "v1"
     mlfleet("lab", "--name", TEST_LAB, "engine", "edge-4090", "restart")
     _tick(host)
     deadline = time.monotonic() + 30
     while serving(host) is None and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert serving(host)["tag"] == "v1"
+    assert served(host)["tag"] == "v1"
 
 
 def test_an_agent_killed_mid_apply_is_repaired_by_the_next_tick(v1_everywhere):
@@ -212,7 +219,7 @@ def test_rollback_on_request_and_history(v1_everywhere):
     code, out, err = agent(host, "rollback --app sentiment --to v1")
     assert code == 0, out + err
     assert json.loads(out)["status"] == "rolled_back"
-    assert serving(host)["tag"] == "v1" and serving(host)["variant"] == "rocm"
+    assert served(host)["tag"] == "v1" and served(host)["variant"] == "rocm"
     code, out, _ = agent(host, "history --json")
     kinds = [e["kind"] for e in json.loads(out)["events"]]
     assert "succeeded" in kinds and "rolled_back" in kinds
@@ -246,7 +253,7 @@ def test_cron_runs_the_tick_on_the_host(v1_everywhere):
 def test_tick_rolls_back_a_fresh_release_that_crashes_after_its_deployment(v1_everywhere):
     lab, _ = v1_everywhere
     host = lab["hosts_by_name"]["edge-4090"]
-    before = serving(host)["tag"]
+    before = served(host)["tag"]
     # v5 passes its checks, then dies ~8 s after its first answer; no monitor window here,
     # so the apply commits it and only the tick can notice.
     code, result, _ = apply(lab, "edge-4090", "v5", monitor_s=0)
@@ -262,7 +269,7 @@ def test_tick_rolls_back_a_fresh_release_that_crashes_after_its_deployment(v1_ev
     assert restarted != "0", "v5 never crashed"
     status = _tick(host)
     assert any("rolled back v5" in a for a in status["actions"]), status
-    assert serving(host)["tag"] == before
+    assert served(host)["tag"] == before
 
 
 def test_daemon_runs_the_tick_without_cron(v1_everywhere):
@@ -290,7 +297,7 @@ def test_tick_rolls_back_a_fresh_release_that_hangs_only_when_the_next_tick_conf
 ):
     lab, _ = v1_everywhere
     host = lab["hosts_by_name"]["edge-cpu"]
-    before = serving(host)["tag"]
+    before = served(host)["tag"]
     code, result, _ = apply(lab, "edge-cpu", "v2", monitor_s=0)
     assert code == 0 and result["status"] == "succeeded", result
     pid = f"$(docker inspect -f '{{{{.State.Pid}}}}' {result['container']})"
@@ -303,13 +310,13 @@ def test_tick_rolls_back_a_fresh_release_that_hangs_only_when_the_next_tick_conf
         hang(True)
         assert any("rolled back if the next tick confirms" in a for a in _tick(host)["actions"])
         hang(False)
-        assert serving(host)["tag"] == "v2"
-        assert _tick(host)["actions"] == [] and serving(host)["tag"] == "v2"
+        assert served(host)["tag"] == "v2"
+        assert _tick(host)["actions"] == [] and served(host)["tag"] == "v2"
         # Sick on two ticks in a row: rolled back, the old release serves.
         hang(True)
         assert not any("rolled back v2" in a for a in _tick(host)["actions"])
         status = _tick(host)
         assert any("rolled back v2" in a for a in status["actions"]), status
-        assert serving(host)["tag"] == before
+        assert served(host)["tag"] == before
     finally:
         ssh(host, f"kill -CONT {pid} 2>/dev/null")

@@ -270,7 +270,9 @@ def test_agent_install_is_idempotent_and_facts_are_stored(ctl):
     hosts = json.loads(facts.stdout)["hosts"]
     assert hosts["edge-t4"]["nvidia"]["driver_version"] == "470.182.03"
     assert hosts["edge-mi210"]["amd"]["rocm_version"] == "6.1.2"
-    assert ControllerState(ctl.state).facts("edge-t4")["gpus"][0]["model"] == "Tesla T4"
+    saved = ControllerState(ctl.state).facts("edge-t4")
+    assert saved is not None, "the facts of edge-t4 were not saved"
+    assert saved["gpus"][0]["model"] == "Tesla T4"
 
 
 def test_on_failure_rollback_returns_updated_hosts_to_their_previous_release(ctl):
@@ -297,7 +299,9 @@ def test_hosts_with_stored_facts_need_only_the_image_of_their_variant(ctl, tmp_p
 
     # A tag built for the CPU variant alone (a team that has no GPU image of it yet).
     registry = Registry(ctl.lab["registry"]["address"])
-    manifest, _ = registry.get_manifest(REPOSITORY, "v3-cpu")
+    found = registry.get_manifest(REPOSITORY, "v3-cpu")
+    assert found is not None, "the lab registry has no v3-cpu"
+    manifest, _ = found
     registry.put_manifest(REPOSITORY, "cpuonly-cpu", json.dumps(manifest).encode(), MANIFEST_V2)
     state = tmp_path / "state.db"
 

@@ -109,8 +109,11 @@ def test_lab_images_are_in_the_registry(lab):
     # Every tag x variant the lab builds (tests of delivery push tags of their own as well).
     missing = expected - set(registry.tags(REPOSITORY))
     assert not missing, sorted(missing)
-    v1, _ = registry.get_manifest(REPOSITORY, "v1-cpu")
-    v3, _ = registry.get_manifest(REPOSITORY, "v3-cpu")
+    found_v1 = registry.get_manifest(REPOSITORY, "v1-cpu")
+    found_v3 = registry.get_manifest(REPOSITORY, "v3-cpu")
+    assert found_v1 is not None and found_v3 is not None  # the tags were listed just above
+    v1, _ = found_v1
+    v3, _ = found_v3
     # Tags share their base and app layers; an update ships only the small top layer.
     assert [layer["digest"] for layer in v1["layers"][:2]] == [
         layer["digest"] for layer in v3["layers"][:2]

@@ -41,7 +41,9 @@ def deploy(lab, state: Path, tag: str, *extra: str, env: Optional[dict] = None, 
 
 
 def layer_bytes(lab, tag: str) -> list:
-    manifest, _ = Registry(lab["registry"]["address"]).get_manifest(REPOSITORY, f"{tag}-cpu")
+    found = Registry(lab["registry"]["address"]).get_manifest(REPOSITORY, f"{tag}-cpu")
+    assert found is not None, f"the lab registry has no {tag}-cpu"
+    manifest, _ = found
     return [layer["size"] for layer in manifest["layers"]]
 
 
@@ -128,7 +130,9 @@ def test_link_cut_during_a_large_layer_old_release_serves_throughout(agent_hosts
     )
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    stderr = proc.stderr  # a local: the narrowing below holds inside the lambda
+    assert stderr is not None
+    reader = threading.Thread(target=lambda: lines.extend(stderr), daemon=True)
     reader.start()
     seen: list = []  # (when the probe started, the tag answering or None)
     done = threading.Event()
@@ -170,7 +174,9 @@ def test_link_cut_during_a_large_layer_old_release_serves_throughout(agent_hosts
     assert after == sorted(after), seen
     if air["result"] == "updated":
         # Completed after the link came back: the whole image, verified, serving.
-        _, digest = Registry(lab["registry"]["address"]).get_manifest(REPOSITORY, "cut-cpu")
+        found = Registry(lab["registry"]["address"]).get_manifest(REPOSITORY, "cut-cpu")
+        assert found is not None, "the lab registry has no cut-cpu"
+        _, digest = found
         assert air["digest"] == f"{air['image'].rsplit(':', 1)[0]}@{digest}", air
         assert serving_inside("edge-air") == "cut"
         # Only what the host lacked crossed (the 60 MB base it holds was not sent again);
