@@ -8,7 +8,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import AbstractSet, Any, Callable, Dict, List, Optional, Set
 
 from mlfleet.agent import health
 from mlfleet.agent.container_config import (
@@ -348,17 +348,49 @@ def _pull(host: AgentHost, image: str, remote: Optional[RemoteImage]) -> int:
     return sum(sizes.get(layer, 0) for layer in fetched)
 
 
-def _host_ports(spec: DesiredState) -> set:
+@dataclass(frozen=True)
+class StartOrder:
+    """Whether the old release stops before the new one starts, and why."""
+
+    stop_first: bool
+    reason: str
+
+
+def start_order(
+    strategy: Strategy, new_ports: AbstractSet[int], old_ports: Optional[AbstractSet[int]]
+) -> StartOrder:
+    """Stop-first or start-first for a new release publishing `new_ports` on the host, the
+    serving one publishing `old_ports` (None: nothing serves). `auto` stops first only when
+    both bind the same host port: a start-first would fail to bind it."""
+    if strategy is Strategy.STOP_FIRST:
+        return StartOrder(True, "strategy stop-first")
+    if strategy is Strategy.START_FIRST:
+        return StartOrder(False, "strategy start-first")
+    if old_ports is None:
+        return StartOrder(False, "nothing serves yet: nothing to stop")
+    shared = sorted(set(new_ports) & set(old_ports))
+    if shared:
+        ports = ", ".join(str(p) for p in shared)
+        return StartOrder(True, f"old and new both bind host port {ports}: the old one stops first")
+    return StartOrder(
+        False,
+        "old and new bind different host ports: the old one serves until the new one is proven",
+    )
+
+
+def _host_ports(spec: DesiredState) -> Set[int]:
     return {p.host for p in spec.container.ports}
 
 
 def _start(host: AgentHost, desired: DesiredState, variant: Variant, release: Release,
            current: Optional[Release], facts: HostFacts, user: Optional[str], env_file: Dict[str, str],
            result: ApplyResult) -> str:  # fmt: skip
-    stop_first = desired.strategy == Strategy.STOP_FIRST.value
-    if desired.strategy == Strategy.AUTO.value and current is not None:
-        stop_first = bool(_host_ports(desired) & _host_ports(DesiredState.from_dict(current.spec)))
-    if current and current.container_id and stop_first:
+    strategy = Strategy(desired.strategy)
+    old_ports = None
+    if current is not None and strategy is Strategy.AUTO:  # only `auto` reads the old spec
+        old_ports = _host_ports(DesiredState.from_dict(current.spec))
+    order = start_order(strategy, _host_ports(desired), old_ports)
+    if current and current.container_id and order.stop_first:
         host.say(EventKind.STOP, f"stopping {current.container_name} first (its port is needed)")
         try:
             host.engine.container_stop(current.container_id)

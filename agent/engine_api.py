@@ -201,12 +201,6 @@ class EngineAPI:
 
     # --- containers ----------------------------------------------------------------------
 
-    def containers(self, labels: Optional[List[str]] = None) -> List[Dict[str, Any]]:
-        params: Dict[str, Any] = {"all": "1"}
-        if labels:
-            params["filters"] = json.dumps({"label": labels})
-        return self.request("GET", "/containers/json", params)
-
     def container_create(self, name: str, config: Dict[str, Any]) -> str:
         return self.request("POST", "/containers/create", {"name": name}, config)["Id"]
 

@@ -15,13 +15,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional
 
+from mlfleet.agent import releases as release_states
 from mlfleet.agent.protocol import HealthSample, ReleaseStatus, ReleaseView
 
-# starting: being applied (a tick finding one here means an apply died)
-# current: serving; previous: stopped, kept for rollback; retired: older, kept until GC
-# failed: never became healthy; rolled_back: replaced by its predecessor after failing
-# rollback_failed: the rollback itself failed (left for an operator); removed: collected
-STATUSES = tuple(s.value for s in ReleaseStatus)
+
+def _status(value: Any) -> ReleaseStatus:
+    try:
+        return ReleaseStatus(value)
+    except ValueError:
+        raise ValueError(f"unknown status {value!r}") from None
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS releases (
@@ -153,7 +156,8 @@ class StateStore:
         return self._release(row) if row else None
 
     def update(self, release_id: int, **fields: Any) -> None:
-        """Set columns of a release (status, reason, digest, container_id, ...)."""
+        """Set columns of a release (status, reason, digest, container_id, ...); a status
+        change must be one the state machine allows (agent/releases.py)."""
         allowed = {
             "status",
             "reason",
@@ -166,49 +170,55 @@ class StateStore:
         unknown = set(fields) - allowed
         if unknown:
             raise ValueError(f"not updatable: {sorted(unknown)}")
-        if "status" in fields and fields["status"] not in STATUSES:
-            raise ValueError(f"unknown status {fields['status']!r}")
+        if "status" in fields:
+            fields["status"] = _status(fields["status"]).value
         cols = ", ".join(f"{k} = ?" for k in fields)
         with self._tx() as db:
+            if "status" in fields:
+                row = db.execute(
+                    "SELECT status FROM releases WHERE id = ?", (release_id,)
+                ).fetchone()
+                if row is not None:
+                    release_states.check_transition(
+                        release_id, ReleaseStatus(row[0]), ReleaseStatus(fields["status"])
+                    )
             db.execute(f"UPDATE releases SET {cols}, updated_at = ? WHERE id = ?",
                        (*fields.values(), time.time(), release_id))  # fmt: skip
 
     def promote(self, app: str, release_id: int) -> None:
         """Make a release current in one transaction: the current one becomes previous, the
         previous one retired."""
-        now = time.time()
         with self._tx() as db:
-            db.execute("UPDATE releases SET status = 'retired', updated_at = ? WHERE app = ? AND status = 'previous'",
-                       (now, app))  # fmt: skip
-            db.execute(
-                "UPDATE releases SET status = 'previous', updated_at = ? WHERE app = ? AND status = 'current' AND id != ?",
-                (now, app, release_id),
-            )
-            db.execute("UPDATE releases SET status = 'current', activated_at = ?, updated_at = ? WHERE id = ?",
-                       (now, now, release_id))  # fmt: skip
+            changes = release_states.promote(self._rows(db, app), release_id)
+            self._apply(db, changes)
 
     def reinstate(self, app: str, release_id: int, failed_id: Optional[int], failed_status: str,
                   reason: str) -> None:  # fmt: skip
         """After a rollback: `release_id` (previous or retired) is current again, the failed
         release is marked, and the next newest kept release becomes previous."""
-        now = time.time()
         with self._tx() as db:
-            if failed_id is not None:
-                db.execute("UPDATE releases SET status = ?, reason = ?, updated_at = ? WHERE id = ?",
-                           (failed_status, reason, now, failed_id))  # fmt: skip
-            db.execute("UPDATE releases SET status = 'retired', updated_at = ? WHERE app = ? AND status IN ('current', 'previous') AND id != ?",
-                       (now, app, release_id))  # fmt: skip
-            db.execute("UPDATE releases SET status = 'current', activated_at = ?, updated_at = ? WHERE id = ?",
-                       (now, now, release_id))  # fmt: skip
-            row = db.execute(
-                "SELECT id FROM releases WHERE app = ? AND status = 'retired' AND id != ? ORDER BY activated_at DESC, id DESC LIMIT 1",
-                (app, release_id),
-            ).fetchone()
-            if row:
-                db.execute(
-                    "UPDATE releases SET status = 'previous', updated_at = ? WHERE id = ?",
-                    (now, row[0]),
-                )
+            changes = release_states.reinstate(
+                self._rows(db, app), release_id, failed_id, _status(failed_status), reason
+            )
+            self._apply(db, changes)
+
+    @staticmethod
+    def _rows(db: sqlite3.Connection, app: str) -> List[release_states.ReleaseRow]:
+        rows = db.execute("SELECT id, status, activated_at FROM releases WHERE app = ?", (app,))
+        return [release_states.ReleaseRow(r[0], ReleaseStatus(r[1]), r[2]) for r in rows]
+
+    @staticmethod
+    def _apply(db: sqlite3.Connection, changes: List[release_states.Change]) -> None:
+        """Write computed changes (inside the caller's transaction)."""
+        now = time.time()
+        for change in changes:
+            cols: Dict[str, Any] = {"status": change.status.value, "updated_at": now}
+            if change.activate:
+                cols["activated_at"] = now
+            if change.reason is not None:
+                cols["reason"] = change.reason
+            sets = ", ".join(f"{k} = ?" for k in cols)
+            db.execute(f"UPDATE releases SET {sets} WHERE id = ?", (*cols.values(), change.id))
 
     def with_status(self, app: str, status: str) -> Optional[Release]:
         row = self.db.execute(

@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import List, Optional
+from dataclasses import dataclass, replace
+from enum import Enum
+from typing import List, Optional, Tuple
 
 from mlfleet.agent import health
 from mlfleet.agent.apply import (
@@ -45,63 +47,210 @@ def tick(host: AgentHost) -> HostStatus:
     return status
 
 
-def _keep_serving(host: AgentHost, current: Release, actions: List[str]) -> None:
-    app = current.app
-    desired = DesiredState.from_dict(current.spec)
-    info = host.engine.container_inspect(current.container_id) if current.container_id else None
-    if info is None:
-        host.event(
-            EventKind.MISSING,
-            f"container of {current.tag} is gone; an operator must redeploy",
-            app,
-            current.id,
+# --- observe -> decide -> carry out -----------------------------------------------------
+
+
+class TickActionKind(str, Enum):
+    """What a tick does about one app's current release."""
+
+    NOTHING = "nothing"  # it serves healthy, or it has not failed long enough to act
+    REPORT_MISSING = "report_missing"  # its container is gone: an operator alert
+    ROLL_BACK = "roll_back"  # bring the previous release back (an alert when that fails)
+    RESTART_STOPPED = "restart_stopped"  # start it again, then decide on its verdict
+    WAIT_FOR_CONFIRMATION = "wait_for_confirmation"  # fresh and unhealthy once: next tick
+    RESTART_UNHEALTHY = "restart_unhealthy"  # old and unhealthy for a while: restart it
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a tick knows about an app's current release when it decides.
+
+    `healthy` is this tick's verdict: the probe of a running container, or, once `restarted`,
+    the verdict of bringing a stopped one back; None while there is none (it has stopped and
+    has not been restarted yet). `failed_ticks_before`: how many health samples in a row
+    failed before this tick's (newest first; the apply's own verdict is the first sample).
+    """
+
+    tag: str
+    container_present: bool
+    running: bool = False
+    restart_count: int = 0
+    exit_code: Optional[int] = None
+    fresh: bool = False  # activated within its grace period
+    has_previous: bool = False  # a kept release a rollback can bring back
+    healthy: Optional[bool] = None
+    restarted: bool = False
+    failed_ticks_before: int = 0
+
+    def __post_init__(self) -> None:
+        if (self.running or self.restarted) and self.healthy is None:
+            raise ValueError("a running or restarted release needs this tick's verdict")
+        if not self.container_present and (self.running or self.restarted):
+            raise ValueError("a release whose container is gone cannot run")
+
+    @property
+    def failed_ticks(self) -> int:
+        """Failed samples in a row, this tick's verdict included."""
+        return 0 if self.healthy else self.failed_ticks_before + (self.healthy is False)
+
+
+@dataclass(frozen=True)
+class TickAction:
+    """The decision for one release, and why, in words for an operator."""
+
+    kind: TickActionKind
+    reason: str
+    # The health sample the tick records instead of its probe's: a crash is its own evidence.
+    sample: Optional[str] = None
+
+
+def decide(obs: Observation) -> TickAction:
+    """What to do about the current release (pure). The rules, in order:
+
+    - its container is gone: report it (an operator must redeploy);
+    - it crashed (the engine restarted it) while fresh and a previous release is kept: roll
+      back at once, a crash needs no confirmation;
+    - it has stopped: restart it; decide is then asked again with the restart's verdict;
+    - it is healthy: nothing;
+    - fresh, with a previous release: a stopped release that did not come back healthy is
+      rolled back; an unhealthy one only when the next tick confirms it
+      (UNHEALTHY_TICKS_BEFORE_ROLLBACK failed ticks in a row): one busy minute must not undo
+      a release;
+    - otherwise restart it after UNHEALTHY_TICKS_BEFORE_RESTART failed ticks in a row.
+
+    A rollback only ever brings back a kept release, never one that failed (agent/releases.py),
+    so rollbacks cannot loop.
+    """
+    tag = obs.tag
+    if not obs.container_present:
+        return TickAction(TickActionKind.REPORT_MISSING, f"the container of {tag} is gone")
+    can_roll_back = obs.fresh and obs.has_previous
+    if obs.restart_count > 0 and can_roll_back and not obs.restarted:
+        crash = f"crashed and was restarted {obs.restart_count} times"
+        return TickAction(
+            TickActionKind.ROLL_BACK, f"{tag} {crash} within its grace period", sample=crash
         )
-        actions.append(f"{app}: container of {current.tag} is gone")
-        return
-    fresh = (
-        current.activated_at is not None and time.time() - current.activated_at < desired.grace_s
+    if not obs.running and not obs.restarted:
+        return TickAction(
+            TickActionKind.RESTART_STOPPED, f"{tag} has stopped (exit {obs.exit_code})"
+        )
+    if obs.healthy:
+        return TickAction(TickActionKind.NOTHING, f"{tag} is healthy")
+    failed = obs.failed_ticks
+    if can_roll_back and obs.restarted:
+        return TickAction(
+            TickActionKind.ROLL_BACK,
+            f"{tag} had stopped and did not come back healthy within its grace period",
+        )
+    if can_roll_back and failed >= UNHEALTHY_TICKS_BEFORE_ROLLBACK:
+        return TickAction(
+            TickActionKind.ROLL_BACK,
+            f"{tag} failed its health check on {failed} ticks in a row within its grace period",
+        )
+    if can_roll_back:
+        return TickAction(
+            TickActionKind.WAIT_FOR_CONFIRMATION,
+            f"{tag} failed its health check once within its grace period;"
+            " the next tick confirms it or not",
+        )
+    why = "past its grace period" if obs.has_previous else "no previous release to roll back to"
+    if failed >= UNHEALTHY_TICKS_BEFORE_RESTART:
+        return TickAction(
+            TickActionKind.RESTART_UNHEALTHY,
+            f"{tag} unhealthy for {failed} ticks ({why})",
+        )
+    return TickAction(
+        TickActionKind.NOTHING,
+        f"{tag} unhealthy for {failed} of the {UNHEALTHY_TICKS_BEFORE_RESTART} ticks"
+        f" before a restart ({why})",
     )
-    previous = host.store.previous(app)
-    # The engine restarted it after a crash (its restart policy): sick, even if it answers now.
-    crashed = int(info.get("RestartCount") or 0) > 0
-    if crashed and fresh and previous is not None:
-        host.store.record_health(
-            current.id, False, f"crashed and was restarted {info['RestartCount']} times"
-        )
-        _auto_rollback(host, current, previous, actions)
-        return
-    if not info["State"]["Running"]:
+
+
+def _keep_serving(host: AgentHost, current: Release, actions: List[str]) -> None:
+    """Observe the current release, decide, carry out (twice when a stopped one was
+    restarted: the second decision judges the restart's verdict)."""
+    obs, probe_detail = _observe(host, current)
+    action = decide(obs)
+    if action.kind is TickActionKind.RESTART_STOPPED:
         verdict = restore(host, current)
         host.store.record_health(
             current.id, verdict.ok, "restarted: " + "; ".join(verdict.evidence[-2:])
         )
-        host.event(EventKind.RESTARTED, f"{current.tag} had stopped (exit {info['State'].get('ExitCode')}); restarted",
-                   app, current.id)  # fmt: skip
-        actions.append(f"{app}: restarted {current.tag}")
-        if verdict.ok:
-            return
-    else:
+        host.event(EventKind.RESTARTED, f"{current.tag} had stopped (exit {obs.exit_code}); restarted",
+                   current.app, current.id)  # fmt: skip
+        actions.append(f"{current.app}: restarted {current.tag}")
+        obs = replace(obs, restarted=True, healthy=verdict.ok)
+        action = decide(obs)
+    _carry_out(host, current, obs, action, probe_detail, actions)
+
+
+def _observe(host: AgentHost, current: Release) -> Tuple[Observation, str]:
+    """The facts `decide` needs (reads the engine and the store, probes a running
+    container once; writes nothing), with the probe's detail for the health record."""
+    desired = DesiredState.from_dict(current.spec)
+    info = host.engine.container_inspect(current.container_id) if current.container_id else None
+    if info is None:
+        return Observation(tag=current.tag, container_present=False), ""
+    fresh = (
+        current.activated_at is not None and time.time() - current.activated_at < desired.grace_s
+    )
+    running = bool(info["State"]["Running"])
+    healthy: Optional[bool] = None
+    detail = ""
+    if running:
         probes = health.probe_once(
             health_target(host, desired, current.container_id or "", info), desired.health
         )
-        ok = all(p.ok for p in probes)
-        host.store.record_health(
-            current.id, ok, "; ".join(f"{p.check}: {p.detail}" for p in probes)
-        )
-        if ok:
-            return
-        if fresh and previous is not None:
-            if _failed_ticks(host, current, UNHEALTHY_TICKS_BEFORE_ROLLBACK):
-                _auto_rollback(host, current, previous, actions)
-            else:
-                host.event(EventKind.UNHEALTHY, f"{current.tag} failed its health check; rolled back if the next tick confirms it",
-                           app, current.id)  # fmt: skip
-                actions.append(f"{app}: {current.tag} unhealthy; rolled back if the next tick confirms it")  # fmt: skip
-            return
-    if fresh and previous is not None:  # it had stopped and did not come back healthy
-        _auto_rollback(host, current, previous, actions)
+        healthy = all(p.ok for p in probes)
+        detail = "; ".join(f"{p.check}: {p.detail}" for p in probes)
+    obs = Observation(
+        tag=current.tag,
+        container_present=True,
+        running=running,
+        restart_count=int(info.get("RestartCount") or 0),
+        exit_code=info["State"].get("ExitCode"),
+        fresh=fresh,
+        has_previous=host.store.previous(current.app) is not None,
+        healthy=healthy,
+        failed_ticks_before=_failed_in_a_row(host, current),
+    )
+    return obs, detail
+
+
+def _failed_in_a_row(host: AgentHost, current: Release) -> int:
+    """How many of the release's latest health samples failed in a row (as many as any rule
+    needs)."""
+    recent = host.store.recent_health(current.id, UNHEALTHY_TICKS_BEFORE_RESTART - 1)
+    count = 0
+    for sample in recent:
+        if sample.ok:
+            break
+        count += 1
+    return count
+
+
+def _carry_out(host: AgentHost, current: Release, obs: Observation, action: TickAction,
+               probe_detail: str, actions: List[str]) -> None:  # fmt: skip
+    """Record this tick's health sample, then do what `action` says."""
+    app, kind = current.app, action.kind
+    if kind is TickActionKind.REPORT_MISSING:
+        host.event(EventKind.MISSING, f"container of {current.tag} is gone; an operator must redeploy",
+                   app, current.id)  # fmt: skip
+        actions.append(f"{app}: container of {current.tag} is gone")
         return
-    if _failed_ticks(host, current, UNHEALTHY_TICKS_BEFORE_RESTART):
+    if action.sample is not None:
+        host.store.record_health(current.id, False, action.sample)
+    elif not obs.restarted and obs.healthy is not None:  # a restart recorded its own verdict
+        host.store.record_health(current.id, obs.healthy, probe_detail)
+    if kind is TickActionKind.ROLL_BACK:
+        previous = host.store.previous(app)
+        assert previous is not None  # decide rolls back only when a previous release is kept
+        _auto_rollback(host, current, previous, actions)
+    elif kind is TickActionKind.WAIT_FOR_CONFIRMATION:
+        host.event(EventKind.UNHEALTHY, f"{current.tag} failed its health check; rolled back if the next tick confirms it",
+                   app, current.id)  # fmt: skip
+        actions.append(f"{app}: {current.tag} unhealthy; rolled back if the next tick confirms it")  # fmt: skip
+    elif kind is TickActionKind.RESTART_UNHEALTHY:
         try:
             host.engine.request(
                 "POST", f"/containers/{current.container_id}/restart", {"t": 10}, timeout=60
@@ -116,13 +265,6 @@ def _keep_serving(host: AgentHost, current: Release, actions: List[str]) -> None
             current.id,
         )
         actions.append(f"{app}: restarted unhealthy {current.tag}")
-
-
-def _failed_ticks(host: AgentHost, current: Release, n: int) -> bool:
-    """Whether the release's last n health samples all failed (the apply's own verdict is
-    the first sample, so a release's first failing tick never counts n of them alone)."""
-    recent = host.store.recent_health(current.id, n)
-    return len(recent) >= n and not any(s.ok for s in recent)
 
 
 def _auto_rollback(
