@@ -1,59 +1,68 @@
-"""What the controller does on one host, through its SSH connection: install the agent
-(by hash, atomically, with its cron entry), read facts, apply a desired state, roll back."""
+"""What the controller does on one host, through its transport: install the agent (by hash,
+atomically, with its cron entry), read facts, choose a variant, apply a desired state, roll
+back, ask for status. Every answer is read through agent/protocol.py into a typed record."""
 
 from __future__ import annotations
 
 import json
 import posixpath
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
+from mlfleet.agent import protocol
 from mlfleet.agent.bundle import AgentBundle
+from mlfleet.agent.protocol import (
+    AgentPlace,
+    ApplyResult,
+    DesiredState,
+    Event,
+    HostFacts,
+    HostStatus,
+    ProtocolError,
+    Selection,
+    VersionInfo,
+)
+from mlfleet.controller.errors import ExitCode, MlfleetError
 from mlfleet.controller.hosts import Host
-from mlfleet.controller.transport import CommandResult, Connection, HostUnreachable
+from mlfleet.controller.transport import CommandResult, Transport
+
+T = TypeVar("T")
 
 CRON_MARK = "# mlfleet-agent"
 AGENT_FILE = "mlfleet-agent.pyz"
 
 
-class AgentFailed(HostUnreachable):
-    """The agent on the host could not do what was asked (its own words in the message)."""
+class AgentFailed(MlfleetError):
+    """The host answered, but its agent could not do what was asked (a missing or too old
+    Python, a broken cron, a message this controller cannot read): its own words in the
+    message. Not `HostUnreachable`: the operator's fix is on the host, not the network."""
 
-    exit_code = 1
+    exit_code = ExitCode.AGENT_FAILED
 
 
 def agent_path(host: Host) -> str:
     return posixpath.join(host.agent_dir, AGENT_FILE)
 
 
-def agent_argv(host: Host, *args: str, with_state: bool = True) -> List[str]:
-    """`python3 -S <agent>.pyz ARGS` plus where this host keeps things (from its variables).
-    `-S`: the agent carries what it imports, so the host's site-packages and .pth hooks can
-    neither slow its start nor shadow its code."""
-    argv = [host.python, "-S", agent_path(host), *args]
-    if with_state:
-        argv += [
-            "--agent-dir",
-            host.agent_dir,
-            "--root",
-            host.root,
-            "--device-root",
-            host.device_root,
-        ]
-    if host.docker_host and with_state:
-        argv += ["--docker-host", host.docker_host]
-    return argv
+def place(host: Host) -> AgentPlace:
+    """Where the agent keeps things on this host (from its variables)."""
+    return AgentPlace(
+        agent_dir=host.agent_dir,
+        root=host.root,
+        device_root=host.device_root,
+        docker_host=host.docker_host or None,
+    )
 
 
-def _detect_argv(host: Host) -> List[str]:
-    argv = agent_argv(host, "detect", "--json", "--root", host.root, with_state=False)
-    if host.docker_host:
-        argv += ["--docker-host", host.docker_host]
-    return argv
+def agent_argv(host: Host, args: Sequence[str]) -> List[str]:
+    """`python3 -S <agent>.pyz ARGS` (ARGS from the protocol's builders). `-S`: the agent
+    carries what it imports, so the host's site-packages and .pth hooks can neither slow
+    its start nor shadow its code."""
+    return [host.python, "-S", agent_path(host), *args]
 
 
 def cron_line(host: Host) -> str:
-    argv = agent_argv(host, "tick")
+    argv = agent_argv(host, protocol.tick_args(place(host)))
     quoted = " ".join(_cron_quote(a) for a in argv)
     log = _cron_quote(posixpath.join(host.agent_dir, "tick.log"))
     return f"* * * * * {quoted} >> {log} 2>&1 {CRON_MARK}"
@@ -110,7 +119,7 @@ def _cron_spool(host: Host) -> str:
     )
 
 
-def run_agent(conn: Connection, bundle: AgentBundle, argv: Sequence[str], *, stdin: Optional[bytes] = None,
+def run_agent(conn: Transport, bundle: AgentBundle, argv: Sequence[str], *, stdin: Optional[bytes] = None,
               timeout: float = 600.0, on_stderr_line: Optional[Callable[[str], None]] = None
               ) -> Tuple[CommandResult, bool]:  # fmt: skip
     """Run an agent command (argv from `agent_argv`) with this bundle's agent on the host:
@@ -136,12 +145,12 @@ def run_agent(conn: Connection, bundle: AgentBundle, argv: Sequence[str], *, std
             )
     if found.result.code != 0 and not found.result.stdout.strip():
         # Failed without a word on stdout: can the agent run on this host at all?
-        _check_version(conn, conn.run(agent_argv(host, "version", "--json", with_state=False), timeout=60))  # fmt: skip
+        _check_version(conn, conn.run(agent_argv(host, protocol.version_args()), timeout=60))
     _install_cron(conn, found.crontab)
     return found.result, copied
 
 
-def _check_version(conn: Connection, version: CommandResult) -> Dict[str, Any]:
+def _check_version(conn: Transport, version: CommandResult) -> VersionInfo:
     """The agent's `version --json`, or why it cannot run on this host."""
     host = conn.host
     if version.code != 0:
@@ -150,16 +159,24 @@ def _check_version(conn: Connection, version: CommandResult) -> Dict[str, Any]:
             where=host.name,
             hint="the agent needs Python 3.8+ on the host (mlfleet_python)",
         )
-    return json.loads(version.stdout)
+    return _read(conn, version, "agent version", VersionInfo.from_dict)
 
 
-def install_agent(conn: Connection, bundle: AgentBundle) -> Dict[str, Any]:
+@dataclass(frozen=True)
+class Installed:
+    """The agent on a host after `install_agent`."""
+
+    copied: bool  # False: the same agent was there already
+    sha256: str
+    version: VersionInfo
+
+
+def install_agent(conn: Transport, bundle: AgentBundle) -> Installed:
     """Copy the zipapp where missing or different, install the cron entry, check it runs."""
-    host = conn.host
     version, copied = run_agent(
-        conn, bundle, agent_argv(host, "version", "--json", with_state=False), timeout=60
+        conn, bundle, agent_argv(conn.host, protocol.version_args()), timeout=60
     )
-    return {"copied": copied, "sha256": bundle.sha256, **_check_version(conn, version)}
+    return Installed(copied, bundle.sha256, _check_version(conn, version))
 
 
 # A spool file written whole and renamed into place, then its user named in cron.update:
@@ -169,7 +186,7 @@ _WRITE_SPOOL = (
 )
 
 
-def _install_cron(conn: Connection, existing: str) -> None:
+def _install_cron(conn: Transport, existing: str) -> None:
     """Put mlfleet's entry into the crontab `existing` came from, unless it is there already."""
     host = conn.host
     line = cron_line(host)
@@ -188,35 +205,38 @@ def _install_cron(conn: Connection, existing: str) -> None:
                           hint="install cron, or run `mlfleet-agent daemon` on the host")  # fmt: skip
 
 
-def _agent_json(conn: Connection, result: CommandResult, what: str) -> Dict[str, Any]:
+def _read(conn: Transport, result: CommandResult, what: str, parse: Callable[[Any], T]) -> T:
+    """The agent's JSON answer as a protocol record, or AgentFailed in the agent's words."""
     try:
-        return json.loads(result.stdout)
+        data = json.loads(result.stdout)
     except ValueError:
         detail = (result.stderr or result.stdout).strip().splitlines()
         raise AgentFailed(
             f"{what} failed: {detail[-1] if detail else 'no output'}", where=conn.host.name
         ) from None
+    try:
+        return parse(data)
+    except ProtocolError as exc:
+        raise AgentFailed(f"{what}: {exc}", where=conn.host.name) from None
 
 
-def facts(conn: Connection, bundle: AgentBundle) -> Dict[str, Any]:
-    result, _ = run_agent(conn, bundle, _detect_argv(conn.host), timeout=120)
-    return _agent_json(conn, result, "agent detect")
+def facts(conn: Transport, bundle: AgentBundle) -> HostFacts:
+    argv = agent_argv(conn.host, protocol.detect_args(place(conn.host)))
+    result, _ = run_agent(conn, bundle, argv, timeout=120)
+    return _read(conn, result, "agent detect", protocol.facts_from_dict)
 
 
-def select(conn: Connection, bundle: AgentBundle, variants: List[Dict[str, Any]]) -> Dict[str, Any]:
+def select(conn: Transport, bundle: AgentBundle, variants: List[Dict[str, Any]]) -> Selection:
     """The agent's choice of variant for these variants (nothing is changed; the variants go
     on stdin, nothing is written on the host)."""
-    host = conn.host
-    argv = agent_argv(host, "select", "--variants", "-", "--json", "--root", host.root, with_state=False)  # fmt: skip
-    if host.docker_host:
-        argv += ["--docker-host", host.docker_host]
-    stdin = json.dumps({"variants": variants}).encode()
+    argv = agent_argv(conn.host, protocol.select_args(place(conn.host)))
+    stdin = json.dumps(protocol.SelectRequest(variants).to_dict()).encode()
     result, _ = run_agent(conn, bundle, argv, stdin=stdin, timeout=120)
-    return _agent_json(conn, result, "agent select")
+    return _read(conn, result, "agent select", protocol.selection_from_dict)
 
 
-def apply(conn: Connection, bundle: AgentBundle, desired: Dict[str, Any],
-          on_event: Optional[Callable[[Dict[str, Any]], None]] = None, timeout: float = 1800.0) -> Dict[str, Any]:  # fmt: skip
+def apply(conn: Transport, bundle: AgentBundle, desired: DesiredState, *, pull_via: Optional[str] = None,
+          on_event: Optional[Callable[[Event], None]] = None, timeout: float = 1800.0) -> ApplyResult:  # fmt: skip
     """Run the agent's apply with the desired state on stdin; its progress events (JSON
     lines on stderr) go to `on_event`; returns its result."""
 
@@ -224,21 +244,21 @@ def apply(conn: Connection, bundle: AgentBundle, desired: Dict[str, Any],
         if on_event is None or not text.startswith("{"):
             return
         try:
-            on_event(json.loads(text))
-        except ValueError:
-            pass
+            on_event(Event.from_dict(json.loads(text)))
+        except (ValueError, ProtocolError):
+            pass  # progress is best effort; the result says what happened
 
-    result, _ = run_agent(conn, bundle, agent_argv(conn.host, "apply", "-"),
-                          stdin=json.dumps(desired).encode(), timeout=timeout, on_stderr_line=line)  # fmt: skip
-    return _agent_json(conn, result, "agent apply")
-
-
-def rollback(conn: Connection, app: str, tag: Optional[str] = None) -> Dict[str, Any]:
-    args = ["rollback", "--app", app] + (["--to", tag] if tag else [])
-    return _agent_json(conn, conn.run(agent_argv(conn.host, *args), timeout=900), "agent rollback")
+    argv = agent_argv(conn.host, protocol.apply_args(place(conn.host), pull_via))
+    stdin = json.dumps(desired.to_dict()).encode()
+    result, _ = run_agent(conn, bundle, argv, stdin=stdin, timeout=timeout, on_stderr_line=line)
+    return _read(conn, result, "agent apply", ApplyResult.from_dict)
 
 
-def status(conn: Connection) -> Dict[str, Any]:
-    return _agent_json(
-        conn, conn.run(agent_argv(conn.host, "status", "--json"), timeout=120), "agent status"
-    )
+def rollback(conn: Transport, app: str, tag: Optional[str] = None) -> ApplyResult:
+    argv = agent_argv(conn.host, protocol.rollback_args(place(conn.host), app, tag))
+    return _read(conn, conn.run(argv, timeout=900), "agent rollback", ApplyResult.from_dict)
+
+
+def status(conn: Transport) -> HostStatus:
+    argv = agent_argv(conn.host, protocol.status_args(place(conn.host)))
+    return _read(conn, conn.run(argv, timeout=120), "agent status", HostStatus.from_dict)

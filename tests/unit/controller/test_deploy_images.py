@@ -3,9 +3,11 @@ the variant the host's agent will select, without them every variant."""
 
 from __future__ import annotations
 
-from mlfleet.controller.deploy import needed_images
+from mlfleet.controller.deploy import needed_images, stored_facts
 from mlfleet.controller.hosts import Host
 from mlfleet.controller.playbook import load_playbook
+from mlfleet.controller.session import FleetSession
+from mlfleet.controller.state import ControllerState
 from tests.paths import REPO
 from tests.unit.agent.test_selection import host, nvidia_gpu, nvidia_host
 
@@ -18,17 +20,22 @@ def image(variant: str) -> str:
 
 
 def test_a_cpu_host_with_facts_needs_only_the_cpu_image():
-    needed = needed_images(PLAYBOOK, EDGE, "v3", host().to_dict())
+    needed = needed_images(PLAYBOOK, EDGE, "v3", host())
     assert [ref for ref, yes in needed.items() if yes] == [image("cpu")]
     assert set(needed) == {image(v) for v in ("cuda12", "cuda11", "rocm", "cpu")}
 
 
 def test_a_t4_on_driver_470_needs_the_cuda11_image():
     t4 = nvidia_host("470.182.03", [nvidia_gpu("Tesla T4", "7.5")])
-    needed = needed_images(PLAYBOOK, EDGE, "v3", t4.to_dict())
+    needed = needed_images(PLAYBOOK, EDGE, "v3", t4)
     assert [ref for ref, yes in needed.items() if yes] == [image("cuda11")]
 
 
-def test_without_usable_facts_every_variant_is_needed():
-    for facts in (None, {}, {"schema": 99}, {"schema": 1, "hostname": "x"}):
-        assert all(needed_images(PLAYBOOK, EDGE, "v3", facts).values()), facts
+def test_without_usable_facts_every_variant_is_needed(tmp_path):
+    assert all(needed_images(PLAYBOOK, EDGE, "v3", None).values())
+    # Stored facts this controller cannot read (another schema, a broken row) count as none.
+    state = ControllerState(tmp_path / "state.db")
+    session = FleetSession([EDGE], state, connector=lambda h: None)  # type: ignore[arg-type,return-value]
+    for facts in ({}, {"schema": 99}, {"schema": 1, "hostname": "x"}):
+        state.save_facts(EDGE.name, facts)
+        assert stored_facts(session, EDGE) is None, facts

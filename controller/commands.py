@@ -1,0 +1,160 @@
+"""The fleet-wide commands other than deploy: agent install, facts, plan, status, rollback.
+Each works on a session's hosts in parallel and returns typed results (controller/
+outcomes.py); the CLI only renders them."""
+
+from __future__ import annotations
+
+from typing import Callable, List, Optional, TypeVar
+
+from mlfleet.agent.protocol import ApplyStatus, Health
+from mlfleet.controller import hostops
+from mlfleet.controller.deploy import RolloutOptions, desired_state, expected_variants, plan_rollout
+from mlfleet.controller.hostops import AgentFailed
+from mlfleet.controller.hosts import Host
+from mlfleet.controller.outcomes import (
+    FactsResult,
+    HostPlan,
+    HostResult,
+    InstallResult,
+    Outcome,
+    PlanReport,
+    StatusRow,
+)
+from mlfleet.controller.playbook import Playbook
+from mlfleet.controller.session import FleetSession
+from mlfleet.controller.transport import HostUnreachable
+
+R = TypeVar("R")
+
+
+def _on_host(host: Host, work: Callable[[], R], failed: Callable[[Outcome, str], R]) -> R:
+    """`work()`, or `failed(outcome, reason)` when the host cannot be reached or its agent
+    cannot run: the same two outcomes for every command."""
+    try:
+        return work()
+    except AgentFailed as exc:
+        return failed(Outcome.AGENT_FAILED, str(exc))
+    except HostUnreachable as exc:
+        return failed(Outcome.UNREACHABLE, str(exc))
+
+
+def install_agents(session: FleetSession) -> List[InstallResult]:
+    """Copy the agent where missing or different, install its cron entry, check it runs."""
+    bundle = session.bundle()
+
+    def one(host: Host) -> InstallResult:
+        def work() -> InstallResult:
+            installed = hostops.install_agent(session.transport(host), bundle)
+            session.progress(host.name, "agent " + ("copied" if installed.copied else "up to date"))
+            outcome = Outcome.INSTALLED if installed.copied else Outcome.UNCHANGED
+            return InstallResult(host.name, outcome, installed.version.python, installed.sha256)
+
+        def failed(outcome: Outcome, reason: str) -> InstallResult:
+            session.progress(host.name, reason)
+            return InstallResult(host.name, outcome, reason=reason)
+
+        return _on_host(host, work, failed)
+
+    return list(session.each(one).values())
+
+
+def gather_facts(session: FleetSession) -> List[FactsResult]:
+    """Detection on every host; stored for `plan`, `deploy`'s image check and its canary."""
+    bundle = session.bundle()
+
+    def one(host: Host) -> FactsResult:
+        def work() -> FactsResult:
+            facts = hostops.facts(session.transport(host), bundle)
+            session.state.save_facts(host.name, facts.to_dict())
+            return FactsResult(host.name, facts)
+
+        return _on_host(host, work, lambda o, r: FactsResult(host.name, outcome=o, reason=r))
+
+    return list(session.each(one).values())
+
+
+def plan(
+    session: FleetSession, playbook: Playbook, tag: str, options: RolloutOptions
+) -> PlanReport:
+    """Per host: the variant and image, why, and what would change; and the waves deploy
+    would use, with the failure budget. Nothing is changed."""
+    bundle = session.bundle()
+
+    def one(host: Host) -> HostPlan:
+        desired = desired_state(playbook, host, tag, "plan")
+
+        def work() -> HostPlan:
+            transport = session.transport(host)
+            selection = hostops.select(transport, bundle, desired.variants)
+            status = hostops.status(transport).app(playbook.app)
+            current = status.current if status else None
+            chosen = selection.variant
+            images = {v.name: v.image for v in desired.parsed_variants()}
+            if chosen is None:
+                change = "cannot deploy: no variant fits"
+            elif current and current.tag == tag and current.variant == chosen:
+                change = "unchanged"
+            elif current:
+                change = f"update {current.tag} ({current.variant}) -> {tag} ({chosen})"
+            else:
+                change = f"install {tag} ({chosen})"
+            return HostPlan(host.name, chosen, images.get(chosen or ""), change, selection)
+
+        return _on_host(host, work, lambda o, r: HostPlan(host.name, outcome=o, reason=r))
+
+    hosts = list(session.each(one).values())
+    # The waves from what the agents chose now (hosts without an answer: from stored facts).
+    variant_of = expected_variants(session, playbook)
+    variant_of.update({h.host: h.variant for h in hosts if h.outcome is None})
+    waves, canary_text = plan_rollout([h.name for h in session.hosts], options, variant_of)
+    return PlanReport(tag, hosts, waves, options.budget, options.on_failure, canary_text)
+
+
+def fleet_status(session: FleetSession, app: Optional[str]) -> List[StatusRow]:
+    """Per host: what serves (of `app`, or the host's only app), how well, since when."""
+
+    def one(host: Host) -> StatusRow:
+        def work() -> StatusRow:
+            status = hostops.status(session.transport(host))
+            entry = status.app(app)
+            if entry is None or entry.current is None:
+                return StatusRow(host.name, Health.NOTHING.value, last_tick=status.last_tick)
+            cur = entry.current
+            return StatusRow(
+                host.name,
+                entry.health.value,
+                app=entry.app,
+                tag=cur.tag,
+                variant=cur.variant,
+                since=cur.activated_at,
+                previous=entry.previous,
+                last_tick=status.last_tick,
+            )
+
+        return _on_host(host, work, lambda o, r: StatusRow(host.name, o.value, reason=r))
+
+    return list(session.each(one).values())
+
+
+def rollback_fleet(
+    session: FleetSession, app: str, tag: Optional[str], hosts: Optional[List[Host]] = None
+) -> List[HostResult]:
+    """Each host back to its previous release (or the kept release `tag`)."""
+
+    def one(host: Host) -> HostResult:
+        def work() -> HostResult:
+            result = hostops.rollback(session.transport(host), app, tag)
+            ok = result.status is ApplyStatus.ROLLED_BACK
+            return HostResult(
+                host.name,
+                Outcome.ROLLED_BACK if ok else Outcome.FAILED,
+                reason=result.reason,
+                tag=result.tag or None,
+                variant=result.variant,
+                image=result.image,
+                previous_tag=result.previous_tag,
+            )
+
+        return _on_host(host, work, lambda o, r: HostResult(host.name, o, reason=r))
+
+    return list(session.each(one, hosts).values())

@@ -1,0 +1,118 @@
+"""A fleet session: the resources one command holds while it works on hosts (one transport
+per host, the agent zipapp built once, the relay's pull-through caches, the worker threads)
+and gives back when it ends. Commands (controller/commands.py, controller/deploy.py) borrow
+them; they own no connection themselves, so a fake transport can stand in for SSH."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
+
+from mlfleet.agent.bundle import AgentBundle, build_zipapp
+from mlfleet.controller.hosts import Host
+from mlfleet.controller.relay_cache import RelayCache
+from mlfleet.controller.state import ControllerState
+from mlfleet.controller.transport import Connection, Transport
+
+T = TypeVar("T")
+Progress = Callable[[str, str], None]  # (host, message); host "*" for the fleet
+Connector = Callable[[Host], Transport]
+
+
+def ssh_connector(accept_new_host_keys: bool = False) -> Connector:
+    """Transports over SSH (paramiko), host keys checked against known_hosts."""
+    return lambda host: Connection(host, accept_new_host_keys=accept_new_host_keys)
+
+
+def _no_progress(host: str, message: str) -> None:
+    return None
+
+
+class FleetSession:
+    """Hosts, state and the resources a command works with; `close()` gives them back."""
+
+    def __init__(
+        self,
+        hosts: Sequence[Host],
+        state: ControllerState,
+        *,
+        connector: Connector,
+        forks: int = 20,
+        progress: Progress = _no_progress,
+        bundle: Optional[AgentBundle] = None,
+    ):
+        self.hosts: List[Host] = list(hosts)
+        self.state = state
+        self.forks = forks
+        self.progress = progress
+        self._connector = connector
+        self._transports: Dict[str, Transport] = {}
+        self._bundle = bundle
+        self._build_dir: Optional[str] = None
+        self._caches: Dict[str, RelayCache] = {}
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> FleetSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def transport(self, host: Host) -> Transport:
+        """The host's transport, made on first use and kept for the session."""
+        with self._lock:
+            if host.name not in self._transports:
+                self._transports[host.name] = self._connector(host)
+            return self._transports[host.name]
+
+    def bundle(self) -> AgentBundle:
+        """The agent zipapp, built once (worker threads may ask for it at the same time)."""
+        with self._lock:
+            if self._bundle is None:
+                # A directory of its own: beside the state DB it could land in a source tree.
+                self._build_dir = tempfile.mkdtemp(prefix="mlfleet-agent-")
+                self._bundle = build_zipapp(Path(self._build_dir))
+            return self._bundle
+
+    def relay_source(self, host: Host, upstream: Tuple[str, int], https: bool) -> Tuple[str, int]:
+        """Where the host's relay tunnel connects: the upstream registry, a registry the
+        inventory names, or the pull-through cache mlfleet runs (one per upstream, shared by
+        the session's hosts)."""
+        choice = host.relay_registry
+        if choice is None:
+            return upstream
+        if choice != "cache":
+            name, _, port = choice.rpartition(":")
+            return (name, int(port))
+        key = f"{upstream[0]}:{upstream[1]}"
+        with self._lock:
+            if key not in self._caches:
+                cache = self._caches[key] = RelayCache(key, https).start()
+                self.progress(
+                    "*",
+                    f"relay cache of {key} on {cache.address[0]}:{cache.address[1]} ({cache.dir})",
+                )
+            return self._caches[key].address
+
+    def each(self, fn: Callable[[Host], T], hosts: Optional[Sequence[Host]] = None) -> Dict[str, T]:
+        """fn on every host in parallel (bounded by forks); one slow or dead host never
+        stalls the others. Results in host order."""
+        chosen = list(self.hosts if hosts is None else hosts)
+        with ThreadPoolExecutor(max_workers=max(1, min(self.forks, len(chosen) or 1))) as pool:
+            results = list(pool.map(fn, chosen))
+        return {h.name: r for h, r in zip(chosen, results)}
+
+    def close(self) -> None:
+        for transport in self._transports.values():
+            transport.close()
+        self._transports.clear()
+        for cache in self._caches.values():
+            cache.stop()
+        self._caches.clear()
+        if self._build_dir:
+            shutil.rmtree(self._build_dir, ignore_errors=True)
+            self._build_dir = None

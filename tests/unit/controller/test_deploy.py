@@ -1,0 +1,302 @@
+"""The deployment's wave loop, failure budget and fleet rollback, and the other fleet
+commands, against fake hosts that answer with protocol records (tests/unit/controller/
+fake_agent.py): no root, no lab. What is asserted is what an operator sees: which release
+each host serves, each host's result, the deployment's status and the exit code."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import threading
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Set, Tuple
+
+import pytest
+
+from mlfleet.agent.protocol import HostFacts
+from mlfleet.controller.commands import (
+    fleet_status,
+    gather_facts,
+    install_agents,
+    plan,
+    rollback_fleet,
+)
+from mlfleet.controller.deploy import PER_VARIANT, Canary, RolloutOptions, deploy
+from mlfleet.controller.errors import ConfigError, ExitCode
+from mlfleet.controller.hosts import Host
+from mlfleet.controller.outcomes import Outcome
+from mlfleet.controller.playbook import load_playbook
+from mlfleet.controller.rollout import Action, parse_budget
+from mlfleet.controller.session import FleetSession
+from mlfleet.controller.state import ControllerState
+from tests.paths import REPO
+from tests.unit.agent.test_selection import a100_host, amd_host, cpu_host, t4_host
+from tests.unit.controller.fake_agent import FakeHost, FakeRelease, FakeTransport, tiny_bundle
+
+PLAYBOOK = load_playbook(REPO / "playbooks" / "sentiment.yml")
+VARIANTS = ("cuda12", "cuda11", "rocm", "cpu")
+
+
+class _Registry(http.server.BaseHTTPRequestHandler):
+    """Answers manifest requests: 200 for the tags it holds, 404 for others."""
+
+    tags: Set[str] = set()
+
+    def do_HEAD(self) -> None:
+        self._answer()
+
+    def do_GET(self) -> None:
+        self._answer()
+
+    def _answer(self) -> None:
+        tag = self.path.rsplit("/", 1)[-1]
+        found = tag in self.tags
+        body = b'{"schemaVersion": 2, "layers": [], "config": {"digest": "sha256:0", "size": 0}}'
+        self.send_response(200 if found else 404)
+        self.send_header("Content-Type", "application/vnd.docker.distribution.manifest.v2+json")
+        self.send_header("Docker-Content-Digest", "sha256:" + "0" * 64)
+        self.send_header("Content-Length", str(len(body) if found else 0))
+        self.end_headers()
+        if found and self.command == "GET":
+            self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        return None
+
+
+@pytest.fixture(scope="module")
+def registry() -> Iterator[str]:
+    _Registry.tags = {f"{t}-{v}" for t in ("v1", "v2", "v3", "v4") for v in VARIANTS}
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Registry)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+class Fleet:
+    """Fake hosts, the session over them, and the controller's state DB."""
+
+    def __init__(self, tmp_path: Path, registry: str, facts: Dict[str, HostFacts]):
+        self.fakes = {name: FakeHost(f) for name, f in facts.items()}
+        host_vars = {
+            "mlfleet_registry": registry,
+            "mlfleet_registry_scheme": "http",
+            "model_data_dir": "/srv/models/sentiment",
+        }
+        self.hosts = [Host(name, dict(host_vars)) for name in facts]
+        self.state = ControllerState(tmp_path / "state.db")
+        self.bundle = tiny_bundle(tmp_path)
+        self.progress: List[Tuple[str, str]] = []
+
+    def session(self, hosts: Optional[List[str]] = None) -> FleetSession:
+        chosen = [h for h in self.hosts if hosts is None or h.name in hosts]
+        return FleetSession(
+            chosen, self.state, connector=lambda h: FakeTransport(h, self.fakes[h.name], PLAYBOOK.app),
+            bundle=self.bundle, forks=4, progress=lambda h, m: self.progress.append((h, m)),
+        )  # fmt: skip
+
+    def serving(self) -> Dict[str, Optional[str]]:
+        return {name: fake.serving() for name, fake in self.fakes.items()}
+
+    def deploy(self, tag: str, canary: Canary = 1, batch: object = "50%", max_fail: object = 0,
+               on_failure: str = "pause", hosts: Optional[List[str]] = None):  # type: ignore[no-untyped-def]  # fmt: skip
+        options = RolloutOptions(canary, batch, parse_budget(max_fail), Action(on_failure))  # type: ignore[arg-type]
+        with self.session(hosts) as session:
+            return deploy(session, PLAYBOOK, tag, options)
+
+
+FOUR = {
+    "edge-a100": a100_host(),
+    "edge-t4": t4_host(),
+    "edge-mi210": amd_host(),
+    "edge-cpu": cpu_host(),
+}
+VARIANT = {"edge-a100": "cuda12", "edge-t4": "cuda11", "edge-mi210": "rocm", "edge-cpu": "cpu"}
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, registry: str) -> Fleet:
+    return Fleet(tmp_path, registry, dict(FOUR))
+
+
+def on(fleet: Fleet, tag: str) -> None:
+    for name, fake in fleet.fakes.items():
+        fake.current = FakeRelease(tag, VARIANT[name], f"r/sentiment:{tag}-{VARIANT[name]}")
+
+
+def test_every_host_gets_the_variant_its_hardware_runs(fleet: Fleet) -> None:
+    report = fleet.deploy("v3")
+    assert report.status == "succeeded" and report.exit_code() == ExitCode.OK
+    assert fleet.serving() == {n: f"v3/{v}" for n, v in VARIANT.items()}
+    assert {h.host: (h.outcome, h.variant) for h in report.hosts} == {
+        n: (Outcome.UPDATED, v) for n, v in VARIANT.items()
+    }
+    # Canary, then batches of half the rest (rounded down): 1 + 1 + 1 + 1 hosts.
+    waves = [r["wave"] for r in fleet.state.host_results(deployment_id=report.deployment)]
+    assert sorted(waves) == ["batch 1", "batch 2", "batch 3", "canary"]
+    again = fleet.deploy("v3")
+    assert {h.outcome for h in again.hosts} == {Outcome.UNCHANGED}
+
+
+def test_a_failing_canary_halts_and_no_other_host_is_touched(fleet: Fleet) -> None:
+    on(fleet, "v2")
+    for fake in fleet.fakes.values():
+        fake.failing_tags.add("v4")
+    report = fleet.deploy("v4")
+    assert report.status == "halted" and report.exit_code() == ExitCode.FAILED
+    by_host = {h.host: h for h in report.hosts}
+    assert by_host["edge-a100"].outcome is Outcome.ROLLED_BACK
+    assert {by_host[n].outcome for n in ("edge-t4", "edge-mi210", "edge-cpu")} == {Outcome.SKIPPED}
+    assert [n for n, f in fleet.fakes.items() if f.applied] == ["edge-a100"]
+    assert fleet.serving() == {n: f"v2/{v}" for n, v in VARIANT.items()}
+
+
+@pytest.mark.parametrize(
+    ("failing", "max_fail", "status", "applied"),
+    [
+        # batch 1 holds edge-t4 and edge-mi210 (no canary, batches of 2)
+        ({"edge-t4"}, 1, "failed", 4),  # 1 failure of 2: not more than the budget of 1: on
+        ({"edge-t4", "edge-mi210"}, 1, "halted", 2),  # 2 > 1: pause
+        ({"edge-t4"}, "50%", "failed", 4),  # 1 of 2 = 50%, not more than 50%: on
+        ({"edge-t4"}, "49.9%", "halted", 2),  # 50% > 49.9%: pause
+        ({"edge-t4"}, 0, "halted", 2),  # the first failure fires a budget of 0
+    ],
+)
+def test_the_budget_fires_only_when_failures_strictly_exceed_it(
+    fleet: Fleet, failing: Set[str], max_fail: object, status: str, applied: int
+) -> None:
+    # Order the fleet so that the first batch is edge-t4 and edge-mi210.
+    fleet.hosts.sort(key=lambda h: ["edge-t4", "edge-mi210", "edge-a100", "edge-cpu"].index(h.name))
+    on(fleet, "v2")
+    for name in failing:
+        fleet.fakes[name].failing_tags.add("v3")
+    report = fleet.deploy("v3", canary=0, batch=2, max_fail=max_fail)
+    assert report.status == status
+    assert sum(1 for f in fleet.fakes.values() if f.applied) == applied
+
+
+def test_rollback_policy_returns_the_updated_hosts_to_their_previous_release(fleet: Fleet) -> None:
+    on(fleet, "v2")
+    fleet.fakes["edge-cpu"].failing_tags.add("v3")
+    report = fleet.deploy("v3", canary=0, batch=4, on_failure="rollback")
+    assert fleet.serving() == {n: f"v2/{v}" for n, v in VARIANT.items()}
+    assert {h.outcome for h in report.hosts} == {Outcome.ROLLED_BACK}
+    assert report.exit_code() == ExitCode.FAILED
+
+
+def test_an_unreachable_host_fails_alone_and_exits_5(fleet: Fleet) -> None:
+    fleet.fakes["edge-mi210"].reachable = False
+    report = fleet.deploy("v3", canary=0, batch=4, max_fail=1)
+    by_host = {h.host: h for h in report.hosts}
+    assert by_host["edge-mi210"].outcome is Outcome.UNREACHABLE
+    assert "No route to host" in (by_host["edge-mi210"].reason or "")
+    assert {by_host[n].outcome for n in ("edge-a100", "edge-t4", "edge-cpu")} == {Outcome.UPDATED}
+    assert report.exit_code() == ExitCode.UNREACHABLE
+
+
+def test_a_host_whose_python_cannot_run_the_agent_is_an_agent_failure_not_unreachable(
+    fleet: Fleet,
+) -> None:
+    fleet.fakes["edge-cpu"].python_ok = False
+    report = fleet.deploy("v3", canary=0, batch=4, max_fail=1)
+    cpu = next(h for h in report.hosts if h.host == "edge-cpu")
+    assert cpu.outcome is Outcome.AGENT_FAILED
+    assert "mlfleet_python" in (cpu.reason or "") and "Python 3.8+" in (cpu.reason or "")
+    assert report.exit_code() == ExitCode.AGENT_FAILED
+    with fleet.session() as session:
+        rows = {r.host: r for r in fleet_status(session, PLAYBOOK.app)}
+        facts = {r.host: r for r in gather_facts(session)}
+    assert (
+        rows["edge-cpu"].health == "agent_failed"
+        and facts["edge-cpu"].outcome is Outcome.AGENT_FAILED
+    )
+
+
+def test_an_interrupted_deployment_is_recorded_and_a_new_one_finishes_the_job(fleet: Fleet) -> None:
+    # A controller killed after the canary: its deployment is still `running`, its pid gone.
+    stale = fleet.state.start_deployment(app="sentiment", tag="v3", hosts=4, pid=_dead_pid())
+    fleet.fakes["edge-a100"].current = FakeRelease("v3", "cuda12", "r/sentiment:v3-cuda12")
+    report = fleet.deploy("v3")
+    by_host = {h.host: h.outcome for h in report.hosts}
+    assert by_host["edge-a100"] is Outcome.UNCHANGED
+    assert {by_host[n] for n in ("edge-t4", "edge-mi210", "edge-cpu")} == {Outcome.UPDATED}
+    stale_row = next(d for d in fleet.state.deployments() if d["id"] == stale)
+    assert stale_row["status"] == "interrupted"
+    assert fleet.state.lock_status() is None  # released when done
+
+
+def test_a_tag_missing_from_the_registry_stops_before_any_host(fleet: Fleet) -> None:
+    with pytest.raises(ConfigError, match="not in the registry"):
+        fleet.deploy("v9")
+    assert not any(f.applied for f in fleet.fakes.values())
+    assert fleet.state.lock_status() is None
+
+
+def test_a_per_variant_canary_holds_one_host_of_each_variant_the_plan_selects(
+    tmp_path: Path, registry: str
+) -> None:
+    facts = {"cpu1": cpu_host(), "cpu2": cpu_host(), "a100": a100_host(), "t4": t4_host(),
+             "cpu3": cpu_host(), "a100b": a100_host()}  # fmt: skip
+    fleet = Fleet(tmp_path, registry, facts)
+    with fleet.session() as session:
+        gather_facts(session)
+        options = RolloutOptions(PER_VARIANT, "50%", parse_budget(0), Action.PAUSE)
+        report = plan(session, PLAYBOOK, "v3", options)
+    assert (report.waves[0].name, list(report.waves[0].hosts)) == ("canary", ["cpu1", "a100", "t4"])
+    assert report.to_dict()["waves"][0] == {"name": "canary", "hosts": ["cpu1", "a100", "t4"]}
+    fleet.fakes["t4"].failing_tags.add("v3")  # this release breaks on the CUDA 11 host
+    deployed = fleet.deploy("v3", canary=PER_VARIANT)
+    assert deployed.status == "halted"  # the CUDA 11 host failed in the canary
+    assert [n for n, f in fleet.fakes.items() if f.applied] == ["cpu1", "a100", "t4"]
+
+
+def test_plan_carries_the_waves_and_the_budget(fleet: Fleet) -> None:
+    with fleet.session() as session:
+        report = plan(
+            session, PLAYBOOK, "v3", RolloutOptions(1, "50%", parse_budget("10%"), Action.ROLLBACK)
+        )
+    data = report.to_dict()
+    assert data["waves"] == [
+        {"name": "canary", "hosts": ["edge-a100"]},
+        {"name": "batch 1", "hosts": ["edge-t4"]},
+        {"name": "batch 2", "hosts": ["edge-mi210"]},
+        {"name": "batch 3", "hosts": ["edge-cpu"]},
+    ]
+    assert (data["budget"], data["on_failure"]) == ("10%", "rollback")
+    assert {h["host"]: h["variant"] for h in data["hosts"]} == VARIANT
+    assert {h["host"]: h["change"] for h in data["hosts"]}["edge-t4"] == "install v3 (cuda11)"
+
+
+def test_rollback_returns_each_host_to_its_previous_release(fleet: Fleet) -> None:
+    fleet.deploy("v2")
+    fleet.deploy("v3")
+    with fleet.session() as session:
+        results = rollback_fleet(session, PLAYBOOK.app, None)
+        rows = {r.host: r for r in fleet_status(session, PLAYBOOK.app)}
+    assert {r.outcome for r in results} == {Outcome.ROLLED_BACK}
+    assert {r.tag for r in results} == {"v2"}
+    assert {n: (r.tag, r.health) for n, r in rows.items()} == {
+        n: ("v2", "healthy") for n in VARIANT
+    }
+
+
+def test_the_agent_is_copied_once_then_left_alone(fleet: Fleet) -> None:
+    with fleet.session() as session:
+        first = install_agents(session)
+        second = install_agents(session)
+    assert {r.outcome for r in first} == {Outcome.INSTALLED}
+    assert {r.outcome for r in second} == {Outcome.UNCHANGED}
+    assert all("# mlfleet-agent" in f.crontab for f in fleet.fakes.values())
+
+
+def _dead_pid() -> int:
+    pid = 999_999
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except PermissionError:
+            pass
+        pid -= 1
