@@ -1,0 +1,351 @@
+"""The tick's decision (pure) over every rule, its invariants as properties, and the whole
+tick against a fake engine and a real SQLite store."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mlfleet.agent.protocol import EventKind, ReleaseStatus
+from mlfleet.agent.tick import (
+    UNHEALTHY_TICKS_BEFORE_RESTART,
+    UNHEALTHY_TICKS_BEFORE_ROLLBACK,
+    Observation,
+    TickActionKind,
+    decide,
+    tick,
+)
+from tests.unit.agent.fakes import FakeHost, deploy, make_desired, make_host
+
+K = TickActionKind
+
+
+def seen(
+    *,
+    present: bool = True,
+    running: bool = True,
+    healthy: Optional[bool] = True,
+    restart_count: int = 0,
+    fresh: bool = False,
+    previous: bool = True,
+    restarted: bool = False,
+    failed_before: int = 0,
+) -> Observation:
+    return Observation(
+        tag="v2",
+        container_present=present,
+        running=running and present,
+        restart_count=restart_count,
+        exit_code=None if running else 137,
+        fresh=fresh,
+        has_previous=previous,
+        healthy=healthy if present and (running or restarted) else None,
+        restarted=restarted,
+        failed_ticks_before=failed_before,
+    )
+
+
+# --- decide: every rule -------------------------------------------------------------------
+
+CASES = [
+    # (what, observation, action)
+    ("container gone", seen(present=False), K.REPORT_MISSING),
+    ("container gone while fresh", seen(present=False, fresh=True), K.REPORT_MISSING),
+    ("healthy", seen(), K.NOTHING),
+    ("healthy and fresh", seen(fresh=True), K.NOTHING),
+    ("crashed while fresh", seen(restart_count=1, fresh=True), K.ROLL_BACK),
+    ("crashed while fresh, answers now", seen(restart_count=3, fresh=True), K.ROLL_BACK),
+    ("crashed while fresh, nothing kept", seen(restart_count=2, fresh=True, previous=False),
+     K.NOTHING),
+    ("crashed long ago, healthy", seen(restart_count=2), K.NOTHING),
+    ("crashed while fresh and stopped", seen(restart_count=1, fresh=True, running=False),
+     K.ROLL_BACK),
+    ("stopped", seen(running=False), K.RESTART_STOPPED),
+    ("stopped while fresh", seen(running=False, fresh=True), K.RESTART_STOPPED),
+    ("stopped, came back", seen(running=False, restarted=True), K.NOTHING),
+    ("stopped while fresh, came back", seen(running=False, fresh=True, restarted=True),
+     K.NOTHING),
+    ("stopped while fresh, did not come back",
+     seen(running=False, fresh=True, restarted=True, healthy=False), K.ROLL_BACK),
+    ("stopped while fresh, did not come back, nothing kept",
+     seen(running=False, fresh=True, restarted=True, healthy=False, previous=False), K.NOTHING),
+    ("stopped, did not come back, first failure",
+     seen(running=False, restarted=True, healthy=False), K.NOTHING),
+    ("stopped, did not come back, third failure",
+     seen(running=False, restarted=True, healthy=False, failed_before=2), K.RESTART_UNHEALTHY),
+    ("unhealthy once while fresh", seen(fresh=True, healthy=False), K.WAIT_FOR_CONFIRMATION),
+    ("unhealthy twice while fresh", seen(fresh=True, healthy=False, failed_before=1),
+     K.ROLL_BACK),
+    ("unhealthy while fresh, nothing kept", seen(fresh=True, healthy=False, previous=False),
+     K.NOTHING),
+    ("unhealthy while fresh, nothing kept, third tick",
+     seen(fresh=True, healthy=False, previous=False, failed_before=2), K.RESTART_UNHEALTHY),
+    ("unhealthy once", seen(healthy=False), K.NOTHING),
+    ("unhealthy twice", seen(healthy=False, failed_before=1), K.NOTHING),
+    ("unhealthy three times", seen(healthy=False, failed_before=2), K.RESTART_UNHEALTHY),
+    ("unhealthy again after more failures", seen(healthy=False, failed_before=7),
+     K.RESTART_UNHEALTHY),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("obs", "kind"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_decide(obs: Observation, kind: TickActionKind) -> None:
+    action = decide(obs)
+    assert action.kind is kind, action.reason
+    assert "v2" in action.reason
+
+
+def test_the_thresholds_are_the_documented_ones() -> None:
+    # A busy minute must not undo a fresh release; an older one gets three ticks.
+    assert (UNHEALTHY_TICKS_BEFORE_ROLLBACK, UNHEALTHY_TICKS_BEFORE_RESTART) == (2, 3)
+
+
+def test_reasons_say_why() -> None:
+    assert decide(seen(restart_count=2, fresh=True)).reason == (
+        "v2 crashed and was restarted 2 times within its grace period"
+    )
+    assert decide(seen(running=False)).reason == "v2 has stopped (exit 137)"
+    assert decide(seen(fresh=True, healthy=False, failed_before=1)).reason == (
+        "v2 failed its health check on 2 ticks in a row within its grace period"
+    )
+    assert decide(seen(healthy=False, failed_before=2)).reason == (
+        "v2 unhealthy for 3 ticks (past its grace period)"
+    )
+    assert "no previous release" in decide(seen(healthy=False, previous=False)).reason
+
+
+def test_a_crash_is_recorded_as_its_own_evidence() -> None:
+    assert decide(seen(restart_count=2, fresh=True)).sample == "crashed and was restarted 2 times"
+    assert decide(seen(fresh=True, healthy=False, failed_before=1)).sample is None
+
+
+def test_a_stopped_release_is_judged_on_its_restart() -> None:
+    """The two steps: restart it, then decide again with the restart's verdict."""
+    first = seen(running=False, fresh=True)
+    assert decide(first).kind is K.RESTART_STOPPED
+    assert decide(replace(first, restarted=True, healthy=True)).kind is K.NOTHING
+    assert decide(replace(first, restarted=True, healthy=False)).kind is K.ROLL_BACK
+
+
+def test_inconsistent_observations_are_refused() -> None:
+    with pytest.raises(ValueError):
+        Observation(tag="v2", container_present=True, running=True, healthy=None)
+    with pytest.raises(ValueError):
+        Observation(tag="v2", container_present=False, restarted=True, healthy=False)
+
+
+# --- decide: invariants ---------------------------------------------------------------------
+
+
+@st.composite
+def observations(draw: Any) -> Observation:
+    present = draw(st.booleans())
+    running = present and draw(st.booleans())
+    restarted = present and not running and draw(st.booleans())
+    return Observation(
+        tag=draw(st.sampled_from(["v1", "v2", "2024.06-rc1"])),
+        container_present=present,
+        running=running,
+        restart_count=draw(st.integers(0, 5)),
+        exit_code=draw(st.one_of(st.none(), st.integers(0, 255))),
+        fresh=draw(st.booleans()),
+        has_previous=draw(st.booleans()),
+        healthy=draw(st.booleans()) if running or restarted else None,
+        restarted=restarted,
+        failed_ticks_before=draw(st.integers(0, 10)),
+    )
+
+
+@given(observations())
+def test_every_observation_gets_one_action_with_a_reason(obs: Observation) -> None:
+    action = decide(obs)
+    assert isinstance(action.kind, TickActionKind)
+    assert action.reason.strip()
+    assert decide(obs) == action  # pure: the same facts, the same decision
+
+
+@given(observations())
+def test_only_a_fresh_release_with_a_kept_previous_is_rolled_back(obs: Observation) -> None:
+    if decide(obs).kind is K.ROLL_BACK:
+        assert obs.fresh and obs.has_previous and obs.container_present
+
+
+@given(observations())
+def test_a_healthy_release_is_left_alone(obs: Observation) -> None:
+    if obs.healthy and not (obs.restart_count and obs.fresh and obs.has_previous):
+        assert decide(obs).kind is K.NOTHING
+
+
+@given(observations())
+def test_a_release_not_serving_is_always_acted_on(obs: Observation) -> None:
+    """Nothing running and no verdict yet: restarted, rolled back or reported, never ignored;
+    a gone container is an operator alert."""
+    kind = decide(obs).kind
+    if not obs.container_present:
+        assert kind is K.REPORT_MISSING
+    elif not obs.running and not obs.restarted:
+        assert kind in (K.RESTART_STOPPED, K.ROLL_BACK)
+
+
+@given(observations())
+def test_a_restarted_release_is_never_restarted_as_stopped_again(obs: Observation) -> None:
+    if obs.restarted:
+        assert decide(obs).kind is not K.RESTART_STOPPED
+
+
+@given(observations())
+def test_one_failed_tick_never_rolls_back_a_running_release(obs: Observation) -> None:
+    if obs.running and obs.restart_count == 0 and obs.failed_ticks_before == 0:
+        assert decide(obs).kind is not K.ROLL_BACK
+
+
+# --- the whole tick -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> FakeHost:
+    return make_host(tmp_path)
+
+
+def _events(host: FakeHost) -> List[str]:
+    return [e["kind"] for e in reversed(host.store.events())]
+
+
+def _current_tag(host: FakeHost) -> Optional[str]:
+    current = host.store.current("sentiment")
+    return current.tag if current else None
+
+
+def _two_releases(host: FakeHost, v2: Optional[Dict[str, Any]] = None) -> None:
+    deploy(host, make_desired("v1"))
+    deploy(host, make_desired("v2", **(v2 or {})))
+    assert _current_tag(host) == "v2"
+
+
+def test_tick_leaves_a_healthy_release_alone(host: FakeHost) -> None:
+    _two_releases(host)
+    status = tick(host)
+    assert status.actions == []
+    assert _current_tag(host) == "v2" and status.apps[0].healthy
+
+
+def test_tick_rolls_back_a_fresh_release_that_crashed(host: FakeHost) -> None:
+    _two_releases(host)
+    host.engine.crash(host.store.current("sentiment").container_id, restarts=2)
+    status = tick(host)
+    assert status.actions == ["sentiment: rolled back v2 -> v1"]
+    assert _current_tag(host) == "v1"
+    v2 = host.store.releases("sentiment", ["rolled_back"])[0]
+    assert (v2.tag, v2.reason) == ("v2", "turned unhealthy within its grace period")
+    assert host.store.recent_health(v2.id, 1)[0].detail == "crashed and was restarted 2 times"
+
+
+def test_tick_waits_for_a_second_failed_tick_before_rolling_back(host: FakeHost) -> None:
+    _two_releases(host)
+    host.engine.set_healthy(host.store.current("sentiment").container_id, False)
+    assert tick(host).actions == [
+        "sentiment: v2 unhealthy; rolled back if the next tick confirms it"
+    ]
+    assert _current_tag(host) == "v2"
+    assert tick(host).actions == ["sentiment: rolled back v2 -> v1"]
+    assert _current_tag(host) == "v1"
+    assert host.engine.running_tags() == ["v1"]
+
+
+def test_tick_forgives_a_fresh_release_that_recovers(host: FakeHost) -> None:
+    _two_releases(host)
+    cid = host.store.current("sentiment").container_id
+    host.engine.set_healthy(cid, False)
+    tick(host)
+    host.engine.set_healthy(cid, True)
+    assert tick(host).actions == []
+    host.engine.set_healthy(cid, False)
+    assert "confirms" in tick(host).actions[0]
+    assert _current_tag(host) == "v2"
+
+
+def test_tick_restarts_a_stopped_release(host: FakeHost) -> None:
+    _two_releases(host)
+    host.engine.stop(host.store.current("sentiment").container_id)
+    status = tick(host)
+    assert status.actions == ["sentiment: restarted v2"]
+    assert _current_tag(host) == "v2" and host.engine.running_tags() == ["v2"]
+
+
+def test_tick_rolls_back_a_fresh_release_that_does_not_come_back(host: FakeHost) -> None:
+    _two_releases(host)
+    cid = host.store.current("sentiment").container_id
+    host.engine.stop(cid)
+    host.engine.set_healthy(cid, False)
+    status = tick(host)
+    assert status.actions == ["sentiment: restarted v2", "sentiment: rolled back v2 -> v1"]
+    assert _current_tag(host) == "v1" and host.engine.running_tags() == ["v1"]
+
+
+def test_tick_restarts_an_old_release_after_three_failed_ticks(host: FakeHost) -> None:
+    _two_releases(host, {"grace_s": 0})
+    host.engine.set_healthy(host.store.current("sentiment").container_id, False)
+    assert tick(host).actions == []
+    assert tick(host).actions == []
+    assert tick(host).actions == ["sentiment: restarted unhealthy v2"]
+    assert _current_tag(host) == "v2"
+
+
+def test_tick_reports_a_gone_container(host: FakeHost) -> None:
+    _two_releases(host)
+    host.engine.container_remove(host.store.current("sentiment").container_id)
+    assert tick(host).actions == ["sentiment: container of v2 is gone"]
+    assert _events(host)[-1] == EventKind.MISSING.value
+    assert _current_tag(host) == "v2"
+
+
+def test_a_failed_rollback_keeps_the_newer_release_and_alerts(host: FakeHost) -> None:
+    """Never rolled back twice: the newer release serves again and an operator is told."""
+    _two_releases(host)
+    host.engine.break_image("registry.test/sentiment:v1")  # v1 no longer starts
+    host.engine.crash(host.store.current("sentiment").container_id, restarts=1)
+    status = tick(host)
+    assert status.actions == ["sentiment: rollback to v1 failed; kept v2"]
+    assert _events(host)[-1] == EventKind.ROLLBACK_FAILED.value
+    assert _current_tag(host) == "v2" and host.engine.running_tags() == ["v2"]
+    assert host.store.previous("sentiment").tag == "v1"
+
+
+def test_a_rolled_back_release_is_never_brought_back_by_a_later_rollback(
+    host: FakeHost,
+) -> None:
+    deploy(host, make_desired("v1"))
+    deploy(host, make_desired("v2"))
+    deploy(host, make_desired("v3"))
+    host.engine.crash(host.store.current("sentiment").container_id, restarts=1)
+    tick(host)
+    assert _current_tag(host) == "v2"  # reinstated, fresh again
+    host.engine.crash(host.store.current("sentiment").container_id, restarts=1)
+    tick(host)
+    assert _current_tag(host) == "v1"  # older, never v3 again
+    host.engine.crash(host.store.current("sentiment").container_id, restarts=1)
+    tick(host)
+    assert _current_tag(host) == "v1"  # nothing kept: the chain ends here
+    statuses = {r.tag: r.status for r in host.store.releases("sentiment")}
+    assert statuses == {
+        "v1": ReleaseStatus.CURRENT.value,
+        "v2": ReleaseStatus.ROLLED_BACK.value,
+        "v3": ReleaseStatus.ROLLED_BACK.value,
+    }
+
+
+def test_tick_writes_its_reports(host: FakeHost) -> None:
+    _two_releases(host)
+    tick(host)
+    before = time.time()
+    status = tick(host)
+    assert status.last_tick is not None and status.last_tick <= before
+    prom = (host.agent_path / "metrics" / "mlfleet.prom").read_text()
+    assert 'mlfleet_release_info{app="sentiment",tag="v2"' in prom
+    assert 'mlfleet_release_healthy{app="sentiment"} 1' in prom
