@@ -54,12 +54,14 @@ controller/yamlcheck.py, the typed readers shared by every key):
 - `strategy` [`check.choice`]: `auto` (stop-first when old and new bind the same host port),
   `stop-first` or `start-first`.
 - `rollout` [`_rollout`]: read by the controller's rollout planner, never sent to a host:
-  - `canary` [`check.whole_number`], default 1: hosts updated alone first (0: none).
-  - `batch` [`_batch`], default `"25%"`: the batch size after the canary: a number of
-    hosts, `"N%"` (1-100) of the fleet, or a list such as `[1, 5, "20%"]` whose last entry
-    repeats for the rest (Ansible `serial`).
-  - `max_fail` [`_max_fail`], default 0: failures a batch may have; the action fires when
-    failures strictly exceed it (`"N%"`, 0-100, of the batch).
+  - `canary` [`rollout.parse_canary`], default 1: hosts updated alone first (0: none), or
+    `per-variant`: one host of each variant the plan selects (from the hosts' stored facts),
+    so a release that breaks on one class of hardware stops in the canary.
+  - `batch` [`rollout.parse_batch`], default `"25%"`: the batch size after the canary: a
+    number of hosts, `"N%"` (above 0, at most 100; `"12.5%"` too) of the hosts after the
+    canary, or a list such as `[1, 5, "20%"]` whose last entry repeats (Ansible `serial`).
+  - `max_fail` [`rollout.parse_budget`], default 0: failures a wave may have; the action fires
+    when failures strictly exceed it (`"N%"`, 0-100, `"33.3%"` too, of the wave).
   - `on_failure` [`check.choice`], default `pause`: `pause`, `rollback` or `continue`.
 
 Host variables: `{{ name }}` is replaced by `str(value)` of the host's variable `name`
@@ -78,12 +80,14 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from mlfleet.agent.desired import SCHEMA, STRATEGIES, DesiredState, DesiredStateError
 from mlfleet.agent.variants import Variant, VariantError, parse_variants
+from mlfleet.controller import rollout
 from mlfleet.controller import yamlcheck as check
 from mlfleet.controller.errors import ConfigError
+from mlfleet.controller.rollout import BatchSpec, Canary
 from mlfleet.controller.yamlsource import LocatedDict, LocatedList, load_yaml_file, plain
 
 ON_FAILURE = ("pause", "rollback", "continue")
@@ -149,8 +153,8 @@ class RolloutPolicy:
     host they have never run on.
     """
 
-    canary: int = 1
-    batch: Union[BatchSize, List[BatchSize]] = "25%"
+    canary: Canary = 1
+    batch: BatchSpec = "25%"
     max_fail: BatchSize = 0
     on_failure: str = "pause"
 
@@ -804,15 +808,17 @@ def _check_published(
 
 
 def _rollout(value: Any, where: str) -> RolloutPolicy:
-    """`rollout`: canary, batch, max_fail, on_failure (see the module docstring)."""
+    """`rollout`: canary, batch, max_fail, on_failure (see the module docstring). The values
+    are read by controller/rollout.py's parsers, the same the command line's options use."""
     m = check.known_keys(check.mapping(value, where, "rollout"), "rollout", _ROLLOUT_KEYS)
     policy: Dict[str, Any] = {}
     if m.get("canary") is not None:
-        policy["canary"] = check.whole_number(m["canary"], m.where("canary"), "rollout.canary", 0)
+        policy["canary"] = _spec(rollout.parse_canary, m, "canary")
     if m.get("batch") is not None:
-        policy["batch"] = _batch(m["batch"], m.where("batch"))
+        policy["batch"] = _spec(rollout.parse_batch, m, "batch")
     if m.get("max_fail") is not None:
-        policy["max_fail"] = _max_fail(m["max_fail"], m.where("max_fail"))
+        budget = _spec(rollout.parse_budget, m, "max_fail")
+        policy["max_fail"] = budget.count if budget.count is not None else str(budget)
     if m.get("on_failure") is not None:
         policy["on_failure"] = check.choice(
             m["on_failure"], m.where("on_failure"), "rollout.on_failure", ON_FAILURE
@@ -820,39 +826,15 @@ def _rollout(value: Any, where: str) -> RolloutPolicy:
     return RolloutPolicy(**policy)
 
 
-def _batch(value: Any, where: str) -> Union[BatchSize, List[BatchSize]]:
-    """`rollout.batch`: hosts (>= 1), `"N%"` (1-100), or a non-empty list of those."""
-    if isinstance(value, LocatedList):
-        if not value:
-            raise check.bad(where, "rollout.batch", "the list is empty", hint='e.g. [1, 5, "20%"]')
-        return [_batch_size(x, value.where(i), f"rollout.batch[{i}]") for i, x in enumerate(value)]
-    return _batch_size(value, where, "rollout.batch")
-
-
-def _batch_size(value: Any, where: str, path: str) -> BatchSize:
-    if isinstance(value, str):
-        return _percent(value, where, path, 1)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise check.bad(
-            where,
-            path,
-            f'expected a number of hosts (>= 1) or a percentage like "25%"; got {value!r}',
-        )
-    return value
-
-
-def _max_fail(value: Any, where: str) -> BatchSize:
-    """`rollout.max_fail`: failures allowed per batch (>= 0) or `"N%"` (0-100) of it."""
-    if isinstance(value, str):
-        return _percent(value, where, "rollout.max_fail", 0)
-    return check.whole_number(value, where, "rollout.max_fail", 0)
-
-
-def _percent(value: str, where: str, path: str, minimum: int) -> str:
-    match = re.match(r"^(\d+)%$", value)
-    if not match or not minimum <= int(match.group(1)) <= 100:
-        raise check.bad(where, path, f'{value!r} is not a percentage {minimum}-100 like "25%"')
-    return f"{int(match.group(1))}%"
+def _spec(parse: Callable[[Any], Any], m: LocatedDict, key: str) -> Any:
+    """A rollout value read by its parser; its SpecError gets the key's (or entry's) line."""
+    try:
+        return parse(m[key])
+    except rollout.SpecError as exc:
+        node, path, at = m[key], f"rollout.{key}", m.where(key)
+        if exc.index is not None and isinstance(node, LocatedList):
+            path, at = f"{path}[{exc.index}]", node.where(exc.index)
+        raise check.bad(at, path, exc.problem) from None
 
 
 def _template(value: Any, where: str, path: str, placeholders: bool = False) -> Template:

@@ -89,7 +89,9 @@ def test_sentiment_for_a_lab_host(tmp_path: Path):
     assert result["container"]["ports"] == [
         {"container": 8080, "host": 8080, "protocol": "tcp", "host_ip": ""}
     ]
-    assert playbook.rollout == RolloutPolicy(canary=1, batch="50%", max_fail=0, on_failure="pause")
+    assert playbook.rollout == RolloutPolicy(
+        canary="per-variant", batch="50%", max_fail=0, on_failure="pause"
+    )
 
 
 def test_sentiment_expects_what_the_lab_weights_answer():
@@ -418,6 +420,10 @@ def test_required_keys_and_bad_files(tmp_path: Path):
             "{max_fail: '0%', on_failure: continue}",
             RolloutPolicy(max_fail="0%", on_failure="continue"),
         ),
+        # the command line's grammar: decimal percentages, whole numbers as text
+        ("{max_fail: '33.3%', batch: '12.5%'}", RolloutPolicy(batch="12.5%", max_fail="33.3%")),
+        ("{max_fail: '2', batch: '3', canary: '2'}", RolloutPolicy(canary=2, batch=3, max_fail=2)),
+        ("{canary: per-variant}", RolloutPolicy(canary="per-variant")),
     ],
 )
 def test_rollout_policy(tmp_path: Path, rollout: str, expected: RolloutPolicy):
@@ -427,16 +433,17 @@ def test_rollout_policy(tmp_path: Path, rollout: str, expected: RolloutPolicy):
 @pytest.mark.parametrize(
     ("tail", "line", "words"),
     [
-        ("rollout: {batch: 0}\n", 5, "`rollout.batch`: expected a number of hosts"),
-        ("rollout: {batch: '0%'}\n", 5, "not a percentage 1-100"),
-        ("rollout: {batch: '150%'}\n", 5, "not a percentage 1-100"),
-        ("rollout: {batch: half}\n", 5, "not a percentage"),
-        ("rollout: {batch: []}\n", 5, "the list is empty"),
-        ("rollout:\n  batch:\n    - 1\n    - 20 %\n", 8, "`rollout.batch[1]`: '20 %'"),
+        ("rollout: {batch: 0}\n", 5, "`rollout.batch`: 0 must be at least 1 host"),
+        ("rollout: {batch: '0%'}\n", 5, "must be more than 0% and at most 100%"),
+        ("rollout: {batch: '150%'}\n", 5, "must be more than 0% and at most 100%"),
+        ("rollout: {batch: half}\n", 5, "'half' must be a whole number or a percentage"),
+        ("rollout: {batch: []}\n", 5, "list is empty"),
+        ("rollout:\n  batch:\n    - 1\n    - 20 %%\n", 8, "`rollout.batch[1]`: '20 %%'"),
         ("rollout:\n  batch: [1, 0]\n", 6, "`rollout.batch[1]`"),
-        ("rollout: {max_fail: -1}\n", 5, "`rollout.max_fail`: expected a whole number >= 0"),
-        ("rollout: {max_fail: '101%'}\n", 5, "not a percentage 0-100"),
+        ("rollout: {max_fail: -1}\n", 5, "`rollout.max_fail`: -1 must be 0 or more hosts"),
+        ("rollout: {max_fail: '101%'}\n", 5, "must be between 0% and 100%"),
         ("rollout: {canary: -1}\n", 5, "`rollout.canary`"),
+        ("rollout: {canary: per_variant}\n", 5, "or per-variant"),
         ("rollout: {on_failure: halt}\n", 5, "one of pause, rollback, continue"),
     ],
 )

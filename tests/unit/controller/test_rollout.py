@@ -7,14 +7,19 @@ from typing import List, Sequence
 import pytest
 
 from mlfleet.controller.rollout import (
+    PER_VARIANT,
     Action,
     BatchSpec,
     Decision,
     FailureBudget,
+    SpecError,
     Wave,
+    canary_hosts,
     decide,
     describe_plan,
+    parse_batch,
     parse_budget,
+    parse_canary,
     plan_waves,
 )
 
@@ -458,3 +463,112 @@ def test_plan_then_decide_walkthrough():
         rollback=False,
         reason="canary: 1 of 1 hosts failed (edge-a100), budget 0 -> paused; 4 hosts not touched",
     )
+
+
+# --- one grammar for the playbook and the command line ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (5, 5),
+        ("5", 5),
+        (" 25% ", "25%"),
+        ("12.5%", "12.5%"),
+        ("1,5,20%", [1, 5, "20%"]),
+        ("1, 5 , 20 %", [1, 5, "20%"]),
+        ([1, "5", "20%"], [1, 5, "20%"]),
+        (["50%"], "50%"),
+    ],
+)
+def test_parse_batch_takes_yaml_values_and_command_line_text(value: object, expected: object):
+    assert parse_batch(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "index", "problem"),
+    [
+        ("1,0", 1, "0 must be at least 1 host"),
+        ([1, "x%"], 1, "'x%' is not a percentage"),
+        ("1,,2", 1, "'' must be a whole number"),
+        ("0%", None, "'0%' must be more than 0% and at most 100%"),
+        ([], None, "list is empty"),
+        ({"a": 1}, None, "{'a': 1} must be a number, a percentage or a list"),
+    ],
+)
+def test_parse_batch_errors_name_the_entry(value: object, index: object, problem: str):
+    with pytest.raises(SpecError) as caught:
+        parse_batch(value)
+    assert caught.value.index == index and caught.value.problem.startswith(problem)
+    assert str(caught.value).startswith("batch ")
+
+
+def test_the_same_budget_from_a_playbook_and_the_command_line():
+    assert parse_budget("33.3%") == FailureBudget(percent=33.3)
+    assert parse_budget(" 2 ") == parse_budget(2) == FailureBudget(count=2)
+    with pytest.raises(SpecError) as caught:
+        parse_budget("101%")
+    assert caught.value.problem == "'101%' must be between 0% and 100%"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(0, 0), (2, 2), ("3", 3), ("per-variant", PER_VARIANT)]
+)
+def test_parse_canary(value: object, expected: object):
+    assert parse_canary(value) == expected
+
+
+@pytest.mark.parametrize("value", [-1, "-1", "some", 1.5, True, None, "per_variant"])
+def test_parse_canary_rejects(value: object):
+    with pytest.raises(SpecError, match="canary"):
+        parse_canary(value)
+
+
+# --- canary per variant ------------------------------------------------------------------------
+
+MIXED = ["cpu1", "cpu2", "a100", "t4", "mi210", "cpu3", "a100b", "new"]
+VARIANT_OF = {"cpu1": "cpu", "cpu2": "cpu", "a100": "cuda12", "t4": "cuda11",
+              "mi210": "rocm", "cpu3": "cpu", "a100b": "cuda12", "new": None}  # fmt: skip
+
+
+def test_per_variant_canary_holds_the_first_host_of_each_variant():
+    waves = plan_waves(MIXED, PER_VARIANT, "50%", VARIANT_OF)
+    assert waves == [
+        Wave("canary", ("cpu1", "a100", "t4", "mi210")),
+        Wave("batch 1", ("cpu2", "cpu3")),
+        Wave("batch 2", ("a100b", "new")),
+    ]
+
+
+def test_per_variant_hosts_of_unknown_variant_are_no_canaries():
+    # `new` has no facts yet, `gone` is not in the mapping: neither is a canary.
+    variant_of = {"a": "cpu", "b": "cuda12", "new": None}
+    assert canary_hosts(["new", "gone", "a", "b"], PER_VARIANT, variant_of) == ("a", "b")
+
+
+def test_per_variant_without_any_known_variant_is_one_host():
+    assert canary_hosts(["x", "y"], PER_VARIANT, {}) == ("x",)
+    assert canary_hosts(["x", "y"], PER_VARIANT, {"x": None}) == ("x",)
+    assert plan_waves(["x", "y", "z"], PER_VARIANT, 1) == [
+        Wave("canary", ("x",)), Wave("batch 1", ("y",)), Wave("batch 2", ("z",)),
+    ]  # fmt: skip
+    assert plan_waves([], PER_VARIANT, 1, {}) == []
+
+
+def test_property_per_variant_one_host_per_known_variant_every_host_once():
+    variants = ["cuda12", "cuda11", "rocm", "cpu", None]
+    for n in range(0, 30):
+        fleet = hosts(n)
+        for shift in range(len(variants)):
+            variant_of = {h: variants[(i * 7 + shift) % len(variants)] for i, h in enumerate(fleet)}
+            waves = plan_waves(fleet, PER_VARIANT, [1, "30%"], variant_of)
+            assert sorted(h for w in waves for h in w.hosts) == fleet
+            if not fleet:
+                continue
+            canary = waves[0]
+            known = {v for v in variant_of.values() if v is not None}
+            assert canary.name == "canary"
+            if known:
+                assert sorted(variant_of[h] for h in canary.hosts) == sorted(known)
+            else:
+                assert canary.hosts == (fleet[0],)
