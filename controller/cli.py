@@ -1,58 +1,79 @@
-"""`mlfleet` command line: thin; every command calls into a module that does the work."""
+"""`mlfleet` command line: thin. Options are parsed into typed values here (a bad one is one
+line and exit 2), every command calls into a module that does the work and returns typed
+results, and this module only renders them (a table, or --json) and picks the exit code."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, TypeVar
 
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from mlfleet.controller.errors import MlfleetError
+from mlfleet.controller.errors import ConfigError, ExitCode, MlfleetError
 
 # Logs and pipes get a wide table rather than rich's 80-column default.
 console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
-
-class Context:
-    debug: bool = False
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _progress(message: str) -> None:
-    console.print(f"[dim]·[/dim] {message}")
+    console.print(Text.assemble(("· ", "dim"), message))
+
+
+def _error_line(message: str) -> None:
+    # Text from hosts and files is printed as it is, never read as markup.
+    console.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point: turns MlfleetError into one red line and its exit code."""
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    """Entry point: any error is one red line and its exit code; a traceback only with
+    --debug."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
     try:
-        cli.main(args=argv, prog_name="mlfleet", standalone_mode=False)
+        cli.main(args=args, prog_name="mlfleet", standalone_mode=False)
     except MlfleetError as exc:
         if debug:
             raise
-        console.print(f"[bold red]error:[/bold red] {exc}", soft_wrap=True)
-        return exc.exit_code
+        _error_line(str(exc))
+        return int(exc.exit_code)
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except SystemExit as exc:
         return int(exc.code or 0)
+    except click.UsageError as exc:
+        hint = (
+            f" (see `mlfleet {exc.ctx.command_path.split(' ', 1)[1]} --help`)"
+            if exc.ctx and " " in exc.ctx.command_path
+            else ""
+        )
+        _error_line(exc.format_message() + hint)
+        return ExitCode.USAGE
     except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except click.exceptions.Abort:
-        console.print("aborted")
-        return 130
-    except KeyboardInterrupt:
+        _error_line(exc.format_message())
+        return ExitCode.USAGE
+    except (click.exceptions.Abort, KeyboardInterrupt):
         console.print("interrupted")
         return 130
-    return 0
+    except Exception as exc:
+        if debug:
+            raise
+        _error_line(
+            f"internal error: {type(exc).__name__}: {exc} (run again with --debug for the traceback)"
+        )
+        return ExitCode.FAILED
+    return ExitCode.OK
 
 
 @dataclass
@@ -66,9 +87,44 @@ class Settings:
 
 
 EXIT_CODES = """\b
-Exit codes: 0 success; 1 deployment failed or halted (or an agent failed); 2 usage or
-input error (inventory, playbook, missing image); 3 lab error; 4 fleet lock held;
-5 hosts unreachable."""
+Exit codes: 0 success; 1 deployment failed or halted (or a host's apply or rollback
+failed); 2 usage or input error (options, inventory, playbook, missing image); 3 lab
+error; 4 fleet lock held; 5 hosts unreachable; 6 an agent could not run on a host
+(Python 3.8+, cron)."""
+
+_GLOBAL_OPTIONS: List[Callable[[F], F]] = [
+    click.option("-i", "--inventory", type=click.Path(path_type=Path), default=None,
+                 help="Ansible-style inventory YAML [default: inventory/hosts.yml]."),
+    click.option("-p", "--playbook", type=click.Path(path_type=Path),
+                 help="Model playbook (default: the one file in playbooks/)."),
+    click.option("--limit", help="Hosts, groups, globs, comma lists, !exclusions, &intersections."),
+    click.option("--forks", type=click.IntRange(min=1), default=None,
+                 help="Hosts worked on at once [default: 20]."),
+    click.option("--state", type=click.Path(path_type=Path), default=None,
+                 help="Controller state DB (default $MLFLEET_STATE or ~/.local/state/mlfleet/state.db)."),
+    click.option("--accept-new-host-keys", is_flag=True, default=None,
+                 help="Trust and record unknown host keys (never changed ones)."),
+    click.option("--debug", is_flag=True, default=None, help="Show tracebacks."),
+]  # fmt: skip
+
+
+def fleet_options(fn: F) -> F:
+    """The global options, accepted after the subcommand too (as Ansible and Kamal users
+    write them): a value given there overrides the one given before it."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        settings: Settings = click.get_current_context().find_object(Settings)  # type: ignore[assignment]
+        for name in ("inventory", "playbook", "limit", "forks", "state", "accept_new_host_keys"):
+            value = kwargs.pop(name)
+            if value is not None:
+                setattr(settings, name, value)
+        kwargs.pop("debug")
+        return fn(*args, **kwargs)
+
+    for option in reversed(_GLOBAL_OPTIONS):
+        wrapper = option(wrapper)
+    return wrapper  # type: ignore[return-value]
 
 
 @click.group(epilog=EXIT_CODES)
@@ -78,7 +134,8 @@ input error (inventory, playbook, missing image); 3 lab error; 4 fleet lock held
 @click.option("-p", "--playbook", type=click.Path(path_type=Path),
               help="Model playbook (default: the one file in playbooks/).")  # fmt: skip
 @click.option("--limit", help="Hosts, groups, globs, comma lists, !exclusions.")
-@click.option("--forks", type=int, default=20, show_default=True, help="Hosts worked on at once.")
+@click.option("--forks", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Hosts worked on at once.")  # fmt: skip
 @click.option("--state", type=click.Path(path_type=Path), envvar="MLFLEET_STATE",
               help="Controller state DB (default ~/.local/state/mlfleet/state.db).")  # fmt: skip
 @click.option(
@@ -90,33 +147,57 @@ input error (inventory, playbook, missing image); 3 lab error; 4 fleet lock held
 @click.pass_context
 def cli(ctx: click.Context, debug: bool, inventory: Path, playbook: Optional[Path], limit: Optional[str],
         forks: int, state: Optional[Path], accept_new_host_keys: bool) -> None:  # fmt: skip
-    """Deploy ML models to a fleet of heterogeneous edge hosts."""
-    Context.debug = debug
+    """Deploy ML models to a fleet of heterogeneous edge hosts.
+
+    The options above may also be given after the command (mlfleet deploy --tag v3 --limit edge-cpu)."""
     ctx.obj = Settings(inventory, playbook, limit, forks, state, accept_new_host_keys)
 
 
-def _fleet(settings: Settings, need_playbook: bool = False) -> Any:
-    from mlfleet.controller.deploy import Fleet
-    from mlfleet.controller.inventory import load_inventory
-    from mlfleet.controller.playbook import find_playbook, load_playbook
+def _state(settings: Settings) -> Any:
     from mlfleet.controller.state import ControllerState, default_state_path
 
-    inventory = load_inventory(settings.inventory)
-    hosts = inventory.select(settings.limit)
-    playbook = None
-    if need_playbook:
-        path = settings.playbook or find_playbook(Path("playbooks"))
-        settings.playbook = path
-        playbook = load_playbook(path)
-    state = ControllerState(settings.state or default_state_path())
-    return Fleet(hosts=hosts, playbook=playbook, state=state, forks=settings.forks,
-                 accept_new_host_keys=settings.accept_new_host_keys, progress=_host_progress)  # fmt: skip
+    return ControllerState(settings.state or default_state_path())
+
+
+def _playbook(settings: Settings) -> Any:
+    from mlfleet.controller.playbook import find_playbook, load_playbook
+
+    path = settings.playbook or find_playbook(Path("playbooks"))
+    settings.playbook = path
+    return load_playbook(path)
+
+
+def _session(settings: Settings) -> Any:
+    from mlfleet.controller.inventory import load_inventory
+    from mlfleet.controller.session import FleetSession, ssh_connector
+
+    hosts = load_inventory(settings.inventory).select(settings.limit)
+    return FleetSession(
+        hosts,
+        _state(settings),
+        connector=ssh_connector(settings.accept_new_host_keys),
+        forks=settings.forks,
+        progress=_host_progress,
+    )
 
 
 def _host_progress(host: str, message: str) -> None:
-    console.print(
-        f"[dim]·[/dim] [bold]{host}[/bold] {message}" if host != "*" else f"[dim]·[/dim] {message}"
-    )
+    if host == "*":
+        console.print(Text.assemble(("· ", "dim"), message))
+    else:
+        console.print(Text.assemble(("· ", "dim"), (host, "bold"), " ", message))
+
+
+def _table(title: str, columns: Iterable[str], caption: Optional[str] = None) -> Table:
+    table = Table(title=Text(title), caption=Text(caption) if caption else None)
+    for column in columns:
+        table.add_column(column)
+    return table
+
+
+def _row(table: Table, *cells: Any) -> None:
+    """Cells as plain text: host names, reasons and tags are never markup."""
+    table.add_row(*(c if isinstance(c, Text) else Text("" if c is None else str(c)) for c in cells))
 
 
 def _emit(data: Any, as_json: bool, table: Optional[Table] = None) -> None:
@@ -130,8 +211,14 @@ def _when(ts: Optional[float]) -> str:
     return time.strftime("%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
 
 
+def _finish(code: int) -> None:
+    if code != ExitCode.OK:
+        raise SystemExit(int(code))
+
+
 @cli.command("inventory")
 @click.option("--json", "as_json", is_flag=True)
+@fleet_options
 @click.pass_obj
 def inventory_cmd(settings: Settings, as_json: bool) -> None:
     """Show the resolved hosts and their variables."""
@@ -141,12 +228,14 @@ def inventory_cmd(settings: Settings, as_json: bool) -> None:
     hosts = inv.select(settings.limit)
     data = inv.to_dict()
     data["hosts"] = {h.name: data["hosts"][h.name] for h in hosts}
-    table = Table(title=f"inventory {settings.inventory}")
-    for col in ("host", "address", "user", "groups"):
-        table.add_column(col)
+    table = _table(f"inventory {settings.inventory}", ("host", "address", "user", "groups"))
     for h in hosts:
-        table.add_row(
-            h.name, f"{h.address}:{h.port}", h.user, ", ".join(g for g in h.groups if g != "all")
+        _row(
+            table,
+            h.name,
+            f"{h.address}:{h.port}",
+            h.user,
+            ", ".join(g for g in h.groups if g != "all"),
         )
     _emit(data, as_json, table)
 
@@ -158,132 +247,183 @@ def agent_group() -> None:
 
 @agent_group.command("install")
 @click.option("--json", "as_json", is_flag=True)
+@fleet_options
 @click.pass_obj
 def agent_install(settings: Settings, as_json: bool) -> None:
     """Copy the agent where missing or different, install its cron entry, check it runs."""
-    from mlfleet.controller.deploy import install_agents
+    from mlfleet.controller.commands import install_agents
+    from mlfleet.controller.outcomes import Outcome, exit_code
 
-    fleet = _fleet(settings)
-    try:
-        results = install_agents(fleet)
-    finally:
-        fleet.close()
-    table = Table(title=f"agent {fleet.bundle().sha256[:12]} ({fleet.bundle().size} bytes)")
-    for col in ("host", "result", "python"):
-        table.add_column(col)
-    for name, r in results.items():
-        table.add_row(name, r["result"], r.get("python", r.get("reason", "")))
-    _emit({"hosts": [dict(host=n, **r) for n, r in results.items()]}, as_json, table)
-    _exit_for(results.values())
+    with _session(settings) as session:
+        results = install_agents(session)
+        bundle = session.bundle()
+    table = _table(
+        f"agent {bundle.sha256[:12]} ({bundle.size} bytes)", ("host", "result", "python")
+    )
+    for r in results:
+        _row(table, r.host, r.outcome.value, r.python or r.reason)
+    _emit({"hosts": [r.to_dict() for r in results]}, as_json, table)
+    _finish(exit_code((r.outcome for r in results), (Outcome.INSTALLED, Outcome.UNCHANGED)))
 
 
 @cli.command("facts")
 @click.option("--json", "as_json", is_flag=True)
+@fleet_options
 @click.pass_obj
 def facts_cmd(settings: Settings, as_json: bool) -> None:
     """Detect hardware, drivers and engine on every host (stored)."""
-    from mlfleet.controller.deploy import gather_facts
+    from mlfleet.controller.commands import gather_facts
+    from mlfleet.controller.outcomes import exit_code
 
-    fleet = _fleet(settings)
-    try:
-        results = gather_facts(fleet)
-    finally:
-        fleet.close()
-    table = Table(title="facts")
-    for col in ("host", "arch", "GPUs", "driver / CUDA", "ROCm / L4T", "engine GPU wiring"):
-        table.add_column(col)
-    for name, f in results.items():
-        if "error" in f:
-            table.add_row(name, "[red]unreachable[/red]", f["error"], "", "", "")
+    with _session(settings) as session:
+        results = gather_facts(session)
+    table = _table(
+        "facts", ("host", "arch", "GPUs", "driver / CUDA", "ROCm / L4T", "engine GPU wiring")
+    )
+    for r in results:
+        f = r.facts
+        if f is None:
+            _row(
+                table,
+                r.host,
+                Text(r.outcome.value if r.outcome else "?", style="red"),
+                r.reason,
+                "",
+                "",
+                "",
+            )
             continue
-        gpus = ", ".join(g["model"] for g in f["gpus"]) or "none"
-        nv = f.get("nvidia") or {}
-        driver = f"{nv.get('driver_version')} / {nv.get('cuda_version')}" if nv else "-"
+        gpus = ", ".join(g.model for g in f.gpus) or "none"
+        driver = f"{f.nvidia.driver_version} / {f.nvidia.cuda_version}" if f.nvidia else "-"
         other = (
-            (f.get("amd") or {}).get("rocm_version") or (f.get("jetson") or {}).get("l4t") or "-"
+            (f.amd.rocm_version if f.amd else None) or (f.jetson.l4t if f.jetson else None) or "-"
         )
-        docker = f.get("docker") or {}
-        wiring = ", ".join(docker.get("gpu_support") or []) or (
-            "none" if docker.get("reachable") else "engine down"
+        docker = f.docker
+        wiring = (
+            ", ".join(docker.gpu_support)
+            if docker and docker.gpu_support
+            else ("none" if docker and docker.reachable else "engine down")
         )
-        table.add_row(name, f["arch"], gpus, driver, other, wiring)
-    _emit({"hosts": results}, as_json, table)
-    if any("error" in f for f in results.values()):
-        raise SystemExit(5)
+        _row(table, r.host, f.arch, gpus, driver, other, wiring)
+    _emit({"hosts": {r.host: r.to_dict() for r in results}}, as_json, table)
+    _finish(exit_code((r.outcome for r in results if r.outcome is not None), ()))
+
+
+def _rollout_options(playbook: Any, canary: Optional[str], batch: Optional[str], max_fail: Optional[str],
+                     on_failure: Optional[str], transfer: Optional[str]) -> Any:  # fmt: skip
+    """The playbook's rollout policy with the command line's overrides, each checked by the
+    one grammar in controller/rollout.py (a bad one: one line naming the option, exit 2)."""
+    from mlfleet.agent.protocol import TransferMode
+    from mlfleet.controller import rollout
+    from mlfleet.controller.deploy import RolloutOptions
+
+    policy = playbook.rollout
+
+    def parsed(option: str, parse: Callable[[Any], Any], value: Any) -> Any:
+        try:
+            return parse(value)
+        except rollout.SpecError as exc:
+            raise ConfigError(f"{option} {exc.problem}") from None
+        except ValueError as exc:
+            raise ConfigError(f"{option}: {exc}") from None
+
+    return RolloutOptions(
+        canary=parsed(
+            "--canary", rollout.parse_canary, policy.canary if canary is None else canary
+        ),
+        batch=parsed("--batch", rollout.parse_batch, policy.batch if batch is None else batch),
+        budget=parsed(
+            "--max-fail", rollout.parse_budget, policy.max_fail if max_fail is None else max_fail
+        ),
+        on_failure=rollout.Action(on_failure or policy.on_failure),
+        transfer=TransferMode(transfer) if transfer else None,
+    )
+
+
+def rollout_options(fn: F) -> F:
+    fn = click.option("--on-failure", type=click.Choice(["pause", "rollback", "continue"]),
+                      help="When a wave fails beyond its budget (default: the playbook's).")(fn)  # fmt: skip
+    fn = click.option(
+        "--max-fail", help="Failures allowed per wave: N or N% (default: the playbook's)."
+    )(fn)
+    fn = click.option(
+        "--batch", help="Batch size: N, N%, or a list like 1,5,20% (default: the playbook's)."
+    )(fn)
+    fn = click.option("--canary", help="Hosts in the canary wave: N, or per-variant for one host of each "
+                      "variant the plan selects (default: the playbook's).")(fn)  # fmt: skip
+    return fn
 
 
 @cli.command("plan")
 @click.option("--tag", required=True)
+@rollout_options
 @click.option("--json", "as_json", is_flag=True)
+@fleet_options
 @click.pass_obj
-def plan_cmd(settings: Settings, tag: str, as_json: bool) -> None:
-    """Per host: the variant and image, why, and what would change. Changes nothing."""
-    from mlfleet.controller.deploy import plan
+def plan_cmd(settings: Settings, tag: str, canary: Optional[str], batch: Optional[str], max_fail: Optional[str],
+             on_failure: Optional[str], as_json: bool) -> None:  # fmt: skip
+    """Per host: the variant and image, why, and what would change; then the waves and the
+    failure budget deploy would use. Changes nothing."""
+    from mlfleet.controller.commands import plan
+    from mlfleet.controller.outcomes import exit_code
+    from mlfleet.controller.rollout import describe_plan
 
-    fleet = _fleet(settings, need_playbook=True)
-    try:
-        results = plan(fleet, tag)
-    finally:
-        fleet.close()
-    table = Table(title=f"plan {tag}")
-    for col in ("host", "variant", "change", "why"):
-        table.add_column(col)
-    for name, r in results.items():
-        why = "; ".join(f"{x['variant']}: {x['reason']}" for x in r.get("rejected", [])) or r.get(
-            "reason", ""
+    playbook = _playbook(settings)
+    options = _rollout_options(playbook, canary, batch, max_fail, on_failure, None)
+    with _session(settings) as session:
+        report = plan(session, playbook, tag, options)
+    table = _table(f"plan {tag}", ("host", "variant", "change", "why"))
+    for h in report.hosts:
+        if h.outcome is not None:
+            _row(table, h.host, "-", h.outcome.value, h.reason)
+            continue
+        rejected = h.selection.rejected if h.selection else []
+        why = "; ".join(f"{x.variant}: {x.reason}" for x in rejected)
+        _row(table, h.host, h.variant or "-", h.change, why)
+    _emit(report.to_dict(), as_json, table)
+    if not as_json:
+        out.print(
+            Text(
+                f"canary: {report.canary}; failure budget per wave: {report.budget}, then {report.on_failure.value}"
+            )
         )
-        table.add_row(name, r.get("variant") or "-", r.get("change", r.get("result", "")), why)
-    _emit({"tag": tag, "hosts": [dict(host=n, **r) for n, r in results.items()]}, as_json, table)
+        for line in describe_plan(report.waves):
+            out.print(Text(f"  {line}"))
+    _finish(exit_code((h.outcome for h in report.hosts if h.outcome is not None), ()))
 
 
 @cli.command("deploy")
 @click.option("--tag", required=True, help="The release to deploy.")
-@click.option("--canary", type=int, help="Hosts in the canary wave (default: the playbook's).")
-@click.option("--batch", help="Batch size: N, N%, or a list like 1,5,20%.")
-@click.option("--max-fail", help="Failures allowed per wave: N or N%.")
-@click.option("--on-failure", type=click.Choice(["pause", "rollback", "continue"]))
+@rollout_options
 @click.option("--transfer", type=click.Choice(["pull", "relay", "auto"]),
               help="How images reach hosts: pull from the registry, relay through an SSH tunnel "
                    "from the controller's side, or auto per host (default: each host's mlfleet_transfer, else pull).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True)
+@fleet_options
 @click.pass_obj
-def deploy_cmd(settings: Settings, tag: str, canary: Optional[int], batch: Optional[str], max_fail: Optional[str],
+def deploy_cmd(settings: Settings, tag: str, canary: Optional[str], batch: Optional[str], max_fail: Optional[str],
                on_failure: Optional[str], transfer: Optional[str], as_json: bool) -> None:  # fmt: skip
     """Canary, then batches, with a failure budget and the fleet lock."""
-    from mlfleet.controller.deploy import DeployOptions, deploy
+    from mlfleet.controller.deploy import deploy
 
-    fleet = _fleet(settings, need_playbook=True)
-    fleet.transfer = transfer
-    policy = fleet.playbook.rollout
-    options = DeployOptions(
-        tag=tag,
-        canary=policy.canary if canary is None else canary,
-        batch=_batch_option(batch) if batch else policy.batch,
-        max_fail=max_fail if max_fail is not None else policy.max_fail,
-        on_failure=on_failure or policy.on_failure,
-    )
-    try:
-        outcome = deploy(fleet, options, str(settings.playbook), str(settings.inventory))
-    finally:
-        fleet.close()
-    table = Table(title=f"deploy {tag}: {outcome['status']} (deployment {outcome['deployment']})",
-                  caption=f"image bytes over the hosts' links: {_size(outcome['bytes'])}")  # fmt: skip
-    for col in ("host", "result", "variant", "image", "duration", "bytes", "reason"):
-        table.add_column(col)
-    for h in outcome["hosts"]:
-        image = (h.get("image") or "-").rsplit("/", 1)[-1]
-        moved = f"{_size(h.get('bytes') or 0)} {h['transfer']}" if h.get("transfer") else "-"
-        table.add_row(h["host"], h["result"], h.get("variant") or "-", image,
-                      f"{h.get('duration_s', 0):.1f}s", moved, (h.get("reason") or "")[:80])  # fmt: skip
-    _emit(outcome, as_json, table)
-    if outcome["status"] != "succeeded":
-        only_unreachable = all(
-            h["result"] in ("updated", "unchanged", "unreachable") for h in outcome["hosts"]
-        )
-        raise SystemExit(5 if only_unreachable else 1)
+    playbook = _playbook(settings)
+    options = _rollout_options(playbook, canary, batch, max_fail, on_failure, transfer)
+    with _session(settings) as session:
+        report = deploy(session, playbook, tag, options,
+                        playbook_path=str(settings.playbook), inventory_path=str(settings.inventory))  # fmt: skip
+    table = _table(f"deploy {tag}: {report.status} (deployment {report.deployment})",
+                   ("host", "result", "variant", "image", "duration", "bytes", "reason"),
+                   caption=f"image bytes over the hosts' links: {_size(report.bytes)}")  # fmt: skip
+    for h in report.hosts:
+        image = (h.image or "-").rsplit("/", 1)[-1]
+        moved = f"{_size(h.bytes)} {h.transfer.value}" if h.transfer else "-"
+        _row(table, h.host, h.outcome.value, h.variant or "-", image, f"{h.duration_s:.1f}s", moved,
+             (h.reason or "")[:80])  # fmt: skip
+    _emit(report.to_dict(), as_json, table)
+    _finish(report.exit_code())
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -291,76 +431,72 @@ def _size(n: int) -> str:
     return str(n)
 
 
-def _batch_option(text: str) -> Any:
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    items = [int(p) if p.isdigit() else p for p in parts]
-    return items if len(items) > 1 else items[0]
-
-
 @cli.command("rollback")
 @click.option("--to", "tag", help="The release to return to (default: each host's previous).")
 @click.option("--json", "as_json", is_flag=True)
+@fleet_options
 @click.pass_obj
 def rollback_cmd(settings: Settings, tag: Optional[str], as_json: bool) -> None:
     """Return hosts to their previous (or a named) release."""
-    from mlfleet.controller.deploy import rollback_fleet
+    from mlfleet.controller.commands import rollback_fleet
+    from mlfleet.controller.outcomes import Outcome, exit_code
 
-    fleet = _fleet(settings, need_playbook=True)
-    try:
-        results = rollback_fleet(fleet, fleet.playbook.app, tag)
-    finally:
-        fleet.close()
-    table = Table(title="rollback")
-    for col in ("host", "result", "tag", "reason"):
-        table.add_column(col)
-    for name, r in results.items():
-        table.add_row(name, r["result"], r.get("tag") or "-", r.get("reason") or "")
-    _emit({"hosts": [dict(host=n, **r) for n, r in results.items()]}, as_json, table)
-    _exit_for(results.values(), ok=("rolled_back",))
+    playbook = _playbook(settings)
+    with _session(settings) as session:
+        results = rollback_fleet(session, playbook.app, tag)
+    table = _table("rollback", ("host", "result", "tag", "reason"))
+    for r in results:
+        _row(table, r.host, r.outcome.value, r.tag or "-", r.reason)
+    _emit({"hosts": [r.to_dict() for r in results]}, as_json, table)
+    _finish(exit_code((r.outcome for r in results), (Outcome.ROLLED_BACK,)))
 
 
 @cli.command("status")
 @click.option("--json", "as_json", is_flag=True)
+@fleet_options
 @click.pass_obj
 def status_cmd(settings: Settings, as_json: bool) -> None:
     """Per host: tag, variant, health, since, last agent tick."""
-    from mlfleet.controller.deploy import fleet_status
+    from mlfleet.controller.commands import fleet_status
+    from mlfleet.controller.outcomes import Outcome, exit_code
 
-    fleet = _fleet(settings, need_playbook=settings.playbook is not None)
-    app = fleet.playbook.app if fleet.playbook else None
-    try:
-        results = fleet_status(fleet, app)
-    finally:
-        fleet.close()
-    table = Table(title="status")
-    for col in ("host", "tag", "variant", "health", "since", "last tick"):
-        table.add_column(col)
-    for name, r in results.items():
-        table.add_row(name, r.get("tag") or "-", r.get("variant") or "-", r["health"], _when(r.get("since")),
-                      _when(r.get("last_tick")))  # fmt: skip
-    _emit({"hosts": [dict(host=n, **r) for n, r in results.items()]}, as_json, table)
+    app = _playbook(settings).app if settings.playbook is not None else None
+    with _session(settings) as session:
+        rows = fleet_status(session, app)
+    table = _table("status", ("host", "tag", "variant", "health", "since", "last tick"))
+    for r in rows:
+        _row(
+            table,
+            r.host,
+            r.tag or "-",
+            r.variant or "-",
+            r.health,
+            _when(r.since),
+            _when(r.last_tick),
+        )
+    _emit({"hosts": [r.to_dict() for r in rows]}, as_json, table)
+    _finish(exit_code((Outcome(r.health) for r in rows if not r.reached), ()))
 
 
 @cli.command("history")
 @click.option("--host", "host_name", help="Only this host.")
 @click.option("--json", "as_json", is_flag=True)
+@fleet_options
 @click.pass_obj
 def history_cmd(settings: Settings, host_name: Optional[str], as_json: bool) -> None:
     """Deployments and per-host results, newest first."""
-    from mlfleet.controller.state import ControllerState, default_state_path
-
-    state = ControllerState(settings.state or default_state_path())
+    state = _state(settings)
     deployments = state.deployments()
     results = state.host_results(host=host_name)
-    table = Table(title="history")
-    for col in ("#", "tag", "host", "wave", "result", "variant", "bytes", "finished"):
-        table.add_column(col)
+    table = _table(
+        "history", ("#", "tag", "host", "wave", "result", "variant", "bytes", "finished")
+    )
     table.add_column("reason", overflow="ellipsis", no_wrap=True, max_width=60)
     tags = {d["id"]: d["tag"] for d in deployments}
     for r in results[:50]:
         moved = f"{_size(r['bytes'] or 0)} {r.get('transfer') or ''}".strip()
-        table.add_row(str(r["deployment_id"]), tags.get(r["deployment_id"], "?"), r["host"], r["wave"] or "-",
-                      r["result"] or "-", r["variant"] or "-", moved, _when(r["finished"]), r["reason"] or "")  # fmt: skip
+        _row(table, r["deployment_id"], tags.get(r["deployment_id"], "?"), r["host"], r["wave"] or "-",
+             r["result"] or "-", r["variant"] or "-", moved, _when(r["finished"]), r["reason"] or "")  # fmt: skip
     _emit({"deployments": deployments, "results": results}, as_json, table)
 
 
@@ -371,35 +507,25 @@ def lock_group() -> None:
 
 @lock_group.command("status")
 @click.option("--json", "as_json", is_flag=True)
+@fleet_options
 @click.pass_obj
 def lock_status(settings: Settings, as_json: bool) -> None:
-    from mlfleet.controller.state import ControllerState, default_state_path
-
-    held = ControllerState(settings.state or default_state_path()).lock_status()
+    held = _state(settings).lock_status()
     if as_json:
         print(json.dumps({"lock": held}, indent=2))
     elif held:
-        out.print(f"held by {held['holder']} (pid {held['pid']} on {held['machine']}) since {_when(held['since'])}: "
-                  f"{held['reason']}{' [stale: that process is gone]' if held['stale'] else ''}")  # fmt: skip
+        out.print(Text(f"held by {held['holder']} (pid {held['pid']} on {held['machine']}) since {_when(held['since'])}: "
+                       f"{held['reason']}{' [stale: that process is gone]' if held['stale'] else ''}"))  # fmt: skip
     else:
         out.print("free")
 
 
 @lock_group.command("release")
+@fleet_options
 @click.pass_obj
 def lock_release(settings: Settings) -> None:
-    from mlfleet.controller.state import ControllerState, default_state_path
-
-    released = ControllerState(settings.state or default_state_path()).release_lock(only_mine=False)
+    released = _state(settings).release_lock(only_mine=False)
     _progress("lock released" if released else "the lock was not held")
-
-
-def _exit_for(results: Any, ok: tuple = ("installed", "unchanged")) -> None:
-    results = list(results)
-    if any(r.get("result") == "unreachable" for r in results):
-        raise SystemExit(5)
-    if any(r.get("result") not in ok for r in results):
-        raise SystemExit(1)
 
 
 # --- lab ---------------------------------------------------------------------------------

@@ -154,12 +154,25 @@ def _check_version(conn: Transport, version: CommandResult) -> VersionInfo:
     """The agent's `version --json`, or why it cannot run on this host."""
     host = conn.host
     if version.code != 0:
+        said = (version.stderr or version.stdout).strip()
+        missing = "can't open file" in said or "No such file" in said
         raise AgentFailed(
-            f"`{host.python} {agent_path(host)} version` failed: {(version.stderr or version.stdout).strip()[-300:]}",
+            f"`{host.python} {agent_path(host)} version` failed: {said[-300:]}",
             where=host.name,
-            hint="the agent needs Python 3.8+ on the host (mlfleet_python)",
+            hint="the agent is not installed there: mlfleet agent install"
+            if missing
+            else "the agent needs Python 3.8+ on the host (mlfleet_python)",
         )
     return _read(conn, version, "agent version", VersionInfo.from_dict)
+
+
+def _run_installed(conn: Transport, args: Sequence[str], timeout: float) -> CommandResult:
+    """Run a command of the agent already on the host (status and rollback never install
+    one); a failure without a word on stdout is explained by the agent's version check."""
+    result = conn.run(agent_argv(conn.host, args), timeout=timeout)
+    if result.code != 0 and not result.stdout.strip():
+        _check_version(conn, conn.run(agent_argv(conn.host, protocol.version_args()), timeout=60))
+    return result
 
 
 @dataclass(frozen=True)
@@ -255,10 +268,10 @@ def apply(conn: Transport, bundle: AgentBundle, desired: DesiredState, *, pull_v
 
 
 def rollback(conn: Transport, app: str, tag: Optional[str] = None) -> ApplyResult:
-    argv = agent_argv(conn.host, protocol.rollback_args(place(conn.host), app, tag))
-    return _read(conn, conn.run(argv, timeout=900), "agent rollback", ApplyResult.from_dict)
+    result = _run_installed(conn, protocol.rollback_args(place(conn.host), app, tag), 900)
+    return _read(conn, result, "agent rollback", ApplyResult.from_dict)
 
 
 def status(conn: Transport) -> HostStatus:
-    argv = agent_argv(conn.host, protocol.status_args(place(conn.host)))
-    return _read(conn, conn.run(argv, timeout=120), "agent status", HostStatus.from_dict)
+    result = _run_installed(conn, protocol.status_args(place(conn.host)), 120)
+    return _read(conn, result, "agent status", HostStatus.from_dict)

@@ -329,7 +329,7 @@ def test_hosts_with_stored_facts_need_only_the_image_of_their_variant(ctl, tmp_p
     assert "no host's stored facts select them" in deployed.stderr
 
 
-def test_a_host_whose_python_cannot_run_the_agent_is_failed_with_what_to_do(ctl):
+def test_a_host_whose_python_cannot_run_the_agent_is_an_agent_failure_with_what_to_do(ctl):
     lab = ctl.lab
     before = serving(lab["hosts_by_name"]["edge-cpu"])
     doc = yaml.safe_load(Path(lab["inventory"]).read_text())
@@ -340,6 +340,13 @@ def test_a_host_whose_python_cannot_run_the_agent_is_failed_with_what_to_do(ctl)
     inventory.write_text(yaml.safe_dump(doc))
     proc = ctl("deploy", "--tag", "v2", "--json", inventory=inventory, limit="edge-cpu")
     cpu = results(proc)["edge-cpu"]
-    assert cpu["result"] == "failed" and proc.returncode == 1, cpu
+    assert cpu["result"] == "agent_failed" and proc.returncode == 6, cpu
     assert "/usr/bin/python2.7" in cpu["reason"] and "mlfleet_python" in cpu["reason"], cpu
     assert serving(lab["hosts_by_name"]["edge-cpu"]) == before
+    # Every command says the same, never "unreachable": the host answered.
+    for command in ("status", "rollback", "plan", "facts", "agent"):
+        args = ("agent", "install") if command == "agent" else (command,)
+        args += ("--tag", "v2") if command == "plan" else ()
+        proc = ctl(*args, "--json", inventory=inventory, limit="edge-cpu")
+        assert proc.returncode == 6, (command, proc.stdout, proc.stderr)
+        assert "mlfleet_python" in proc.stdout and "unreachable" not in proc.stdout, (command, proc.stdout)
