@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional, Tuple
 from mlfleet.controller.errors import ConfigError
 
 TRANSFER_MODES = ("pull", "relay", "auto")
+REGISTRY_SCHEMES = ("https", "http")
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 
 _DIGITS = re.compile(r"^[0-9]+$")
@@ -152,6 +153,21 @@ class Host:
         return self._text("mlfleet_registry")
 
     @property
+    def registry_scheme(self) -> str:
+        """How the controller talks to the registries this host's images come from (the
+        image check before a deployment, the relay's pull-through cache): `https` (the
+        default) or `http` for a registry without TLS, e.g. a lab's or a LAN mirror."""
+        text = (self._text("mlfleet_registry_scheme") or "https").lower()
+        if text not in REGISTRY_SCHEMES:
+            raise self._error("mlfleet_registry_scheme", "https or http", text)
+        return text
+
+    @property
+    def registry_https(self) -> bool:
+        """`registry_scheme` is https."""
+        return self.registry_scheme == "https"
+
+    @property
     def transfer(self) -> str:
         """How images reach the host: pull, relay or auto (default pull)."""
         text = self._text("mlfleet_transfer") or "pull"
@@ -254,8 +270,8 @@ class Host:
 
 _SETTINGS = (
     "address", "port", "user", "ssh_key", "known_hosts", "jump_host", "become", "python",
-    "agent_dir", "docker_host", "root", "device_root", "cron_dir", "registry", "transfer",
-    "bwlimit_kbit", "relay_registry",
+    "agent_dir", "docker_host", "root", "device_root", "cron_dir", "registry", "registry_scheme",
+    "transfer", "bwlimit_kbit", "relay_registry",
 )  # fmt: skip
 
 

@@ -273,6 +273,7 @@ def test_jump_host_from_variable_or_from_ansible_ssh_args():
         ("ansible_port: true", "`ansible_port` must be a whole number", 5),
         ("mlfleet_transfer: push", "`mlfleet_transfer` must be one of pull, relay, auto", 5),
         ("mlfleet_become: maybe", "`mlfleet_become` must be true or false", 5),
+        ("mlfleet_registry_scheme: ftp", "`mlfleet_registry_scheme` must be https or http", 5),
         (
             "mlfleet_relay_registry: 'http://r:5000'",
             "must be upstream, cache or a registry's host:port",
