@@ -176,15 +176,8 @@ class HostPlan:
     reason: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:
-        out: Dict[str, Any] = {
-            "host": self.host,
-            "variant": self.variant,
-            "image": self.image,
-            "change": self.change,
-        }
-        if self.selection is not None:
-            out.update(self.selection.to_dict())
-            out["variant"] = self.variant
+        out: Dict[str, Any] = self.selection.to_dict() if self.selection else {}
+        out.update(host=self.host, variant=self.variant, image=self.image, change=self.change)
         if self.outcome is not None:
             out.update(result=self.outcome.value, reason=self.reason)
         return out
