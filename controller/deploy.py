@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from mlfleet.agent.protocol import (
     DesiredState,
@@ -29,8 +29,10 @@ from mlfleet.controller.playbook import Playbook
 from mlfleet.controller.registry import Registry, RegistryError
 from mlfleet.controller.relay import Relay
 from mlfleet.controller.rollout import (
+    PER_VARIANT,
     Action,
     BatchSpec,
+    Canary,
     FailureBudget,
     Wave,
     decide,
@@ -38,9 +40,6 @@ from mlfleet.controller.rollout import (
 )
 from mlfleet.controller.session import FleetSession
 from mlfleet.controller.transport import HostUnreachable, Transport
-
-PER_VARIANT = "per-variant"
-Canary = Union[int, str]  # a number of hosts, or PER_VARIANT
 
 
 @dataclass(frozen=True)
@@ -93,23 +92,18 @@ def expected_variants(session: FleetSession, playbook: Playbook) -> Dict[str, Op
 def plan_rollout(
     hosts: Sequence[str], options: RolloutOptions, variant_of: Mapping[str, Optional[str]]
 ) -> Tuple[List[Wave], str]:
-    """The waves (pure) and how the canary was chosen, in words."""
-    if options.canary == PER_VARIANT:
-        picked: Dict[Optional[str], str] = {}
-        for name in hosts:
-            variant = variant_of.get(name)
-            if variant is not None and variant not in picked:
-                picked[variant] = name
-        first = list(picked.values()) or list(hosts[:1])
-        ordered = first + [h for h in hosts if h not in first]
-        text = (
-            "one host per variant: " + ", ".join(f"{h} ({v})" for v, h in picked.items())
-            if picked
-            else "one host per variant, but no host's variant is known yet (run `mlfleet facts`): the first host"
+    """The waves (pure, rollout.plan_waves) and how the canary was chosen, in words."""
+    waves = plan_waves(hosts, options.canary, options.batch, variant_of)
+    if options.canary != PER_VARIANT:
+        return waves, f"{options.canary} host(s)"
+    canary = waves[0].hosts if waves and waves[0].name == "canary" else ()
+    known = [h for h in canary if variant_of.get(h) is not None]
+    if not known:
+        return (
+            waves,
+            "one host per variant, but no host's variant is known (run `mlfleet facts`): the first host",
         )
-        return plan_waves(ordered, len(first), options.batch), text
-    assert isinstance(options.canary, int)
-    return plan_waves(list(hosts), options.canary, options.batch), f"{options.canary} host(s)"
+    return waves, "one host per variant: " + ", ".join(f"{h} ({variant_of[h]})" for h in known)
 
 
 def needed_images(

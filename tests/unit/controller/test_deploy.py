@@ -21,12 +21,12 @@ from mlfleet.controller.commands import (
     plan,
     rollback_fleet,
 )
-from mlfleet.controller.deploy import PER_VARIANT, Canary, RolloutOptions, deploy
+from mlfleet.controller.deploy import RolloutOptions, deploy
 from mlfleet.controller.errors import ConfigError, ExitCode
 from mlfleet.controller.hosts import Host
 from mlfleet.controller.outcomes import Outcome
 from mlfleet.controller.playbook import load_playbook
-from mlfleet.controller.rollout import Action, parse_budget
+from mlfleet.controller.rollout import PER_VARIANT, Action, Canary, parse_budget
 from mlfleet.controller.session import FleetSession
 from mlfleet.controller.state import ControllerState
 from tests.paths import REPO
