@@ -1,0 +1,203 @@
+"""How a new release replaces the old one (start_order, pure), and apply / rollback_to end to
+end against the in-memory fake engine and a real SQLite store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional, Set
+
+import pytest
+
+from mlfleet.agent.apply import apply, rollback_to, start_order
+from mlfleet.agent.protocol import ApplyStatus, EventKind, Phase, Strategy
+from tests.unit.agent.fakes import IMAGE, FakeHost, deploy, make_desired, make_host
+
+# --- start_order --------------------------------------------------------------------------
+
+ORDERS = [
+    # (strategy, new ports, old ports (None: nothing serves), stop first)
+    (Strategy.AUTO, {18080}, None, False),
+    (Strategy.AUTO, {18080}, {18080}, True),
+    (Strategy.AUTO, {18080, 19090}, {19090}, True),
+    (Strategy.AUTO, {18080}, {18081}, False),
+    (Strategy.AUTO, set(), set(), False),
+    (Strategy.AUTO, set(), {18080}, False),
+    (Strategy.STOP_FIRST, {18080}, {18081}, True),
+    (Strategy.STOP_FIRST, set(), None, True),
+    (Strategy.START_FIRST, {18080}, {18080}, False),
+    (Strategy.START_FIRST, {18080}, None, False),
+]
+
+
+@pytest.mark.parametrize(("strategy", "new", "old", "stop_first"), ORDERS)
+def test_start_order(
+    strategy: Strategy, new: Set[int], old: Optional[Set[int]], stop_first: bool
+) -> None:
+    order = start_order(strategy, new, old)
+    assert order.stop_first is stop_first
+    assert order.reason
+
+
+def test_start_order_reasons_name_the_port() -> None:
+    assert start_order(Strategy.AUTO, {18080, 19090}, {19090, 18080}).reason == (
+        "old and new both bind host port 18080, 19090: the old one stops first"
+    )
+    assert "serves until the new one is proven" in start_order(Strategy.AUTO, {1}, {2}).reason
+    assert start_order(Strategy.START_FIRST, {1}, {1}).reason == "strategy start-first"
+
+
+# --- apply end to end ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> FakeHost:
+    return make_host(tmp_path)
+
+
+def _current(host: FakeHost) -> Optional[str]:
+    current = host.store.current("sentiment")
+    return current.tag if current else None
+
+
+def _statuses(host: FakeHost) -> List[tuple]:
+    return [(r.tag, r.status) for r in reversed(host.store.releases("sentiment"))]
+
+
+def _progress(host: FakeHost) -> List[str]:
+    return [e["kind"] for e in reversed(host.store.events("sentiment"))]
+
+
+def test_first_apply_serves_the_new_release(host: FakeHost) -> None:
+    result = apply(host, make_desired("v1"))
+    assert result.status is ApplyStatus.SUCCEEDED
+    assert (result.variant, result.image, result.container) == (
+        "cpu",
+        f"{IMAGE}:v1",
+        "sentiment.r1",
+    )
+    assert result.digest == f"{IMAGE}@sha256:v1"
+    assert _current(host) == "v1" and host.engine.running_tags() == ["v1"]
+    container = host.engine.containers[host.store.current("sentiment").container_id]
+    # Committed: it now survives reboots (probation ran with no restart policy).
+    assert container.config["HostConfig"]["RestartPolicy"] == {"Name": "unless-stopped"}
+    assert _progress(host) == [EventKind.SUCCEEDED.value]
+
+
+def test_the_same_release_again_is_unchanged(host: FakeHost) -> None:
+    deploy(host, make_desired("v1"))
+    result = apply(host, make_desired("v1"))
+    assert result.status is ApplyStatus.UNCHANGED
+    assert _statuses(host) == [("v1", "current")]
+
+
+def test_an_update_keeps_the_old_release_for_rollback(host: FakeHost) -> None:
+    deploy(host, make_desired("v1"))
+    result = deploy(host, make_desired("v2"))
+    assert result.previous_tag == "v1"
+    assert _statuses(host) == [("v1", "previous"), ("v2", "current")]
+    assert host.engine.running_tags() == ["v2"]
+
+
+def test_same_port_stops_the_old_release_first(host: FakeHost) -> None:
+    deploy(host, make_desired("v1"))
+    events = []
+    host.emit = events.append
+    deploy(host, make_desired("v2"))
+    kinds = [e.kind for e in events]
+    assert kinds.index(EventKind.STOP) < kinds.index(EventKind.STARTED)
+
+
+def test_other_port_starts_the_new_release_first(host: FakeHost) -> None:
+    deploy(host, make_desired("v1"))
+    events = []
+    host.emit = events.append
+    other = {"ports": [{"container": 8080, "host": 18081}]}
+    deploy(host, make_desired("v2", container=other))
+    assert EventKind.STOP not in [e.kind for e in events]
+    assert host.engine.running_tags() == ["v2"]  # the old one stopped at commit
+
+
+def test_a_sick_release_is_rolled_back_and_the_old_one_serves(host: FakeHost) -> None:
+    deploy(host, make_desired("v1"))
+    host.engine.break_image(f"{IMAGE}:v2")
+    result = apply(host, make_desired("v2"))
+    assert result.status is ApplyStatus.ROLLED_BACK and result.phase is Phase.HEALTH
+    assert result.logs  # the failed container's log, for the operator
+    assert _current(host) == "v1" and host.engine.running_tags() == ["v1"]
+    assert _statuses(host) == [("v1", "current"), ("v2", "rolled_back")]
+    assert "sentiment.r2" not in [c.name for c in host.engine.containers.values()]
+
+
+def test_a_first_release_that_fails_leaves_nothing_and_says_so(host: FakeHost) -> None:
+    host.engine.break_image(f"{IMAGE}:v1")
+    result = apply(host, make_desired("v1"))
+    assert result.status is ApplyStatus.FAILED
+    assert _statuses(host) == [("v1", "failed")]
+    assert _progress(host) == [EventKind.FAILED.value]
+
+
+def test_a_failed_rollback_is_left_for_an_operator(host: FakeHost) -> None:
+    deploy(host, make_desired("v1"))
+    host.engine.break_image(f"{IMAGE}:v1")  # v1 stopped (same port) and will not start again
+    host.engine.break_image(f"{IMAGE}:v2")
+    result = apply(host, make_desired("v2"))
+    assert result.status is ApplyStatus.ROLLBACK_FAILED
+    assert _statuses(host) == [("v1", "current"), ("v2", "rollback_failed")]
+    assert _progress(host)[-1] == EventKind.ROLLBACK_FAILED.value
+
+
+def test_an_image_running_as_root_is_refused_before_anything_changes(host: FakeHost) -> None:
+    deploy(host, make_desired("v1"))
+    host.engine.image_user = ""
+    result = apply(host, make_desired("v2"))
+    assert result.status is ApplyStatus.FAILED and result.phase is Phase.PREFLIGHT
+    assert "runs as root" in (result.reason or "")
+    assert _statuses(host) == [("v1", "current")] and host.engine.running_tags() == ["v1"]
+
+
+def test_a_missing_mount_source_is_refused(host: FakeHost, tmp_path: Path) -> None:
+    mounts = {"ports": [], "mounts": [{"source": str(tmp_path / "nope"), "target": "/models"}]}
+    result = apply(host, make_desired("v1", container=mounts, health={"docker": False}))
+    assert result.status is ApplyStatus.FAILED and result.phase is Phase.PREFLIGHT
+    assert "does not exist" in (result.reason or "")
+    assert _statuses(host) == []
+
+
+# --- rollback_to --------------------------------------------------------------------------
+
+
+def test_rollback_by_request(host: FakeHost) -> None:
+    for tag in ("v1", "v2", "v3"):
+        deploy(host, make_desired(tag))
+    result = rollback_to(host, "sentiment", "v1")
+    assert result.status is ApplyStatus.ROLLED_BACK and result.previous_tag == "v3"
+    assert _current(host) == "v1" and host.engine.running_tags() == ["v1"]
+    assert _statuses(host) == [("v1", "current"), ("v2", "retired"), ("v3", "previous")]
+
+
+def test_rollback_without_a_tag_goes_to_the_newest_kept(host: FakeHost) -> None:
+    deploy(host, make_desired("v1"))
+    deploy(host, make_desired("v2"))
+    assert rollback_to(host, "sentiment", None).status is ApplyStatus.ROLLED_BACK
+    assert _current(host) == "v1"
+
+
+def test_rollback_to_an_unknown_tag_changes_nothing(host: FakeHost) -> None:
+    deploy(host, make_desired("v1"))
+    deploy(host, make_desired("v2"))
+    result = rollback_to(host, "sentiment", "v9")
+    assert result.status is ApplyStatus.FAILED
+    assert result.reason == "no kept release of v9 (kept: v1)"
+    assert _current(host) == "v2" and host.engine.running_tags() == ["v2"]
+
+
+def test_rollback_to_a_release_that_does_not_start_restores_the_current(
+    host: FakeHost,
+) -> None:
+    deploy(host, make_desired("v1"))
+    deploy(host, make_desired("v2"))
+    host.engine.break_image(f"{IMAGE}:v1")
+    result = rollback_to(host, "sentiment", "v1")
+    assert result.status is ApplyStatus.FAILED
+    assert result.reason == "v1 did not become healthy; v2 restored"
+    assert _current(host) == "v2" and host.engine.running_tags() == ["v2"]
