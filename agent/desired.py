@@ -1,25 +1,53 @@
 """The desired state the controller sends to `mlfleet-agent apply`: the one definition of its
 JSON format (versioned) and of its validation. agent/protocol.py lists it with the other
-messages."""
+messages.
+
+Validation lives here only: the controller's playbook reads YAML into this shape and lets
+`DesiredState.from_dict` judge it, then maps the error's key path (`DesiredStateError.path`,
+e.g. `("container", "ports", 0, "host")`) back to the playbook's file:line."""
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple, Union
 
+from mlfleet.agent.imageref import ImageRef, ImageRefError, is_tag
 from mlfleet.agent.variants import Variant, VariantError, parse_variants
 
 SCHEMA = 1
 _APP = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
-_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(?::[A-Za-z0-9_][A-Za-z0-9_.-]*)?$")
+_ROOT_USERS = ("0", "root")
+_WHITESPACE = re.compile(r"\s")
+_VARIANT_INDEX = re.compile(r"^variants\[(\d+)\]")
 # The strategies apply knows (protocol.Strategy holds their meaning).
 STRATEGIES = ("auto", "stop-first", "start-first")
 
+KeyPath = Tuple[Union[str, int], ...]
+"""Where in the desired state: `("container", "ports", 0, "host")`."""
+
+
+def dotted(path: KeyPath) -> str:
+    """`("container", "ports", 0, "host")` -> `container.ports[0].host`."""
+    out = ""
+    for key in path:
+        out += f"[{key}]" if isinstance(key, int) else (f".{key}" if out else str(key))
+    return out
+
 
 class DesiredStateError(ValueError):
-    """The desired state is malformed; the message names the field."""
+    """The desired state is not valid. `path` is the key path of the bad value (empty when
+    the whole message is at fault), `problem` what is wrong with it, in words; the message is
+    both: "`container.ports[0].host`: host port 70000 is outside 1-65535"."""
+
+    def __init__(self, problem: str, path: KeyPath = ()):
+        super().__init__(f"`{dotted(path)}`: {problem}" if path else problem)
+        self.problem = problem
+        self.path = tuple(path)
 
 
 @dataclass
@@ -163,43 +191,197 @@ def _build(data: Dict[str, Any]) -> DesiredState:
 
 
 def _validate(s: DesiredState) -> None:
-    def bad(where: str, what: str) -> DesiredStateError:
-        return DesiredStateError(f"`{where}`: {what}")
-
-    if not _APP.match(s.app or ""):
-        raise bad("app", "1-41 lowercase letters, digits and dashes")
-    if not _TAG.match(s.tag or ""):
-        raise bad("tag", "a Docker tag: letters, digits, '_', '.', '-'")
+    """Every rule of the desired state, each error with the key path of its value."""
+    if not isinstance(s.app, str) or not _APP.match(s.app):
+        raise DesiredStateError(
+            f"1-41 lowercase letters, digits and dashes; got {s.app!r}", ("app",)
+        )
+    if not is_tag(s.tag):
+        raise DesiredStateError(
+            f"{s.tag!r} is not a Docker tag: letters, digits, '_', '.', '-'", ("tag",)
+        )
     if not s.deployment:
-        raise bad("deployment", "required")
+        raise DesiredStateError("required", ("deployment",))
     if s.strategy not in STRATEGIES:
-        raise bad("strategy", "one of " + ", ".join(STRATEGIES))
-    if s.retain < 2:
-        raise bad("retain", "at least 2 (the current release and the previous one)")
+        raise DesiredStateError(
+            f"one of {', '.join(STRATEGIES)}; got {s.strategy!r}", ("strategy",)
+        )
+    if not _whole(s.retain, 2):
+        raise DesiredStateError(
+            "expected a whole number >= 2 (the current release and the previous one);"
+            f" got {s.retain!r}",
+            ("retain",),
+        )
+    for key in ("monitor_s", "grace_s"):
+        if not _number(getattr(s, key), 0):
+            raise DesiredStateError(f"expected a number >= 0; got {getattr(s, key)!r}", (key,))
+    _validate_variants(s)
+    _validate_container(s.container)
+    _validate_health(s.health, s.container)
+
+
+def _validate_variants(s: DesiredState) -> None:
     try:
         variants = s.parsed_variants()
     except VariantError as exc:
-        raise DesiredStateError(str(exc)) from None
-    for v in variants:
+        match = _VARIANT_INDEX.match(str(exc))
+        raise DesiredStateError(
+            str(exc), ("variants", int(match.group(1))) if match else ("variants",)
+        ) from None
+    for index, v in enumerate(variants):
+        where = ("variants", index, "image")
         if not v.image:
-            raise bad(f"variants[{v.name}].image", "the image reference is required")
-    for key in s.container.env:
-        if not _ENV_KEY.match(key):
-            raise bad(f"container.env.{key}", "not a valid environment variable name")
-    for m in s.container.mounts:
-        if not m.source.startswith("/") or not m.target.startswith("/"):
-            raise bad("container.mounts", f"{m.source}:{m.target}: both must be absolute paths")
-    for p in s.container.ports:
-        if not (0 < p.container < 65536 and 0 < p.host < 65536) or p.protocol not in ("tcp", "udp"):
-            raise bad("container.ports", f"{p}: ports 1-65535, protocol tcp or udp")
-    t = s.health.timing
-    if min(t.interval_s, t.timeout_s, t.deadline_s) <= 0 or t.retries < 1 or t.start_period_s < 0:
-        raise bad("health.timing", "interval, timeout and deadline above 0, retries at least 1")
-    published = {p.container for p in s.container.ports}
-    checks = [*s.health.http, *s.health.tcp, *s.health.inference]
-    for check in checks:
-        if check.port not in published:
-            raise bad("health", f"checks port {check.port}, which the container does not publish")
-    for check in [*s.health.http, *s.health.inference]:
-        if not check.path.startswith("/"):
-            raise bad("health", f"path {check.path!r} must start with /")
+            raise DesiredStateError("the image reference is required", where)
+        try:
+            ImageRef.parse(v.image)
+        except ImageRefError as exc:
+            raise DesiredStateError(
+                f"{v.image!r} is not an image reference: {exc}", where
+            ) from None
+
+
+def _validate_container(c: ContainerSpec) -> None:
+    for key, value in c.env.items():
+        if not isinstance(key, str) or not _ENV_KEY.match(key):
+            raise DesiredStateError(
+                "not a valid environment variable name (letters, digits, _)",
+                ("container", "env", str(key)),
+            )
+        if not isinstance(value, str):
+            raise DesiredStateError(f"{value!r} is not a string", ("container", "env", key))
+    if c.env_file is not None:
+        _absolute(c.env_file, ("container", "env_file"))
+    for i, m in enumerate(c.mounts):
+        _absolute(m.source, ("container", "mounts", i, "source"))
+        _absolute(m.target, ("container", "mounts", i, "target"))
+    bound: Dict[Tuple[str, int, str], int] = {}
+    for i, p in enumerate(c.ports):
+        for key in ("container", "host"):
+            if not _whole(getattr(p, key), 1, 65535):
+                raise DesiredStateError(
+                    f"{key} port {getattr(p, key)!r} is outside 1-65535",
+                    ("container", "ports", i, key),
+                )
+        if p.protocol not in ("tcp", "udp"):
+            raise DesiredStateError(
+                f"protocol {p.protocol!r}: tcp or udp", ("container", "ports", i, "protocol")
+            )
+        if p.host_ip:
+            try:
+                ipaddress.ip_address(p.host_ip)
+            except ValueError:
+                raise DesiredStateError(
+                    f"host_ip {p.host_ip!r} is not an IP address",
+                    ("container", "ports", i, "host_ip"),
+                ) from None
+        key = (p.host_ip, p.host, p.protocol)
+        if key in bound:
+            raise DesiredStateError(
+                f"host port {p.host}/{p.protocol} is already bound by"
+                f" container.ports[{bound[key]}]",
+                ("container", "ports", i),
+            )
+        bound[key] = i
+    if c.user is not None:
+        if not isinstance(c.user, str) or not _USER.match(c.user):
+            raise DesiredStateError(
+                f'{c.user!r} is not a user like "10001", "10001:10001" or "app"',
+                ("container", "user"),
+            )
+        if not c.allow_root and c.user.split(":")[0] in _ROOT_USERS:
+            raise DesiredStateError(
+                f"{c.user!r} is root; set container.allow_root: true if the model really needs it",
+                ("container", "user"),
+            )
+    for key in ("memory_mib", "shm_mib"):
+        value = getattr(c, key)
+        if value is not None and not _whole(value, 1):
+            raise DesiredStateError(
+                f"expected a whole number of MiB >= 1; got {value!r}", ("container", key)
+            )
+    if c.cpus is not None and not _number(c.cpus, 0, above=True):
+        raise DesiredStateError(f"expected a number above 0; got {c.cpus!r}", ("container", "cpus"))
+    if c.command is not None:
+        _command(c.command, ("container", "command"))
+
+
+def _validate_health(h: HealthSpec, c: ContainerSpec) -> None:
+    t = h.timing
+    if not _number(t.start_period_s, 0):
+        raise DesiredStateError(
+            f"expected a number >= 0; got {t.start_period_s!r}",
+            ("health", "timing", "start_period_s"),
+        )
+    for key in ("interval_s", "timeout_s", "deadline_s"):
+        if not _number(getattr(t, key), 0, above=True):
+            raise DesiredStateError(
+                f"{getattr(t, key)!r} must be above 0", ("health", "timing", key)
+            )
+    if not _whole(t.retries, 1):
+        raise DesiredStateError(
+            f"expected a whole number >= 1; got {t.retries!r}", ("health", "timing", "retries")
+        )
+    published = sorted({p.container for p in c.ports})
+    checks: List[Tuple[str, List[Any]]] = [
+        ("http", h.http), ("tcp", h.tcp), ("inference", h.inference),
+    ]  # fmt: skip
+    for kind, items in checks:
+        for i, check in enumerate(items):
+            where: KeyPath = ("health", kind, i)
+            if not _whole(check.port, 1, 65535):
+                raise DesiredStateError(f"port {check.port!r} is outside 1-65535", (*where, "port"))
+            if check.port not in published:
+                raise DesiredStateError(
+                    f"{check.port} is not published by container.ports (published:"
+                    f" {', '.join(map(str, published)) or 'none'})",
+                    (*where, "port"),
+                )
+            if kind != "tcp" and (
+                not isinstance(check.path, str)
+                or not check.path.startswith("/")
+                or _WHITESPACE.search(check.path)
+            ):
+                raise DesiredStateError(
+                    f"{check.path!r} must start with / and contain no whitespace", (*where, "path")
+                )
+    for i, http in enumerate(h.http):
+        if not _whole(http.status, 100, 599):
+            raise DesiredStateError(
+                f"expected an HTTP status 100-599; got {http.status!r}",
+                ("health", "http", i, "status"),
+            )
+    for i, probe in enumerate(h.inference):
+        if not _number(probe.tolerance, 0):
+            raise DesiredStateError(
+                f"expected a number >= 0; got {probe.tolerance!r}",
+                ("health", "inference", i, "tolerance"),
+            )
+    for i, ex in enumerate(h.exec):
+        _command(ex.command, ("health", "exec", i, "command"))
+
+
+def _whole(value: Any, low: int, high: Optional[int] = None) -> bool:
+    return (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and value >= low
+        and (high is None or value <= high)
+    )
+
+
+def _number(value: Any, low: float, above: bool = False) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    return value > low if above else value >= low
+
+
+def _absolute(path: Any, where: KeyPath) -> None:
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise DesiredStateError(f"{path!r} is not an absolute path", where)
+
+
+def _command(command: Any, where: KeyPath) -> None:
+    if not isinstance(command, list) or not all(isinstance(a, str) for a in command):
+        raise DesiredStateError("expected a list of strings (exec form)", where)
+    if not command:
+        raise DesiredStateError("the list is empty", where)
