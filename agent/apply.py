@@ -255,7 +255,7 @@ def _check_disk(host: AgentHost, image: str, facts: HostFacts) -> Optional[Remot
         raise ApplyFailed(Phase.PREFLIGHT, str(exc)) from None
     if remote is None or free is None:
         return remote  # the registry cannot be asked ahead: the pull decides
-    local = set()
+    local: Set[str] = set()
     for img in host.engine.images():
         info = host.engine.image_inspect(img["Id"]) or {}
         local.update((info.get("RootFS") or {}).get("Layers") or [])

@@ -146,7 +146,8 @@ class StateStore:
                 " VALUES (?, ?, ?, ?, ?, 'starting', ?, ?, ?)",
                 (app, deployment, tag, variant, image, json.dumps(spec), now, now),
             )
-            release_id = int(cur.lastrowid)
+            assert cur.lastrowid is not None  # an INSERT always has one
+            release_id = cur.lastrowid
         release = self.get(release_id)
         assert release is not None
         return release
@@ -237,7 +238,7 @@ class StateStore:
         self, app: Optional[str] = None, statuses: Optional[List[str]] = None
     ) -> List[Release]:
         """Newest first."""
-        sql, args = "SELECT * FROM releases WHERE 1=1", []  # type: ignore[var-annotated]
+        sql, args = "SELECT * FROM releases WHERE 1=1", []
         if app:
             sql += " AND app = ?"
             args.append(app)
@@ -273,7 +274,7 @@ class StateStore:
             )
 
     def events(self, app: Optional[str] = None, limit: int = 100) -> List[Dict[str, Any]]:
-        sql, args = "SELECT * FROM events", []  # type: ignore[var-annotated]
+        sql, args = "SELECT * FROM events", []
         if app:
             sql += " WHERE app = ?"
             args.append(app)
