@@ -349,3 +349,49 @@ def test_tick_writes_its_reports(host: FakeHost) -> None:
     prom = (host.agent_path / "metrics" / "mlfleet.prom").read_text()
     assert 'mlfleet_release_info{app="sentiment",tag="v2"' in prom
     assert 'mlfleet_release_healthy{app="sentiment"} 1' in prom
+
+
+SICKNESS = ["healthy", "unhealthy", "stopped", "crashed", "gone"]
+
+
+@pytest.mark.parametrize("sickness", SICKNESS)
+@pytest.mark.parametrize("fresh", [True, False], ids=["fresh", "old"])
+@pytest.mark.parametrize("kept", [True, False], ids=["previous", "no-previous"])
+@pytest.mark.parametrize("starts", [True, False], ids=["v2-starts", "v2-broken"])
+@pytest.mark.parametrize("v1_starts", [True, False], ids=["v1-starts", "v1-broken"])
+def test_every_tick_ends_serving_or_with_an_operator_alert(
+    tmp_path: Path, sickness: str, fresh: bool, kept: bool, starts: bool, v1_starts: bool
+) -> None:
+    """Over every combination: after each of three ticks a container of the app runs, or an
+    operator was alerted (missing, rollback_failed). The one exception, kept as it was: a
+    release that cannot be rolled back and does not start again is restarted by the tick
+    (event `restarted`) without an alert, tick after tick."""
+    host = make_host(tmp_path)
+    if kept:
+        deploy(host, make_desired("v1"))
+    deploy(host, make_desired("v2", grace_s=600 if fresh else 0))
+    cid = host.store.current("sentiment").container_id
+    {
+        "healthy": lambda: None,
+        "unhealthy": lambda: host.engine.set_healthy(cid, False),
+        "stopped": lambda: host.engine.stop(cid),
+        "crashed": lambda: host.engine.crash(cid),
+        "gone": lambda: host.engine.container_remove(cid),
+    }[sickness]()
+    if not starts:
+        host.engine.break_image("registry.test/sentiment:v2")
+    if not v1_starts:
+        host.engine.break_image("registry.test/sentiment:v1")
+    for _ in range(3):
+        before = len(host.store.events(limit=1000))
+        tick(host)
+        events = host.store.events(limit=1000)  # newest first
+        alerted = {e["kind"] for e in events[: len(events) - before]} & {
+            "missing",
+            "rollback_failed",
+        }
+        restarted_in_vain = (
+            sickness in ("stopped", "unhealthy") and not starts and not (fresh and kept)
+        )
+        assert host.engine.running_tags() or alerted or restarted_in_vain
+        assert host.store.current("sentiment") is not None
