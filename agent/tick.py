@@ -1,6 +1,10 @@
 """`mlfleet-agent tick`: what cron runs every minute. Restart what died, repair an apply
 that was killed half-way, roll back a fresh release that turned sick, restart one that
-stays sick, collect old images, and report (status JSON, Prometheus textfile)."""
+stays sick, collect old images, and report (status JSON, Prometheus textfile).
+
+Per app: `_observe` reads the engine and the record (and probes once), `decide` is pure and
+returns a `TickAction` with its reason, `_carry_out` does it. Tested in
+tests/unit/agent/test_tick.py; the wiring on real Docker in the lab tests."""
 
 from __future__ import annotations
 
