@@ -24,8 +24,6 @@ S = ReleaseStatus
 
 # A release that failed stays failed: it is never a rollback target (see the module docstring).
 FAILED_STATUSES: FrozenSet[ReleaseStatus] = frozenset({S.FAILED, S.ROLLED_BACK, S.ROLLBACK_FAILED})
-# Stopped and kept: what a rollback can bring back.
-KEPT_STATUSES: FrozenSet[ReleaseStatus] = frozenset({S.PREVIOUS, S.RETIRED})
 
 TRANSITIONS: Dict[ReleaseStatus, FrozenSet[ReleaseStatus]] = {
     # An apply promotes it, or it fails (health, monitor, an interrupted apply).
