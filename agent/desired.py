@@ -330,12 +330,6 @@ def _validate_health(h: HealthSpec, c: ContainerSpec) -> None:
             where: KeyPath = ("health", kind, i)
             if not _whole(check.port, 1, 65535):
                 raise DesiredStateError(f"port {check.port!r} is outside 1-65535", (*where, "port"))
-            if check.port not in published:
-                raise DesiredStateError(
-                    f"{check.port} is not published by container.ports (published:"
-                    f" {', '.join(map(str, published)) or 'none'})",
-                    (*where, "port"),
-                )
             if kind != "tcp" and (
                 not isinstance(check.path, str)
                 or not check.path.startswith("/")
@@ -343,6 +337,12 @@ def _validate_health(h: HealthSpec, c: ContainerSpec) -> None:
             ):
                 raise DesiredStateError(
                     f"{check.path!r} must start with / and contain no whitespace", (*where, "path")
+                )
+            if check.port not in published:
+                raise DesiredStateError(
+                    f"{check.port} is not published by container.ports (published:"
+                    f" {', '.join(map(str, published)) or 'none'})",
+                    (*where, "port"),
                 )
     for i, http in enumerate(h.http):
         if not _whole(http.status, 100, 599):

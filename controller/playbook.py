@@ -4,10 +4,13 @@ with its file:line) and turned, host by host, into the agent's desired state.
 Loading is pure apart from reading the file; `Playbook.desired_state` is pure. A host's
 variables (from the inventory) fill in `{{ name }}` templates; nothing else of Jinja exists.
 
-Keys (the function that checks each one is named in brackets; `check.` is
-controller/yamlcheck.py, the typed readers shared by every key):
+Keys (the function that reads each one is named in brackets; `check.` is
+controller/yamlcheck.py, the typed readers shared by every key). The rules for the values
+are the agent's: `Playbook.check` builds the desired state at load time (each templated value
+stood in for) and `DesiredState.from_dict` (agent/desired.py) judges it; its error's key
+path is mapped back to the key's file:line here.
 
-- `app` [`_app`], required: 1-41 lowercase letters, digits and dashes; names the containers
+- `app`, required: 1-41 lowercase letters, digits and dashes; names the containers
   and the releases on the host.
 - `image` [`_image_template`]: the image *repository*, without a tag, e.g.
   `"{{ mlfleet_registry }}/team/model"`; templated. Required unless every variant has its
@@ -33,7 +36,7 @@ controller/yamlcheck.py, the typed readers shared by every key):
     `allow_root: true` [`check.boolean`], default false.
   - `memory`, `shm_size` [`check.size_mib`]: `512m`, `1.5g`, `2048k` (whole MiB) or a plain
     number of MiB.
-  - `cpus` [`check.number`]: a number above 0.
+  - `cpus` [`check.real`]: a number above 0.
   - `command` [`_command`]: a list of arguments (exec form, never a shell); templated.
 - `health` [`_health`]:
   - `docker` [`check.boolean`], default true: wait for the image's own HEALTHCHECK.
@@ -45,13 +48,13 @@ controller/yamlcheck.py, the typed readers shared by every key):
     `request` as JSON; the answer must contain `expect`, numbers within `tolerance`
     (default 1e-6). Checked ports must be published by `container.ports`.
   - `start_period` (may be 0), `interval`, `timeout`, `deadline` [`check.duration`]: `"500ms"`,
-    `"5s"`, `"2m"`, `"1h"`, `"1m30s"` or a number of seconds. `retries` [`check.whole_number`]: >= 1.
+    `"5s"`, `"2m"`, `"1h"`, `"1m30s"` or a number of seconds. `retries` [`check.integer`]: >= 1.
 - `monitor` [`check.duration`]: watch window after the release first turns healthy (agent
   default 10s).
-- `retain` [`check.whole_number`]: releases kept on a host, current and previous included; >= 2.
+- `retain` [`check.integer`]: releases kept on a host, current and previous included; >= 2.
 - `grace` [`check.duration`]: the agent's cron tick rolls back a release that crashes, or
   fails its checks on two ticks in a row, within this long (agent default 10m).
-- `strategy` [`check.choice`]: `auto` (stop-first when old and new bind the same host port),
+- `strategy`: `auto` (stop-first when old and new bind the same host port),
   `stop-first` or `start-first`.
 - `rollout` [`_rollout`]: read by the controller's rollout planner, never sent to a host:
   - `canary` [`rollout.parse_canary`], default 1: hosts updated alone first (0: none), or
@@ -67,22 +70,23 @@ controller/yamlcheck.py, the typed readers shared by every key):
 Host variables: `{{ name }}` is replaced by `str(value)` of the host's variable `name`
 (`inventory_hostname` is the host's name unless the inventory sets it). An undefined
 variable is a ConfigError naming the host, the key, the variable and the file:line.
-Templated values are checked again once rendered (paths absolute, image references
-well-formed, no whitespace or shell metacharacters), and the complete result is validated
-by the agent's `DesiredState.from_dict` before it leaves the controller.
+Templated values are checked again once rendered (image references well-formed, no
+whitespace or shell metacharacters), and the complete result is validated by the agent's
+`DesiredState.from_dict` before it leaves the controller: an error names the host, the key's
+file:line and the host variables the value used.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
-import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from mlfleet.agent.desired import SCHEMA, STRATEGIES, DesiredState, DesiredStateError
+from mlfleet.agent.desired import SCHEMA, DesiredState, DesiredStateError, KeyPath, dotted
+from mlfleet.agent.imageref import ImageRef, ImageRefError, is_tag
 from mlfleet.agent.variants import Variant, VariantError, parse_variants
 from mlfleet.controller import rollout
 from mlfleet.controller import yamlcheck as check
@@ -93,11 +97,6 @@ from mlfleet.controller.yamlsource import LocatedDict, LocatedList, load_yaml_fi
 ON_FAILURE = ("pause", "rollback", "continue")
 DEFAULT_TAG_TEMPLATE = "{tag}-{variant}"
 
-# The same rules as agent/desired.py (which re-checks them); here they get a file:line.
-_APP = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
-_DOCKER_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
 _VAR = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _VAR_OR_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}|\{(tag|variant)\}")
 _PLACEHOLDER = re.compile(r"\{(tag|variant)\}")
@@ -105,24 +104,13 @@ _JINJA = ("{{", "{%", "{#")
 # Images and paths travel in JSON, never through a shell; refuse what would be dangerous
 # in one anyway, since a rendered value may come from an inventory someone else edits.
 
-# Docker image references (distribution/reference grammar, simplified).
-_DOMAIN = (
-    r"(?:\[[0-9A-Fa-f:]+\]|[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*)(?::[0-9]+)?"
-)
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_NAME = rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*"
-_REPOSITORY = re.compile(rf"^{_NAME}$")
-_REFERENCE = re.compile(
-    rf"^{_NAME}(?P<tag>:[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?"
-    r"(?P<digest>@[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[0-9a-fA-F]{32,})?$"
-)
-
 _PORT = re.compile(
     r"^(?:(?P<ip>\d{1,3}(?:\.\d{1,3}){3}):)?(?P<host>\d+):(?P<container>\d+)(?:/(?P<proto>\w+))?$"
 )
-_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(?::[A-Za-z0-9_][A-Za-z0-9_.-]*)?$")
-_ROOT_USERS = ("0", "root")
+# Where a desired-state key is called something else in a playbook.
+_YAML_NAMES = {
+    "monitor_s": "monitor", "grace_s": "grace", "memory_mib": "memory", "shm_mib": "shm_size",
+}  # fmt: skip
 
 _TOP_KEYS = (
     "app", "image", "tag_template", "variants", "container", "health", "monitor", "retain",
@@ -168,6 +156,9 @@ class Template:
     path: str  # e.g. container.mounts[0]
     where: str  # file:line
     placeholders: bool = False  # substitute {tag} and {variant} too
+    # What each variable stands for when the playbook is checked at load time, before any
+    # host's value is known: a value the agent accepts there ("/1" in a path).
+    stand_in: str = "1"
 
     @property
     def variables(self) -> List[str]:
@@ -197,6 +188,10 @@ class Template:
         """The text with every variable and placeholder replaced by `0`: a stand-in that
         is legal in every part of an image reference, to check the rest at load time."""
         return self._pattern().sub("0", self.text)
+
+    def stand_in_text(self) -> str:
+        """The text with each variable replaced by `stand_in`, to check the rest at load."""
+        return _VAR.sub(self.stand_in, self.text)
 
     def literal_parts(self) -> str:
         """The text without its variables and placeholders."""
@@ -251,33 +246,43 @@ class ContainerTemplate:
     shm_mib: Optional[int] = None
     command: Optional[List[Template]] = None
 
-    def render(self, host_vars: Dict[str, Any], host_name: str) -> Dict[str, Any]:
-        """The agent's ContainerSpec dict for one host; rendered values are re-checked."""
+    def render(
+        self, fill: Callable[[Template], str], host_name: Optional[str] = None
+    ) -> Dict[str, Any]:
+        """The agent's ContainerSpec dict, each template filled in by `fill`. With `host_name`
+        (values rendered for that host) rendered paths are checked for shell metacharacters;
+        the agent's validation judges the rest."""
+
+        def path(t: Template) -> str:
+            value = fill(t)
+            problem = _unsafe_problem(value) if host_name is not None else None
+            if problem:
+                raise t.failed(str(host_name), value, problem)
+            return value
+
         out: Dict[str, Any] = {"ports": copy.deepcopy(self.ports)}
-        out["env"] = {key: t.render(host_vars, host_name) for key, t in self.env.items()}
+        out["env"] = {key: fill(t) for key, t in self.env.items()}
         if self.env_file is not None:
-            out["env_file"] = _rendered_path(self.env_file, host_vars, host_name)
+            out["env_file"] = path(self.env_file)
         out["mounts"] = [
-            {
-                "source": _rendered_path(m.source, host_vars, host_name),
-                "target": _rendered_path(m.target, host_vars, host_name),
-                "read_only": m.read_only,
-            }
+            {"source": path(m.source), "target": path(m.target), "read_only": m.read_only}
             for m in self.mounts
         ]
         if self.user is not None:
-            user = self.user.render(host_vars, host_name)
-            problem = _user_problem(user, self.allow_root)
-            if problem:
-                raise self.user.failed(host_name, user, problem)
-            out["user"] = user
+            out["user"] = fill(self.user)
         out["allow_root"] = self.allow_root
         for key in ("memory_mib", "cpus", "shm_mib"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         if self.command is not None:
-            out["command"] = [t.render(host_vars, host_name) for t in self.command]
+            out["command"] = [fill(t) for t in self.command]
         return out
+
+    def templates(self) -> List[Template]:
+        """Every templated value, for the hints of errors."""
+        out = [*self.env.values(), *(t for m in self.mounts for t in (m.source, m.target))]
+        out += [t for t in (self.env_file, self.user) if t is not None]
+        return out + list(self.command or [])
 
 
 @dataclass
@@ -294,6 +299,8 @@ class Playbook:
     health: Dict[str, Any] = field(default_factory=dict)  # final: nothing in it is templated
     # monitor_s, retain, grace_s, strategy, where the playbook sets them (else agent defaults)
     settings: Dict[str, Any] = field(default_factory=dict)
+    # The YAML as loaded, with its lines: where an error of the agent's validation points.
+    document: Optional[LocatedDict] = field(default=None, repr=False, compare=False)
 
     def variant_names(self) -> List[str]:
         """The variants, in the playbook's (preference) order."""
@@ -319,7 +326,7 @@ class Playbook:
                 if problem:
                     raise self.repository.failed(host_name, repository, problem)
             image_tag = self.tag_template.replace("{tag}", tag).replace("{variant}", v.name)
-            if not _DOCKER_TAG.match(image_tag):
+            if not is_tag(image_tag):
                 raise ConfigError(
                     f"tag {tag!r} with variant {v.name} makes the image tag {image_tag!r},"
                     " longer than Docker's 128 characters",
@@ -333,24 +340,105 @@ class Playbook:
         self, host_vars: Dict[str, Any], host_name: str, tag: str, deployment: str
     ) -> Dict[str, Any]:
         """The agent's desired state (schema `SCHEMA`) for one host, validated with
-        `DesiredState.from_dict`; templating and validation errors are ConfigErrors."""
+        `DesiredState.from_dict`; templating and validation errors are ConfigErrors naming
+        the host and the playbook's file:line."""
         images = self.images(host_vars, host_name, tag)
-        state: Dict[str, Any] = {
+
+        def fill(t: Template) -> str:
+            return t.render(host_vars, host_name)
+
+        state = self._state(self.container.render(fill, host_name), images, tag, deployment)
+        try:
+            return DesiredState.from_dict(state).to_dict()
+        except DesiredStateError as exc:
+            path, where = self.locate(exc.path)
+            used = _variables(t for t in self._templates() if _under(t.path, path))
+            raise ConfigError(
+                f"host {host_name}: `{path}`: {exc.problem}",
+                where=where,
+                hint=f"check {', '.join(used)} in the inventory for {host_name}" if used else None,
+            ) from None
+
+    def check(self) -> None:
+        """Validate the playbook with the agent's rules before any host is known: templated
+        values are stood in for (`Template.stand_in`) and judged again once rendered. An error
+        is a ConfigError naming the file:line of the bad key."""
+        images: Dict[str, str] = {}
+        for v in self.variants:
+            if v.image is not None:
+                images[v.name] = v.image.shape()
+            else:
+                assert self.repository is not None  # load time: image or every override
+                image_tag = self.tag_template.replace("{tag}", "0").replace("{variant}", v.name)
+                images[v.name] = f"{self.repository.shape()}:{image_tag}"
+        container = self.container.render(Template.stand_in_text)
+        try:
+            DesiredState.from_dict(self._state(container, images, "0", "check"))
+        except DesiredStateError as exc:
+            path, where = self.locate(exc.path)
+            stood_in = [t for t in self._templates() if _under(t.path, path) and t.variables]
+            hint = None
+            if stood_in:
+                hint = (
+                    f"checked with {', '.join(f'{{{{ {n} }}}}' for n in _variables(stood_in))}"
+                    f" stood in by {stood_in[0].stand_in!r}; no host's value can make it valid"
+                )
+            raise check.bad(where, path, exc.problem, hint=hint) from None
+
+    def locate(self, path: KeyPath) -> Tuple[str, str]:
+        """A desired-state key path as the playbook's key path and its file:line: as deep as
+        the YAML goes (`container.ports[0]` for a port written as a string)."""
+        keys = self._yaml_keys(path)
+        node: Any = self.document
+        where, walked = self.source, []
+        for key in keys:
+            in_dict = isinstance(node, LocatedDict) and key in node
+            in_list = isinstance(node, LocatedList) and isinstance(key, int) and key < len(node)
+            if not (in_dict or in_list):
+                break
+            where, node = node.where(key), node[key]
+            walked.append(key)
+        return dotted(tuple(walked) or keys), where
+
+    def _yaml_keys(self, path: KeyPath) -> KeyPath:
+        keys = list(path)
+        if keys[:1] == ["variants"] and len(keys) > 2 and keys[2] == "image":
+            index = keys[1]
+            known = isinstance(index, int) and index < len(self.variants)
+            if known and self.variants[int(index)].image is None:
+                return ("image",)  # the variant's image is `image` + `tag_template`
+        if keys[:2] == ["health", "timing"]:
+            keys = ["health", *keys[2:]]
+            keys[1:] = [k[:-2] if isinstance(k, str) and k.endswith("_s") else k for k in keys[1:]]
+        return tuple(_YAML_NAMES.get(k, k) if isinstance(k, str) else k for k in keys)
+
+    def _state(
+        self, container: Dict[str, Any], images: Dict[str, str], tag: str, deployment: str
+    ) -> Dict[str, Any]:
+        return {
             "schema": SCHEMA,
             "app": self.app,
             "deployment": deployment,
             "tag": tag,
             "variants": [dict(copy.deepcopy(v.spec), image=images[v.name]) for v in self.variants],
-            "container": self.container.render(host_vars, host_name),
+            "container": container,
             "health": copy.deepcopy(self.health),
             **self.settings,
         }
-        try:
-            return DesiredState.from_dict(state).to_dict()
-        except DesiredStateError as exc:
-            raise ConfigError(
-                f"host {host_name}: the desired state is not valid: {exc}", where=self.source
-            ) from None
+
+    def _templates(self) -> List[Template]:
+        out = [self.repository] if self.repository is not None else []
+        out += [v.image for v in self.variants if v.image is not None]
+        return out + self.container.templates()
+
+
+def _under(path: str, prefix: str) -> bool:
+    """Whether key path `path` is `prefix` or inside it."""
+    return path == prefix or path.startswith((f"{prefix}.", f"{prefix}["))
+
+
+def _variables(templates: Any) -> List[str]:
+    return list(dict.fromkeys(name for t in templates for name in t.variables))
 
 
 # --------------------------------------------------------------------------- entry points
@@ -421,39 +509,33 @@ def _playbook(data: LocatedDict, source: str) -> Playbook:
     health: Dict[str, Any] = {}
     if data.get("health") is not None:
         health = _health(data["health"], data.where("health"))
-        _check_published(health, data["health"], container)
+    # The values' rules are the agent's (DesiredState, run by Playbook.check): read only here.
     settings: Dict[str, Any] = {}
     if data.get("monitor") is not None:
-        settings["monitor_s"] = check.duration(data["monitor"], data.where("monitor"), "monitor", 0)
+        settings["monitor_s"] = check.duration(data["monitor"], data.where("monitor"), "monitor")
     if data.get("retain") is not None:
-        settings["retain"] = check.whole_number(data["retain"], data.where("retain"), "retain", 2)
+        settings["retain"] = check.integer(data["retain"], data.where("retain"), "retain")
     if data.get("grace") is not None:
-        settings["grace_s"] = check.duration(data["grace"], data.where("grace"), "grace", 0)
+        settings["grace_s"] = check.duration(data["grace"], data.where("grace"), "grace")
     if data.get("strategy") is not None:
-        settings["strategy"] = check.choice(
-            data["strategy"], data.where("strategy"), "strategy", STRATEGIES
-        )
-    rollout = RolloutPolicy()
+        settings["strategy"] = data["strategy"]
+    policy = RolloutPolicy()
     if data.get("rollout") is not None:
-        rollout = _rollout(data["rollout"], data.where("rollout"))
-    return Playbook(
+        policy = _rollout(data["rollout"], data.where("rollout"))
+    playbook = Playbook(
         source=source,
-        app=_app(data["app"], data.where("app")),
-        rollout=rollout,
+        app=data["app"],
+        rollout=policy,
         repository=repository,
         tag_template=tag_template,
         variants=variants,
         container=container,
         health=health,
         settings=settings,
+        document=data,
     )
-
-
-def _app(value: Any, where: str) -> str:
-    """`app`: 1-41 lowercase letters, digits and dashes, starting with a letter or digit."""
-    if not isinstance(value, str) or not _APP.match(value):
-        raise check.bad(where, "app", f"1-41 lowercase letters, digits and dashes; got {value!r}")
-    return value
+    playbook.check()
+    return playbook
 
 
 def _image_template(value: Any, where: str, path: str) -> Template:
@@ -475,7 +557,7 @@ def _tag_template(value: Any, where: str) -> str:
         raise check.bad(
             where, "tag_template", f"{text!r}: only {{tag}} and {{variant}} may be used"
         )
-    if not _DOCKER_TAG.match(_PLACEHOLDER.sub("x", text)):
+    if not is_tag(_PLACEHOLDER.sub("x", text)):
         raise check.bad(
             where, "tag_template", f"{text!r}: a Docker tag has only letters, digits, _ . -"
         )
@@ -521,17 +603,6 @@ def _container(value: Any, where: str) -> ContainerTemplate:
         spec.ports = [
             _port(p, ports.where(i), f"container.ports[{i}]") for i, p in enumerate(ports)
         ]
-        seen: Dict[Tuple[str, int, str], int] = {}
-        for i, p in enumerate(spec.ports):
-            key = (p["host_ip"], p["host"], p["protocol"])
-            if key in seen:
-                raise check.bad(
-                    ports.where(i),
-                    f"container.ports[{i}]",
-                    f"host port {p['host']}/{p['protocol']} is already bound by"
-                    f" container.ports[{seen[key]}]",
-                )
-            seen[key] = i
     if m.get("env") is not None:
         spec.env = _env(m["env"], m.where("env"))
     if m.get("env_file") is not None:
@@ -546,11 +617,11 @@ def _container(value: Any, where: str) -> ContainerTemplate:
             m["allow_root"], m.where("allow_root"), "container.allow_root"
         )
     if m.get("user") is not None:
-        spec.user = _user(m["user"], m.where("user"), spec.allow_root)
+        spec.user = _user(m["user"], m.where("user"))
     if m.get("memory") is not None:
         spec.memory_mib = check.size_mib(m["memory"], m.where("memory"), "container.memory")
     if m.get("cpus") is not None:
-        spec.cpus = check.number(m["cpus"], m.where("cpus"), "container.cpus", 0, above=True)
+        spec.cpus = check.real(m["cpus"], m.where("cpus"), "container.cpus")
     if m.get("shm_size") is not None:
         spec.shm_mib = check.size_mib(m["shm_size"], m.where("shm_size"), "container.shm_size")
     if m.get("command") is not None:
@@ -560,7 +631,8 @@ def _container(value: Any, where: str) -> ContainerTemplate:
 
 def _port(value: Any, where: str, path: str) -> Dict[str, Any]:
     """A `ports` item: `"[host_ip:]host:container[/tcp|/udp]"` or `{host, container,
-    protocol, host_ip}`; the agent's Port dict."""
+    protocol, host_ip}`; the agent's Port dict (ranges, protocol and address are the agent's
+    rules)."""
     if isinstance(value, int) and not isinstance(value, bool):
         raise check.bad(
             where,
@@ -585,10 +657,8 @@ def _port(value: Any, where: str, path: str) -> Dict[str, Any]:
         m = check.known_keys(value, path, ("host", "container", "protocol", "host_ip"),
                   required=("host", "container"))  # fmt: skip
         port = {
-            "container": check.whole_number(
-                m["container"], m.where("container"), f"{path}.container", 1
-            ),
-            "host": check.whole_number(m["host"], m.where("host"), f"{path}.host", 1),
+            "container": check.integer(m["container"], m.where("container"), f"{path}.container"),
+            "host": check.integer(m["host"], m.where("host"), f"{path}.host"),
             "protocol": m.get("protocol") or "tcp",
             "host_ip": m.get("host_ip") or "",
         }
@@ -598,18 +668,6 @@ def _port(value: Any, where: str, path: str) -> Dict[str, Any]:
         raise check.bad(
             where, path, f'expected "host:container" or a mapping, got {check.kind(value)}'
         )
-    for key in ("container", "host"):
-        if not 0 < port[key] < 65536:
-            raise check.bad(where, path, f"{key} port {port[key]} is outside 1-65535")
-    if port["protocol"] not in ("tcp", "udp"):
-        raise check.bad(where, path, f"protocol {port['protocol']!r}: tcp or udp")
-    if port["host_ip"]:
-        try:
-            ipaddress.ip_address(port["host_ip"])
-        except ValueError:
-            raise check.bad(
-                where, path, f"host_ip {port['host_ip']!r} is not an IP address"
-            ) from None
     return port
 
 
@@ -619,8 +677,6 @@ def _env(value: Any, where: str) -> Dict[str, Template]:
     out: Dict[str, Template] = {}
     for key, item in m.items():
         path, at = f"container.env.{key}", m.where(key)
-        if not isinstance(key, str) or not _ENV_KEY.match(key):
-            raise check.bad(at, path, "not a valid environment variable name (letters, digits, _)")
         if isinstance(item, bool) or item is None:
             raise check.bad(
                 at, path, f"{item!r} is not a string", hint=f'quote it: {key}: "{_yaml_word(item)}"'
@@ -666,37 +722,29 @@ def _mount(value: Any, where: str, path: str) -> MountTemplate:
 
 
 def _path_template(value: Any, where: str, path: str) -> Template:
-    """A host or container path, templated: absolute, no whitespace or shell metacharacters."""
-    template = _template(value, where, path)
-    problem = (
-        _path_problem(template.text)
-        if not template.variables
-        else _unsafe_problem(template.literal_parts())
-    )
+    """A host or container path, templated: no whitespace or shell metacharacters (checked
+    now in what is written, again once rendered); absolute (the agent's rule)."""
+    template = _template(value, where, path, stand_in="/1")
+    problem = _unsafe_problem(template.literal_parts())
     if problem:
         raise check.bad(where, path, f"{value!r} {problem}")
     return template
 
 
-def _user(value: Any, where: str, allow_root: bool) -> Template:
-    """`user`: `"uid[:gid]"` or a name, templated; root only with `allow_root: true`."""
+def _user(value: Any, where: str) -> Template:
+    """`user`: `"uid[:gid]"` or a name, templated (root only with `allow_root: true`: the
+    agent's rule)."""
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
-    template = _template(value, where, "container.user")
-    if not template.variables:
-        problem = _user_problem(template.text, allow_root)
-        if problem:
-            raise check.bad(where, "container.user", f"{value!r} {problem}")
-    return template
+    return _template(value, where, "container.user")
 
 
 def _command(value: Any, where: str, path: str, templated: bool) -> List[Any]:
-    """A command: a non-empty list of arguments (strings or numbers), exec form."""
+    """A command: a list of arguments (strings or numbers), exec form (not empty: the
+    agent's rule)."""
     items = check.sequence(
         value, where, path, hint='write it as a list: [python3, "/app/server.py"]'
     )
-    if not items:
-        raise check.bad(where, path, "the list is empty")
     out: List[Any] = []
     for i, item in enumerate(items):
         if isinstance(item, bool) or not isinstance(item, (str, int, float)):
@@ -727,13 +775,9 @@ def _health(value: Any, where: str) -> Dict[str, Any]:
     timing: Dict[str, Any] = {}
     for key in ("start_period", "interval", "timeout", "deadline"):
         if m.get(key) is not None:
-            # start_period may be 0 (count failures at once); the others must be above 0.
-            above = key != "start_period"
-            timing[f"{key}_s"] = check.duration(m[key], m.where(key), f"health.{key}", 0, above)
+            timing[f"{key}_s"] = check.duration(m[key], m.where(key), f"health.{key}")
     if m.get("retries") is not None:
-        timing["retries"] = check.whole_number(
-            m["retries"], m.where("retries"), "health.retries", 1
-        )
+        timing["retries"] = check.integer(m["retries"], m.where("retries"), "health.retries")
     if timing:
         out["timing"] = timing
     return out
@@ -743,15 +787,11 @@ def _http_check(value: Any, where: str, path: str) -> Dict[str, Any]:
     """`health.http` item: `{port, path (default /health), status (default 200), body_contains}`."""
     m = check.known_keys(check.mapping(value, where, path), path, ("port", "path", "status", "body_contains"),
               required=("port",))  # fmt: skip
-    out: Dict[str, Any] = {
-        "port": check.whole_number(m["port"], m.where("port"), f"{path}.port", 1, 65535)
-    }
+    out: Dict[str, Any] = {"port": check.integer(m["port"], m.where("port"), f"{path}.port")}
     if m.get("path") is not None:
-        out["path"] = check.url_path(m["path"], m.where("path"), f"{path}.path")
+        out["path"] = check.string(m["path"], m.where("path"), f"{path}.path")
     if m.get("status") is not None:
-        out["status"] = check.whole_number(
-            m["status"], m.where("status"), f"{path}.status", 100, 599
-        )
+        out["status"] = check.integer(m["status"], m.where("status"), f"{path}.status")
     if m.get("body_contains") is not None:
         out["body_contains"] = check.string(
             m["body_contains"], m.where("body_contains"), f"{path}.body_contains"
@@ -762,7 +802,7 @@ def _http_check(value: Any, where: str, path: str) -> Dict[str, Any]:
 def _tcp_check(value: Any, where: str, path: str) -> Dict[str, Any]:
     """`health.tcp` item: `{port}`."""
     m = check.known_keys(check.mapping(value, where, path), path, ("port",), required=("port",))
-    return {"port": check.whole_number(m["port"], m.where("port"), f"{path}.port", 1, 65535)}
+    return {"port": check.integer(m["port"], m.where("port"), f"{path}.port")}
 
 
 def _exec_check(value: Any, where: str, path: str) -> Dict[str, Any]:
@@ -778,33 +818,14 @@ def _inference_check(value: Any, where: str, path: str) -> Dict[str, Any]:
     keys = ("port", "path", "request", "expect", "tolerance")
     m = check.known_keys(check.mapping(value, where, path), path, keys, required=keys[:4])
     out: Dict[str, Any] = {
-        "port": check.whole_number(m["port"], m.where("port"), f"{path}.port", 1, 65535),
-        "path": check.url_path(m["path"], m.where("path"), f"{path}.path"),
+        "port": check.integer(m["port"], m.where("port"), f"{path}.port"),
+        "path": check.string(m["path"], m.where("path"), f"{path}.path"),
         "request": check.json_data(m["request"], m.where("request"), f"{path}.request"),
         "expect": check.json_data(m["expect"], m.where("expect"), f"{path}.expect"),
     }
     if m.get("tolerance") is not None:
-        out["tolerance"] = check.number(
-            m["tolerance"], m.where("tolerance"), f"{path}.tolerance", 0
-        )
+        out["tolerance"] = check.real(m["tolerance"], m.where("tolerance"), f"{path}.tolerance")
     return out
-
-
-def _check_published(
-    health: Dict[str, Any], node: LocatedDict, container: ContainerTemplate
-) -> None:
-    """Every checked port must be a published container port (reached through its host port)."""
-    published = sorted({p["container"] for p in container.ports})
-    for key in ("http", "tcp", "inference"):
-        for i, probe in enumerate(health.get(key, [])):
-            if probe["port"] not in published:
-                raise check.bad(
-                    node[key][i].where("port"),
-                    f"health.{key}[{i}].port",
-                    f"{probe['port']} is not published by container.ports"
-                    f" (published: {', '.join(map(str, published)) or 'none'})",
-                    hint=f'publish it, e.g. ports: ["{probe["port"]}:{probe["port"]}"]',
-                )
 
 
 def _rollout(value: Any, where: str) -> RolloutPolicy:
@@ -837,10 +858,12 @@ def _spec(parse: Callable[[Any], Any], m: LocatedDict, key: str) -> Any:
         raise check.bad(at, path, exc.problem) from None
 
 
-def _template(value: Any, where: str, path: str, placeholders: bool = False) -> Template:
+def _template(
+    value: Any, where: str, path: str, placeholders: bool = False, stand_in: str = "1"
+) -> Template:
     """A string that may use `{{ name }}` (and `{tag}`, `{variant}` where allowed)."""
     text = check.string(value, where, path)
-    template = Template(text, path, where, placeholders)
+    template = Template(text, path, where, placeholders, stand_in)
     rest = template.literal_parts()
     if any(marker in rest for marker in _JINJA):
         raise check.bad(
@@ -876,16 +899,8 @@ def _host_value(host_vars: Dict[str, Any], host_name: str, name: str, t: Templat
     return str(value)
 
 
-def _rendered_path(t: Template, host_vars: Dict[str, Any], host_name: str) -> str:
-    value = t.render(host_vars, host_name)
-    problem = _path_problem(value)
-    if problem:
-        raise t.failed(host_name, value, problem)
-    return value
-
-
 def _check_tag(tag: str) -> None:
-    if not isinstance(tag, str) or not _DOCKER_TAG.match(tag):
+    if not is_tag(tag):
         raise ConfigError(
             f"tag {tag!r} is not a Docker tag",
             hint="1-128 letters, digits, '_', '.' and '-', not starting with '.' or '-'",
@@ -901,44 +916,34 @@ def _unsafe_problem(text: str) -> Optional[str]:
     return None
 
 
-def _path_problem(text: str) -> Optional[str]:
-    if not text.startswith("/"):
-        return "not an absolute path"
-    return _unsafe_problem(text)
-
-
 def _repository_problem(text: str) -> Optional[str]:
+    """What is wrong with an image repository (no tag or digest), per agent/imageref.py."""
     unsafe = _unsafe_problem(text)
     if unsafe:
         return unsafe
-    if _REPOSITORY.match(text):
-        return None
-    match = _REFERENCE.match(text)
-    if match and (match.group("tag") or match.group("digest")):
+    try:
+        ref = ImageRef.parse(text)
+    except ImageRefError as exc:
+        return f"is not an image repository like registry:5000/team/model ({exc})"
+    if ref.tag is not None or ref.digest is not None:
         return (
             "has a tag or digest; `image` is the repository only (the tag comes from --tag"
             " and tag_template)"
         )
-    return "is not an image repository like registry:5000/team/model (lowercase path)"
-
-
-def _reference_problem(text: str) -> Optional[str]:
-    unsafe = _unsafe_problem(text)
-    if unsafe:
-        return unsafe
-    match = _REFERENCE.match(text)
-    if not match:
-        return "is not an image reference like registry:5000/team/model:{tag}-gpu"
-    if not (match.group("tag") or match.group("digest")):
-        return "has no tag or digest; add one, e.g. :{tag}-{variant}"
     return None
 
 
-def _user_problem(user: str, allow_root: bool) -> Optional[str]:
-    if not _USER.match(user):
-        return 'is not a user like "10001", "10001:10001" or "app"'
-    if not allow_root and user.split(":")[0] in _ROOT_USERS:
-        return "is root; set container.allow_root: true if the model really needs it"
+def _reference_problem(text: str) -> Optional[str]:
+    """What is wrong with a full image reference (a tag or a digest required)."""
+    unsafe = _unsafe_problem(text)
+    if unsafe:
+        return unsafe
+    try:
+        ref = ImageRef.parse(text)
+    except ImageRefError as exc:
+        return f"is not an image reference like registry:5000/team/model:{{tag}}-gpu ({exc})"
+    if ref.tag is None and ref.digest is None:
+        return "has no tag or digest; add one, e.g. :{tag}-{variant}"
     return None
 
 

@@ -1,5 +1,7 @@
 """Typed readers of located YAML values: each returns the value or raises a ConfigError
-naming the key's path and its file:line (pure). The playbook's checks are built from these."""
+naming the key's path and its file:line (pure). They read YAML's shapes (a duration's text,
+a size, a list); the rules for the values themselves (ranges, paths, users) are the agent's
+(agent/desired.py), judged once the playbook is read."""
 
 from __future__ import annotations
 
@@ -77,11 +79,18 @@ def whole_number(
     return value
 
 
-def number(value: Any, where: str, path: str, minimum: float, above: bool = False) -> float:
+def integer(value: Any, where: str, path: str) -> int:
+    """A whole number (its bounds are the agent's to judge)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise bad(where, path, f"expected a whole number; got {value!r}")
+    return value
+
+
+def real(value: Any, where: str, path: str) -> float:
+    """A finite number (its bounds are the agent's to judge)."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < minimum or (above and value == minimum):
-        bound = f"above {minimum:g}" if above else f">= {minimum:g}"
-        raise bad(where, path, f"expected a number {bound}; got {value!r}")
+    if not ok:
+        raise bad(where, path, f"expected a number; got {value!r}")
     return float(value)
 
 
@@ -91,20 +100,17 @@ def choice(value: Any, where: str, path: str, options: Sequence[str]) -> str:
     return value
 
 
-def duration(value: Any, where: str, path: str, minimum: float, above: bool = False) -> float:
-    """A duration: `"500ms"`, `"5s"`, `"2m"`, `"1h"`, `"1m30s"`, or a number of seconds."""
+def duration(value: Any, where: str, path: str) -> float:
+    """A duration in seconds: `"500ms"`, `"5s"`, `"2m"`, `"1h"`, `"1m30s"`, or a number."""
     if isinstance(value, str):
         if not DURATION.match(value):
             raise bad(where, path, f'{value!r} is not a duration like "500ms", "5s", "2m" or "1h"')
-        seconds = sum(float(n) * DURATION_UNITS[u] for n, u in DURATION_PART.findall(value))
-        if seconds == 0 and above:
-            raise bad(where, path, f"{value!r}: must be above 0")
-        return seconds
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return sum(float(n) * DURATION_UNITS[u] for n, u in DURATION_PART.findall(value))
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise bad(
             where, path, f'expected a duration like "5s" or a number of seconds; got {value!r}'
         )
-    return number(value, where, path, minimum, above)
+    return float(value)
 
 
 def size_mib(value: Any, where: str, path: str) -> int:
@@ -118,13 +124,6 @@ def size_mib(value: Any, where: str, path: str) -> int:
     if kib < 1024 or kib % 1024:
         raise bad(where, path, f"{value!r} is not a whole number of MiB (at least 1m)")
     return int(kib // 1024)
-
-
-def url_path(value: Any, where: str, path: str) -> str:
-    text = string(value, where, path)
-    if not text.startswith("/") or UNSAFE.search(text):
-        raise bad(where, path, f"{text!r} must start with / and contain no whitespace")
-    return text
 
 
 def json_data(value: Any, where: str, path: str) -> Any:

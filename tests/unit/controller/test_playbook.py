@@ -482,3 +482,79 @@ def test_several_playbooks_in_a_directory(tmp_path: Path):
 
 def test_the_shipped_playbooks_directory_has_exactly_sentiment():
     assert find_playbook(SENTIMENT.parent.parent) == SENTIMENT
+
+
+# --------------------------------------------------------------------------- the agent's rules
+
+
+@pytest.mark.parametrize(
+    ("tail", "line", "words"),
+    [
+        # the agent's key path, mapped to the playbook's key and line
+        (
+            "container:\n  ports:\n    - {host: 80, container: 70000}\n",
+            7,
+            "`container.ports[0].container`: container port 70000 is outside 1-65535",
+        ),
+        ("health:\n  start_period: -1\n", 6, "`health.start_period`: expected a number >= 0"),
+        ("health:\n  deadline: 0\n", 6, "`health.deadline`: 0.0 must be above 0"),
+        ("grace: -5\n", 5, "`grace`: expected a number >= 0"),
+        ("container:\n  shm_size: 0\n", 6, "`container.shm_size`"),
+        ("container:\n  command: []\n", 6, "`container.command`: the list is empty"),
+        ("container:\n  env:\n    A: x\n    2B: y\n", 8, "`container.env.2B`"),
+        (
+            "container:\n  mounts:\n    - {source: /a, target: b}\n",
+            7,
+            "`container.mounts[0].target`: 'b' is not an absolute path",
+        ),
+        (
+            "container:\n  ports: ['80:80']\nhealth:\n  http:\n    - {port: 80, status: 99}\n",
+            9,
+            "`health.http[0].status`: expected an HTTP status 100-599",
+        ),
+    ],
+)
+def test_the_agents_rules_point_at_the_playbooks_line(
+    tmp_path: Path, tail: str, line: int, words: str
+):
+    err = refused(tmp_path, MINIMAL + tail)
+    assert err.where == f"{tmp_path / 'p.yml'}:{line}" and words in err.message
+    assert len(str(err).splitlines()) == 1
+
+
+def test_a_template_that_no_host_can_make_valid_is_refused_at_load(tmp_path: Path):
+    err = refused(tmp_path, MINIMAL + "container:\n  mounts: ['data{{ d }}:/data']\n")
+    assert err.where == f"{tmp_path / 'p.yml'}:6"
+    assert "`container.mounts[0]`" in err.message and "not an absolute path" in err.message
+    assert "{{ d }} stood in" in (err.hint or "")
+
+
+def test_rendered_values_are_judged_by_the_agent_with_the_host_named(tmp_path: Path):
+    playbook = load(
+        tmp_path, MINIMAL + "container:\n  user: '{{ uid }}'\n  env_file: '{{ etc }}/m.env'\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        state(playbook, {"uid": "root", "etc": "/etc"})
+    err = info.value
+    assert err.where == f"{tmp_path / 'p.yml'}:6" and "host edge01" in err.message
+    assert "`container.user`" in err.message and "is root" in err.message
+    assert err.hint == "check uid in the inventory for edge01"
+    with pytest.raises(ConfigError) as info:
+        state(playbook, {"uid": "10001", "etc": "etc"})
+    assert info.value.where == f"{tmp_path / 'p.yml'}:7"
+    assert "`container.env_file`" in info.value.message
+    assert state(playbook, {"uid": "10001", "etc": "/etc"})["container"]["user"] == "10001"
+
+
+def test_a_variant_without_its_own_image_points_at_image(tmp_path: Path):
+    playbook = load(tmp_path, MINIMAL)
+    assert playbook.locate(("variants", 0, "image")) == ("image", f"{tmp_path / 'p.yml'}:2")
+    assert playbook.locate(("tag",)) == ("tag", str(tmp_path / "p.yml"))
+    assert playbook.locate(("health", "timing", "retries")) == (
+        "health.retries", str(tmp_path / "p.yml"),
+    )  # fmt: skip
+
+
+def test_rollout_batch_as_command_line_text(tmp_path: Path):
+    playbook = load(tmp_path, MINIMAL + "rollout: {batch: '1,5,20%'}\n")
+    assert playbook.rollout.batch == [1, 5, "20%"]
