@@ -59,6 +59,10 @@ def check_transition(release_id: int, old: ReleaseStatus, new: ReleaseStatus) ->
         )
 
 
+BY_APPLY = "apply"
+BY_ROLLBACK = "rollback"
+
+
 @dataclass(frozen=True)
 class ReleaseRow:
     """What the state machine needs to know about one release of an app."""
@@ -77,6 +81,9 @@ class Change:
     status: ReleaseStatus
     activate: bool = False
     reason: Optional[str] = None
+    # How an activated release came to serve: "apply" (promoted) or "rollback" (reinstated);
+    # the tick never rolls back a release that a rollback brought back.
+    activated_by: Optional[str] = None
 
 
 def promote(releases: Sequence[ReleaseRow], release_id: int) -> List[Change]:
@@ -86,7 +93,7 @@ def promote(releases: Sequence[ReleaseRow], release_id: int) -> List[Change]:
     changes = []
     for row in releases:
         if row.id == release_id:
-            changes.append(Change(row.id, S.CURRENT, activate=True))
+            changes.append(Change(row.id, S.CURRENT, activate=True, activated_by=BY_APPLY))
         elif row.status is S.PREVIOUS:
             changes.append(Change(row.id, S.RETIRED))
         elif row.status is S.CURRENT:
@@ -124,7 +131,7 @@ def reinstate(
     changes = []
     for row in releases:
         if row.id == release_id:
-            changes.append(Change(row.id, S.CURRENT, activate=True))
+            changes.append(Change(row.id, S.CURRENT, activate=True, activated_by=BY_ROLLBACK))
         elif row.id == failed_id:
             changes.append(Change(row.id, status[row.id], reason=reason))
         elif status[row.id] != row.status:

@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS releases (
     spec TEXT NOT NULL,
     created_at REAL NOT NULL,
     activated_at REAL,
+    activated_by TEXT,
     updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS releases_app ON releases (app, status);
@@ -82,6 +83,12 @@ class Release:
     created_at: float
     activated_at: Optional[float]
     updated_at: float
+    activated_by: Optional[str] = None  # "apply" or "rollback" (agent/releases.py)
+
+    @property
+    def reinstated(self) -> bool:
+        """It serves because a rollback brought it back (not because an apply promoted it)."""
+        return self.activated_by == release_states.BY_ROLLBACK
 
     def to_dict(self) -> Dict[str, Any]:
         """The row for the agent's own `history` (its spec left out)."""
@@ -115,6 +122,9 @@ class StateStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(releases)")}
+        if "activated_by" not in columns:  # a record from an agent before it existed
+            self.db.execute("ALTER TABLE releases ADD COLUMN activated_by TEXT")
 
     def close(self) -> None:
         self.db.close()
@@ -216,6 +226,7 @@ class StateStore:
             cols: Dict[str, Any] = {"status": change.status.value, "updated_at": now}
             if change.activate:
                 cols["activated_at"] = now
+                cols["activated_by"] = change.activated_by
             if change.reason is not None:
                 cols["reason"] = change.reason
             sets = ", ".join(f"{k} = ?" for k in cols)
@@ -272,6 +283,13 @@ class StateStore:
                 "INSERT INTO events (at, app, release_id, kind, message, data) VALUES (?, ?, ?, ?, ?, ?)",
                 (time.time(), app, release_id, kind, message, json.dumps(data) if data else None),
             )
+
+    def has_event(self, release_id: int, kind: str) -> bool:
+        """Whether an event of `kind` was recorded for the release."""
+        row = self.db.execute(
+            "SELECT 1 FROM events WHERE release_id = ? AND kind = ? LIMIT 1", (release_id, kind)
+        ).fetchone()
+        return row is not None
 
     def events(self, app: Optional[str] = None, limit: int = 100) -> List[Dict[str, Any]]:
         sql, args = "SELECT * FROM events", []

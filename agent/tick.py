@@ -82,6 +82,12 @@ class Observation:
     exit_code: Optional[int] = None
     fresh: bool = False  # activated within its grace period
     has_previous: bool = False  # a kept release a rollback can bring back
+    # It serves because a rollback brought it back: never rolled back again (a chain of
+    # rollbacks would walk the host down its kept releases).
+    reinstated: bool = False
+    # The tick tried to roll it back and the previous release did not come back: not again
+    # every minute (each try stops what serves); the operator was alerted.
+    rollback_failed: bool = False
     healthy: Optional[bool] = None
     restarted: bool = False
     failed_ticks_before: int = 0
@@ -122,13 +128,15 @@ def decide(obs: Observation) -> TickAction:
       a release;
     - otherwise restart it after UNHEALTHY_TICKS_BEFORE_RESTART failed ticks in a row.
 
-    A rollback only ever brings back a kept release, never one that failed (agent/releases.py),
-    so rollbacks cannot loop.
+    A release that a rollback brought back is never rolled back (`reinstated`), a rollback that
+    failed is not tried again (`rollback_failed`), and a rollback only ever brings back a kept
+    release, never one that failed (agent/releases.py): rollbacks cannot loop.
     """
     tag = obs.tag
     if not obs.container_present:
         return TickAction(TickActionKind.REPORT_MISSING, f"the container of {tag} is gone")
-    can_roll_back = obs.fresh and obs.has_previous
+    can_roll_back = obs.fresh and obs.has_previous and not obs.reinstated
+    can_roll_back = can_roll_back and not obs.rollback_failed
     if obs.restart_count > 0 and can_roll_back and not obs.restarted:
         crash = f"crashed and was restarted {obs.restart_count} times"
         return TickAction(
@@ -157,7 +165,14 @@ def decide(obs: Observation) -> TickAction:
             f"{tag} failed its health check once within its grace period;"
             " the next tick confirms it or not",
         )
-    why = "past its grace period" if obs.has_previous else "no previous release to roll back to"
+    if obs.reinstated:
+        why = "it serves by a rollback, never rolled back again"
+    elif obs.rollback_failed:
+        why = "its rollback failed once, not tried again"
+    elif obs.has_previous:
+        why = "past its grace period"
+    else:
+        why = "no previous release to roll back to"
     if failed >= UNHEALTHY_TICKS_BEFORE_RESTART:
         return TickAction(
             TickActionKind.RESTART_UNHEALTHY,
@@ -215,6 +230,8 @@ def _observe(host: AgentHost, current: Release) -> Tuple[Observation, str]:
         exit_code=info["State"].get("ExitCode"),
         fresh=fresh,
         has_previous=host.store.previous(current.app) is not None,
+        reinstated=current.reinstated,
+        rollback_failed=host.store.has_event(current.id, EventKind.ROLLBACK_FAILED.value),
         healthy=healthy,
         failed_ticks_before=_failed_in_a_row(host, current),
     )

@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 
 from mlfleet.agent.protocol import ReleaseStatus
 from mlfleet.agent.releases import (
+    BY_APPLY,
+    BY_ROLLBACK,
     FAILED_STATUSES,
     TRANSITIONS,
     Change,
@@ -97,7 +99,7 @@ def test_a_release_that_failed_never_serves_again() -> None:
 
 def test_promote_the_first_release() -> None:
     releases = rows((1, S.STARTING, None))
-    assert promote(releases, 1) == [Change(1, S.CURRENT, activate=True)]
+    assert promote(releases, 1) == [Change(1, S.CURRENT, activate=True, activated_by=BY_APPLY)]
 
 
 def test_promote_shifts_current_to_previous_and_previous_to_retired() -> None:
@@ -106,7 +108,9 @@ def test_promote_shifts_current_to_previous_and_previous_to_retired() -> None:
     )
     changes = promote(releases, 4)
     assert after(releases, changes) == {1: S.RETIRED, 2: S.RETIRED, 3: S.PREVIOUS, 4: S.CURRENT}
-    assert [c for c in changes if c.activate] == [Change(4, S.CURRENT, activate=True)]
+    assert [c for c in changes if c.activate] == [
+        Change(4, S.CURRENT, activate=True, activated_by=BY_APPLY)
+    ]
 
 
 def test_promote_leaves_failed_and_removed_releases_alone() -> None:
@@ -134,7 +138,8 @@ def test_tick_rollback_reinstates_previous_and_the_next_older_becomes_previous()
     changes = reinstate(releases, 2, 3, S.ROLLED_BACK, "turned unhealthy")
     assert after(releases, changes) == {1: S.PREVIOUS, 2: S.CURRENT, 3: S.ROLLED_BACK}
     assert Change(3, S.ROLLED_BACK, reason="turned unhealthy") in changes
-    assert Change(2, S.CURRENT, activate=True) in changes
+    # Brought back by a rollback: the tick never rolls it back again.
+    assert Change(2, S.CURRENT, activate=True, activated_by=BY_ROLLBACK) in changes
 
 
 def test_apply_rollback_reactivates_the_current_release() -> None:
