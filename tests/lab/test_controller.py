@@ -349,4 +349,7 @@ def test_a_host_whose_python_cannot_run_the_agent_is_an_agent_failure_with_what_
         args += ("--tag", "v2") if command == "plan" else ()
         proc = ctl(*args, "--json", inventory=inventory, limit="edge-cpu")
         assert proc.returncode == 6, (command, proc.stdout, proc.stderr)
-        assert "mlfleet_python" in proc.stdout and "unreachable" not in proc.stdout, (command, proc.stdout)
+        assert "mlfleet_python" in proc.stdout and "unreachable" not in proc.stdout, (
+            command,
+            proc.stdout,
+        )
