@@ -8,7 +8,7 @@ from typing import Callable, List, Optional, TypeVar
 
 from mlfleet.agent.protocol import ApplyStatus, Health
 from mlfleet.controller import hostops
-from mlfleet.controller.deploy import RolloutOptions, desired_state, expected_variants, plan_rollout
+from mlfleet.controller.deploy import RolloutOptions, expected_variants, plan_rollout
 from mlfleet.controller.hostops import AgentFailed
 from mlfleet.controller.hosts import Host
 from mlfleet.controller.outcomes import (
@@ -81,7 +81,7 @@ def plan(
     bundle = session.bundle()
 
     def one(host: Host) -> HostPlan:
-        desired = desired_state(playbook, host, tag, "plan")
+        desired = playbook.desired_state(host.vars, host.name, tag, "plan")
 
         def work() -> HostPlan:
             transport = session.transport(host)

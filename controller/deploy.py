@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+from mlfleet.agent.imageref import ImageRef
 from mlfleet.agent.protocol import (
     DesiredState,
     Event,
@@ -17,7 +18,6 @@ from mlfleet.agent.protocol import (
     TransferMode,
     facts_from_dict,
 )
-from mlfleet.agent.registry_probe import split_reference
 from mlfleet.agent.selection import select_variant
 from mlfleet.agent.variants import VariantError, parse_variants
 from mlfleet.controller import hostops
@@ -126,14 +126,15 @@ def check_images(session: FleetSession, playbook: Playbook, tag: str) -> List[st
     for host in session.hosts:
         for ref, needed in needed_images(playbook, host, tag, stored_facts(session, host)).items():
             users = refs.setdefault(ref, [])
-            https.setdefault(ref, _registry_https(host))
+            https.setdefault(ref, host.registry_https)
             if needed:
                 users.append(host.name)
     missing, unused = [], []
     for ref, users in refs.items():
-        registry, repo, reference = split_reference(ref)
+        image = ImageRef.parse(ref)
+        registry = Registry(image.registry_address, https=https[ref], timeout=10)
         try:
-            found = Registry(registry, https=https[ref], timeout=10).get_manifest(repo, reference)
+            found = registry.get_manifest(image.api_repository, image.reference)
         except RegistryError as exc:
             raise MlfleetError(
                 f"cannot check images: {exc}", hint="is the registry reachable from here?"
@@ -155,20 +156,6 @@ def check_images(session: FleetSession, playbook: Playbook, tag: str) -> List[st
             "*", f"not in the registry, and no host's stored facts select them: {', '.join(unused)}"
         )
     return sorted(refs)
-
-
-def _registry_https(host: Host) -> bool:
-    return bool(
-        getattr(
-            host, "registry_https", host.vars.get("mlfleet_registry_scheme", "https") == "https"
-        )
-    )
-
-
-def desired_state(playbook: Playbook, host: Host, tag: str, deployment: str) -> DesiredState:
-    """The host's desired state (validated; a bad template is a ConfigError naming it)."""
-    desired = playbook.desired_state(host.vars, host.name, tag, deployment)
-    return desired if isinstance(desired, DesiredState) else DesiredState.from_dict(desired)
 
 
 # --- the deployment ----------------------------------------------------------------------------
@@ -268,14 +255,14 @@ def _deploy_host(
 
     try:
         transport = session.transport(host)
-        desired = desired_state(playbook, host, tag, str(deployment_id))
+        desired = playbook.desired_state(host.vars, host.name, tag, str(deployment_id))
         registry = _registry_of(desired)
         mode = options.transfer or TransferMode(host.transfer)
         if mode is TransferMode.AUTO:
             mode = TransferMode.PULL if _reaches(transport, registry) else TransferMode.RELAY
         relay_bytes: Optional[int] = None
         if mode is TransferMode.RELAY:
-            source = session.relay_source(host, registry, _registry_https(host))
+            source = session.relay_source(host, registry, host.registry_https)
             with Relay(transport, source, host.bwlimit_kbit) as relay:
                 session.progress(
                     host.name, f"relay: the host pulls through {relay.address} (SSH tunnel)"
@@ -322,9 +309,7 @@ _REACH = "import socket, sys; socket.create_connection((sys.argv[1], int(sys.arg
 
 def _registry_of(desired: DesiredState) -> Tuple[str, int]:
     """(host, port) of the registry the desired state's images live in."""
-    registry = split_reference(desired.parsed_variants()[0].image or "")[0]
-    name, _, port = registry.rpartition(":")
-    return (name, int(port)) if name and port.isdigit() else (registry, 443)
+    return ImageRef.parse(desired.parsed_variants()[0].image or "").address()
 
 
 def _reaches(transport: Transport, registry: Tuple[str, int]) -> bool:

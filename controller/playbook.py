@@ -338,7 +338,7 @@ class Playbook:
 
     def desired_state(
         self, host_vars: Dict[str, Any], host_name: str, tag: str, deployment: str
-    ) -> Dict[str, Any]:
+    ) -> DesiredState:
         """The agent's desired state (schema `SCHEMA`) for one host, validated with
         `DesiredState.from_dict`; templating and validation errors are ConfigErrors naming
         the host and the playbook's file:line."""
@@ -349,7 +349,7 @@ class Playbook:
 
         state = self._state(self.container.render(fill, host_name), images, tag, deployment)
         try:
-            return DesiredState.from_dict(state).to_dict()
+            return DesiredState.from_dict(state)
         except DesiredStateError as exc:
             path, where = self.locate(exc.path)
             used = _variables(t for t in self._templates() if _under(t.path, path))

@@ -29,7 +29,7 @@ WAIT = (
 
 
 def script(host: Host, tag: str) -> str:
-    image = f"{host.vars['mlfleet_registry']}/mlfleet-lab/sentiment:{tag}-cpu"
+    image = f"{host.registry}/mlfleet-lab/sentiment:{tag}-cpu"
     run = [
         "docker", "run", "-d", "--name", "sentiment", "-p", "8080:8080",
         "-v", f"{host.vars['model_data_dir']}:/data:ro",

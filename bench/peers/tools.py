@@ -38,7 +38,7 @@ UPDATE_TOOLS = (
          "for the image's own HEALTHCHECK (interval 2s, start period 5s in the lab image)",
          "no watch window"),
     Tool("mlfleet-shipped", "mlfleet deploy (as shipped)",
-         "playbooks/sentiment.yml as it is: canary 1 host, then batches of 50%, each host "
+         "playbooks/sentiment.yml as it is: a canary of one host per variant, then batches of 50%, each host "
          "watched 10s after healthy before the next wave; default --forks 20",
          "nothing less than the same-job run; it is slower by design (safety)"),
     Tool("ansible", "Ansible playbook",

@@ -44,7 +44,7 @@ def refused(tmp_path: Path, text: str) -> ConfigError:
 
 
 def state(playbook: Playbook, host_vars: Dict[str, Any], tag: str = "v1") -> Dict[str, Any]:
-    return playbook.desired_state(host_vars, "edge01", tag, "d-1")
+    return playbook.desired_state(host_vars, "edge01", tag, "d-1").to_dict()
 
 
 # --------------------------------------------------------------------------- sentiment.yml
@@ -54,7 +54,7 @@ def test_sentiment_gives_the_lab_release_of_sample_release(tmp_path: Path):
     write_model(tmp_path)  # sample_release reads the weights from the host's data dir
     host_vars = dict(LAB_VARS, model_data_dir=str(tmp_path))
     playbook = load_playbook(SENTIMENT)
-    mine = DesiredState.from_dict(playbook.desired_state(host_vars, "edge-t4", "v3", "d-7"))
+    mine = playbook.desired_state(host_vars, "edge-t4", "v3", "d-7")
     sample = DesiredState.from_dict(sentiment_desired("10.77.0.1:5000", str(tmp_path), "v3"))
 
     assert mine.app == sample.app and mine.tag == sample.tag == "v3" and mine.deployment == "d-7"
