@@ -8,7 +8,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import AbstractSet, Any, Callable, Dict, List, Optional, Set
+from typing import AbstractSet, Any, Callable, Dict, List, Optional, Set, Tuple
 
 from mlfleet.agent import health
 from mlfleet.agent.container_config import (
@@ -23,8 +23,9 @@ from mlfleet.agent.desired import DesiredState
 from mlfleet.agent.detect.host_facts import detect_host_facts
 from mlfleet.agent.engine_api import EngineAPI, EngineError, EngineUnreachable
 from mlfleet.agent.facts import HostFacts
+from mlfleet.agent.imageref import ImageRef
 from mlfleet.agent.protocol import ApplyResult, ApplyStatus, Event, EventKind, Phase, Strategy
-from mlfleet.agent.registry_probe import RemoteImage, remote_image, split_reference
+from mlfleet.agent.registry_probe import RemoteImage, remote_image
 from mlfleet.agent.selection import select_variant
 from mlfleet.agent.state import Release, StateStore
 from mlfleet.agent.variants import Variant
@@ -276,14 +277,12 @@ def _pull_source(image: str, pull_via: Optional[str]) -> str:
     """The reference to pull: the image itself, or the same repository and tag on a mirror."""
     if not pull_via:
         return image
-    _, repo, tag = split_reference(image)
-    return f"{pull_via}/{repo}:{tag}"
+    return str(ImageRef.parse(image).with_registry(pull_via))
 
 
-def _repository_and_tag(image: str) -> tuple:
+def _repository_and_tag(image: str) -> Tuple[str, str]:
     """'reg:5000/team/model:v3' -> ('reg:5000/team/model', 'v3'), as the engine's API wants."""
-    tag = split_reference(image)[2]
-    return (image[: -len(tag) - 1], tag) if image.endswith(":" + tag) else (image, tag)
+    return ImageRef.parse(image).engine_name_and_tag()
 
 
 def _adopt(host: AgentHost, source: str, image: str) -> Optional[str]:
