@@ -8,7 +8,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 import yaml
@@ -345,7 +345,7 @@ def test_a_host_whose_python_cannot_run_the_agent_is_an_agent_failure_with_what_
     assert serving(lab["hosts_by_name"]["edge-cpu"]) == before
     # Every command says the same, never "unreachable": the host answered.
     for command in ("status", "rollback", "plan", "facts", "agent"):
-        args = ("agent", "install") if command == "agent" else (command,)
+        args: Tuple[str, ...] = ("agent", "install") if command == "agent" else (command,)
         args += ("--tag", "v2") if command == "plan" else ()
         proc = ctl(*args, "--json", inventory=inventory, limit="edge-cpu")
         assert proc.returncode == 6, (command, proc.stdout, proc.stderr)
