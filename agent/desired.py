@@ -274,14 +274,14 @@ def _validate_container(c: ContainerSpec) -> None:
                     f"host_ip {p.host_ip!r} is not an IP address",
                     ("container", "ports", i, "host_ip"),
                 ) from None
-        key = (p.host_ip, p.host, p.protocol)
-        if key in bound:
+        binding = (p.host_ip, p.host, p.protocol)
+        if binding in bound:
             raise DesiredStateError(
                 f"host port {p.host}/{p.protocol} is already bound by"
-                f" container.ports[{bound[key]}]",
+                f" container.ports[{bound[binding]}]",
                 ("container", "ports", i),
             )
-        bound[key] = i
+        bound[binding] = i
     if c.user is not None:
         if not isinstance(c.user, str) or not _USER.match(c.user):
             raise DesiredStateError(

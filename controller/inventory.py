@@ -377,6 +377,7 @@ class _Builder:
                     where=loc,
                     hint=f"e.g. `{pattern}: {{ansible_host: 10.0.0.5}}`, or nothing after the colon",
                 )
+            located: Optional[LocatedDict] = body
             for name in names:
                 if any(c.isspace() for c in name):
                     raise ConfigError(f"host name {name!r} contains whitespace", where=loc)
@@ -384,9 +385,11 @@ class _Builder:
                 group.hosts[name] = None
                 if port is not None:
                     entry.vars["ansible_port"], entry.origins["ansible_port"] = port, loc
-                for var, value in (body or {}).items():
-                    _check_var_name(var, body.where(var))
-                    entry.vars[var], entry.origins[var] = value, body.where(var)
+                if located is None:
+                    continue
+                for var, value in located.items():
+                    _check_var_name(var, located.where(var))
+                    entry.vars[var], entry.origins[var] = value, located.where(var)
 
     def _children(self, group: _Group, doc: Any, where: str) -> None:
         what = f"`children` of group {group.name!r}"

@@ -653,7 +653,7 @@ def _port(value: Any, where: str, path: str) -> Dict[str, Any]:
             "protocol": match.group("proto") or "tcp",
             "host_ip": match.group("ip") or "",
         }
-    elif isinstance(value, dict):
+    elif isinstance(value, LocatedDict):
         m = check.known_keys(value, path, ("host", "container", "protocol", "host_ip"),
                   required=("host", "container"))  # fmt: skip
         port = {
@@ -704,7 +704,7 @@ def _mount(value: Any, where: str, path: str) -> MountTemplate:
             target=_path_template(parts[1], where, path),
             read_only=len(parts) == 2 or parts[2] == "ro",
         )
-    if isinstance(value, dict):
+    if isinstance(value, LocatedDict):
         m = check.known_keys(
             value, path, ("source", "target", "read_only"), required=("source", "target")
         )

@@ -226,7 +226,7 @@ def plan_waves(
     covered = len(rest)
     # Resolve every entry up front: a bad spec fails the same way on any fleet size.
     spec = parse_batch(batch)
-    steps = list(spec) if isinstance(spec, list) else [spec]
+    steps: List[Union[int, str]] = [spec] if isinstance(spec, (int, str)) else list(spec)
     sizes = [_batch_size(step, covered) for step in steps]
 
     waves: List[Wave] = []
@@ -284,6 +284,7 @@ class FailureBudget:
     def _percent_exact(self) -> Fraction:
         # repr() gives back the decimal the user wrote (33.3, not 33.29999...), so boundaries
         # such as 333 of 1000 against 33.3% come out exact.
+        assert self.percent is not None
         return Fraction(repr(float(self.percent)))
 
     def allowed(self, wave_size: int) -> int:

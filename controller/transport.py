@@ -125,7 +125,7 @@ class Connection:
     # --- connecting --------------------------------------------------------------------
 
     def _client_for(
-        self, address: str, port: int, user: str, sock: Optional[object] = None
+        self, address: str, port: int, user: Optional[str], sock: Optional[object] = None
     ) -> paramiko.SSHClient:
         known_hosts = os.path.expanduser(self.host.known_hosts)
         client = paramiko.SSHClient()
@@ -166,11 +166,8 @@ class Connection:
 
     def connect(self) -> Connection:
         with self._lock:
-            if (
-                self._client is not None
-                and self._client.get_transport()
-                and self._client.get_transport().is_active()
-            ):  # type: ignore[union-attr]
+            live = self._client.get_transport() if self._client is not None else None
+            if live is not None and live.is_active():
                 return self
             sock = None
             jump = self.host.jump_host

@@ -132,9 +132,17 @@ def json_data(value: Any, where: str, path: str) -> Any:
         for key in value:
             if not isinstance(key, str):
                 raise bad(where, path, f"key {key!r}: JSON object keys are strings; quote it")
-        return {k: json_data(v, value.where(k), f"{path}.{k}") for k, v in value.items()}
+        located = value if isinstance(value, LocatedDict) else None
+        return {
+            k: json_data(v, located.where(k) if located else where, f"{path}.{k}")
+            for k, v in value.items()
+        }
     if isinstance(value, list):
-        return [json_data(v, value.where(i), f"{path}[{i}]") for i, v in enumerate(value)]
+        items = value if isinstance(value, LocatedList) else None
+        return [
+            json_data(v, items.where(i) if items else where, f"{path}[{i}]")
+            for i, v in enumerate(value)
+        ]
     if isinstance(value, float) and not math.isfinite(value):
         raise bad(where, path, f"{value!r} is not a JSON number")
     if value is None or isinstance(value, (str, int, float, bool)):
