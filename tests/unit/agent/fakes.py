@@ -1,9 +1,11 @@
 """A small in-memory Docker engine and a host around it, for running the agent's apply,
 rollback and tick in unit tests (no root, no Docker). Only the EngineAPI methods those use
-are faked; a release's health is its container's `healthy` flag, read by an exec check."""
+are faked (the others fail loudly); a release's health is its container's `healthy` flag,
+read by an exec check."""
 
 from __future__ import annotations
 
+import http.client
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,11 +13,11 @@ from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
 from mlfleet.agent.apply import AgentHost, apply
 from mlfleet.agent.desired import DesiredState
-from mlfleet.agent.engine_api import EngineError
+from mlfleet.agent.engine_api import EngineAPI, EngineError
 from mlfleet.agent.facts import SCHEMA as FACTS_SCHEMA
 from mlfleet.agent.facts import DockerFacts, HostFacts, OsFacts
 from mlfleet.agent.protocol import ApplyResult, ApplyStatus, Event
-from mlfleet.agent.state import StateStore
+from mlfleet.agent.state import Release, StateStore
 
 IMAGE = "registry.test/sentiment"
 HEALTH_COMMAND = ["healthcheck"]
@@ -38,9 +40,12 @@ class FakeContainer:
 
 
 @dataclass
-class FakeEngine:
+class FakeEngine(EngineAPI):
     """Containers and images in memory, with the engine's answers for the calls the agent
-    makes. Images are all present (nothing is pulled) unless removed."""
+    makes. Images are all present (nothing is pulled) unless removed.
+
+    An EngineAPI, so the type checker holds its methods to the real signatures; the
+    dataclass's own __init__ leaves EngineAPI's transport unset, and `_open` refuses."""
 
     containers: Dict[str, FakeContainer] = field(default_factory=dict)
     broken_images: Set[str] = field(default_factory=set)  # their containers exit at once
@@ -175,9 +180,22 @@ class FakeEngine:
                 return None
         raise NotImplementedError(f"the fake engine does not answer {method} {path}")
 
+    def _open(
+        self,
+        method: str,
+        path: str,
+        params: Optional[Dict[str, Any]],
+        body: Any,
+        timeout: Optional[float],
+    ) -> Tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        # What EngineAPI sends without `request` (a pull): there is no engine to send it to.
+        raise NotImplementedError(f"the fake engine does not answer {method} {path}")
+
 
 class FakeHost(AgentHost):
     """A host whose facts are fixed (a CPU host with a reachable engine)."""
+
+    engine: FakeEngine  # what make_host gives it: tests reach the fake's own methods
 
     @property
     def agent_path(self) -> Path:
@@ -206,7 +224,7 @@ def make_host(tmp_path: Path) -> FakeHost:
         root="/",
         device_root=str(tmp_path / "devices"),
         docker_host="unix:///fake/docker.sock",
-        engine=FakeEngine(),  # type: ignore[arg-type]
+        engine=FakeEngine(),
         store=StateStore(str(agent_dir / "state.db")),
         emit=events.append,
     )
@@ -237,6 +255,20 @@ def make_desired(tag: str, **overrides: Any) -> DesiredState:
     }
     data.update(overrides)
     return DesiredState.from_dict(data)
+
+
+def serving(host: FakeHost, app: str = "sentiment") -> Release:
+    """The release of `app` that `host` serves (a test's setup: there must be one)."""
+    current = host.store.current(app)
+    assert current is not None, f"no current release of {app} on the fake host"
+    return current
+
+
+def serving_container(host: FakeHost, app: str = "sentiment") -> str:
+    """The container of the release of `app` that `host` serves."""
+    release = serving(host, app)
+    assert release.container_id is not None, f"release {release.tag} of {app} has no container"
+    return release.container_id
 
 
 def deploy(host: FakeHost, desired: DesiredState) -> ApplyResult:

@@ -9,8 +9,15 @@ from typing import List, Optional, Set
 import pytest
 
 from mlfleet.agent.apply import apply, rollback_to, start_order
-from mlfleet.agent.protocol import ApplyStatus, EventKind, Phase, Strategy
-from tests.unit.agent.fakes import IMAGE, FakeHost, deploy, make_desired, make_host
+from mlfleet.agent.protocol import ApplyStatus, Event, EventKind, Phase, Strategy
+from tests.unit.agent.fakes import (
+    IMAGE,
+    FakeHost,
+    deploy,
+    make_desired,
+    make_host,
+    serving_container,
+)
 
 # --- start_order --------------------------------------------------------------------------
 
@@ -77,7 +84,7 @@ def test_first_apply_serves_the_new_release(host: FakeHost) -> None:
     )
     assert result.digest == f"{IMAGE}@sha256:v1"
     assert _current(host) == "v1" and host.engine.running_tags() == ["v1"]
-    container = host.engine.containers[host.store.current("sentiment").container_id]
+    container = host.engine.containers[serving_container(host)]
     # Committed: it now survives reboots (probation ran with no restart policy).
     assert container.config["HostConfig"]["RestartPolicy"] == {"Name": "unless-stopped"}
     assert _progress(host) == [EventKind.SUCCEEDED.value]
@@ -100,7 +107,7 @@ def test_an_update_keeps_the_old_release_for_rollback(host: FakeHost) -> None:
 
 def test_same_port_stops_the_old_release_first(host: FakeHost) -> None:
     deploy(host, make_desired("v1"))
-    events = []
+    events: List[Event] = []
     host.emit = events.append
     deploy(host, make_desired("v2"))
     kinds = [e.kind for e in events]
@@ -109,7 +116,7 @@ def test_same_port_stops_the_old_release_first(host: FakeHost) -> None:
 
 def test_other_port_starts_the_new_release_first(host: FakeHost) -> None:
     deploy(host, make_desired("v1"))
-    events = []
+    events: List[Event] = []
     host.emit = events.append
     other = {"ports": [{"container": 8080, "host": 18081}]}
     deploy(host, make_desired("v2", container=other))

@@ -57,7 +57,7 @@ def test_compare_equal_and_subset() -> None:
 
 
 def test_compare_names_the_path() -> None:
-    expected = {"predictions": [{"score": 0.93}, {"score": 0.93}]}
+    expected: Dict[str, Any] = {"predictions": [{"score": 0.93}, {"score": 0.93}]}
     assert compare_json(expected, ANSWER, 0.001) == (
         "$.predictions[1].score: 0.41 differs from expected 0.93 by 0.52 (tolerance 0.001)"
     )
@@ -134,6 +134,7 @@ def test_compare_tolerance(expected: float, actual: float, tolerance: float, ok:
     result = compare_json({"v": expected}, {"v": actual}, tolerance)
     assert (result is None) == ok, result
     if not ok:
+        assert result is not None  # as asserted above; for the type checker
         assert result.startswith("$.v: ")
         assert "differs from expected" in result
         assert f"(tolerance {tolerance:g})" in result

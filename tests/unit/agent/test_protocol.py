@@ -65,8 +65,14 @@ selections = st.builds(
     selection=st.none() | selections,
 )
 def test_apply_results_survive_the_wire(
-    status, phase, reason, evidence, timings, pulled, selection
-) -> None:  # type: ignore[no-untyped-def]
+    status: ApplyStatus,
+    phase: Optional[Phase],
+    reason: Optional[str],
+    evidence: List[str],
+    timings: Dict[str, float],
+    pulled: int,
+    selection: Optional[Selection],
+) -> None:
     result = ApplyResult(status, "sentiment", "v3", "12", variant="cpu", reason=reason, phase=phase,
                          health_evidence=evidence, timings=timings, bytes_pulled=pulled, selection=selection)  # fmt: skip
     assert ApplyResult.from_dict(wire(result.to_dict())) == result

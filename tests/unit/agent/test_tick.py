@@ -21,7 +21,7 @@ from mlfleet.agent.tick import (
     decide,
     tick,
 )
-from tests.unit.agent.fakes import FakeHost, deploy, make_desired, make_host
+from tests.unit.agent.fakes import FakeHost, deploy, make_desired, make_host, serving_container
 
 K = TickActionKind
 
@@ -245,7 +245,7 @@ def test_tick_leaves_a_healthy_release_alone(host: FakeHost) -> None:
 
 def test_tick_rolls_back_a_fresh_release_that_crashed(host: FakeHost) -> None:
     _two_releases(host)
-    host.engine.crash(host.store.current("sentiment").container_id, restarts=2)
+    host.engine.crash(serving_container(host), restarts=2)
     status = tick(host)
     assert status.actions == ["sentiment: rolled back v2 -> v1"]
     assert _current_tag(host) == "v1"
@@ -256,7 +256,7 @@ def test_tick_rolls_back_a_fresh_release_that_crashed(host: FakeHost) -> None:
 
 def test_tick_waits_for_a_second_failed_tick_before_rolling_back(host: FakeHost) -> None:
     _two_releases(host)
-    host.engine.set_healthy(host.store.current("sentiment").container_id, False)
+    host.engine.set_healthy(serving_container(host), False)
     assert tick(host).actions == [
         "sentiment: v2 unhealthy; rolled back if the next tick confirms it"
     ]
@@ -268,7 +268,7 @@ def test_tick_waits_for_a_second_failed_tick_before_rolling_back(host: FakeHost)
 
 def test_tick_forgives_a_fresh_release_that_recovers(host: FakeHost) -> None:
     _two_releases(host)
-    cid = host.store.current("sentiment").container_id
+    cid = serving_container(host)
     host.engine.set_healthy(cid, False)
     tick(host)
     host.engine.set_healthy(cid, True)
@@ -280,7 +280,7 @@ def test_tick_forgives_a_fresh_release_that_recovers(host: FakeHost) -> None:
 
 def test_tick_restarts_a_stopped_release(host: FakeHost) -> None:
     _two_releases(host)
-    host.engine.stop(host.store.current("sentiment").container_id)
+    host.engine.stop(serving_container(host))
     status = tick(host)
     assert status.actions == ["sentiment: restarted v2"]
     assert _current_tag(host) == "v2" and host.engine.running_tags() == ["v2"]
@@ -288,7 +288,7 @@ def test_tick_restarts_a_stopped_release(host: FakeHost) -> None:
 
 def test_tick_rolls_back_a_fresh_release_that_does_not_come_back(host: FakeHost) -> None:
     _two_releases(host)
-    cid = host.store.current("sentiment").container_id
+    cid = serving_container(host)
     host.engine.stop(cid)
     host.engine.set_healthy(cid, False)
     status = tick(host)
@@ -298,7 +298,7 @@ def test_tick_rolls_back_a_fresh_release_that_does_not_come_back(host: FakeHost)
 
 def test_tick_restarts_an_old_release_after_three_failed_ticks(host: FakeHost) -> None:
     _two_releases(host, {"grace_s": 0})
-    host.engine.set_healthy(host.store.current("sentiment").container_id, False)
+    host.engine.set_healthy(serving_container(host), False)
     assert tick(host).actions == []
     assert tick(host).actions == []
     assert tick(host).actions == ["sentiment: restarted unhealthy v2"]
@@ -307,7 +307,7 @@ def test_tick_restarts_an_old_release_after_three_failed_ticks(host: FakeHost) -
 
 def test_tick_reports_a_gone_container(host: FakeHost) -> None:
     _two_releases(host)
-    host.engine.container_remove(host.store.current("sentiment").container_id)
+    host.engine.container_remove(serving_container(host))
     assert tick(host).actions == ["sentiment: container of v2 is gone"]
     assert _events(host)[-1] == EventKind.MISSING.value
     assert _current_tag(host) == "v2"
@@ -317,18 +317,19 @@ def test_a_failed_rollback_keeps_the_newer_release_and_alerts(host: FakeHost) ->
     """Never rolled back twice: the newer release serves again and an operator is told."""
     _two_releases(host)
     host.engine.break_image("registry.test/sentiment:v1")  # v1 no longer starts
-    host.engine.crash(host.store.current("sentiment").container_id, restarts=1)
+    host.engine.crash(serving_container(host), restarts=1)
     status = tick(host)
     assert status.actions == ["sentiment: rollback to v1 failed; kept v2"]
     assert _events(host)[-1] == EventKind.ROLLBACK_FAILED.value
     assert _current_tag(host) == "v2" and host.engine.running_tags() == ["v2"]
-    assert host.store.previous("sentiment").tag == "v1"
+    previous = host.store.previous("sentiment")
+    assert previous is not None and previous.tag == "v1"
 
 
 def test_a_failed_rollback_is_not_tried_again_every_minute(host: FakeHost) -> None:
     _two_releases(host)
     host.engine.break_image("registry.test/sentiment:v1")
-    host.engine.crash(host.store.current("sentiment").container_id, restarts=1)
+    host.engine.crash(serving_container(host), restarts=1)
     tick(host)
     tick(host)  # v2 still counts a crash; the rollback that failed is not tried again
     assert _events(host).count(EventKind.ROLLBACK_FAILED.value) == 1
@@ -341,10 +342,10 @@ def test_a_release_a_rollback_brought_back_is_never_rolled_back_again(
     deploy(host, make_desired("v1"))
     deploy(host, make_desired("v2"))
     deploy(host, make_desired("v3"))
-    host.engine.crash(host.store.current("sentiment").container_id, restarts=1)
+    host.engine.crash(serving_container(host), restarts=1)
     tick(host)
     assert _current_tag(host) == "v2"  # brought back by a rollback
-    host.engine.crash(host.store.current("sentiment").container_id, restarts=1)
+    host.engine.crash(serving_container(host), restarts=1)
     tick(host)
     assert _current_tag(host) == "v2"  # never rolled back again: no chain down to v1
     statuses = {r.tag: r.status for r in host.store.releases("sentiment")}
@@ -385,7 +386,7 @@ def test_every_tick_ends_serving_or_with_an_operator_alert(
     if kept:
         deploy(host, make_desired("v1"))
     deploy(host, make_desired("v2", grace_s=600 if fresh else 0))
-    cid = host.store.current("sentiment").container_id
+    cid = serving_container(host)
     {
         "healthy": lambda: None,
         "unhealthy": lambda: host.engine.set_healthy(cid, False),

@@ -16,6 +16,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Set
 
 from mlfleet.agent.bundle import AgentBundle
 from mlfleet.agent.cli import build_parser
+from mlfleet.agent.desired import DesiredState
 from mlfleet.agent.protocol import (
     ApplyResult,
     ApplyStatus,
@@ -156,7 +157,7 @@ class FakeTransport:
         previous = self.fake.previous.tag if self.fake.previous else None
         return HostStatus(1.0, 1.0, [AppStatus(self.app, view, True, True, None, previous)])
 
-    def _apply(self, desired, say: Callable[[str], None]) -> ApplyResult:  # type: ignore[no-untyped-def]
+    def _apply(self, desired: DesiredState, say: Callable[[str], None]) -> ApplyResult:
         from mlfleet.agent.variants import parse_variants
 
         variants = parse_variants(desired.variants)

@@ -24,9 +24,9 @@ from mlfleet.controller.commands import (
 from mlfleet.controller.deploy import RolloutOptions, deploy
 from mlfleet.controller.errors import ConfigError, ExitCode
 from mlfleet.controller.hosts import Host
-from mlfleet.controller.outcomes import Outcome
+from mlfleet.controller.outcomes import DeployReport, Outcome
 from mlfleet.controller.playbook import load_playbook
-from mlfleet.controller.rollout import PER_VARIANT, Action, Canary, parse_budget
+from mlfleet.controller.rollout import PER_VARIANT, Action, BatchSpec, Canary, parse_budget
 from mlfleet.controller.session import FleetSession
 from mlfleet.controller.state import ControllerState
 from tests.paths import REPO
@@ -99,9 +99,9 @@ class Fleet:
     def serving(self) -> Dict[str, Optional[str]]:
         return {name: fake.serving() for name, fake in self.fakes.items()}
 
-    def deploy(self, tag: str, canary: Canary = 1, batch: object = "50%", max_fail: object = 0,
-               on_failure: str = "pause", hosts: Optional[List[str]] = None):  # type: ignore[no-untyped-def]  # fmt: skip
-        options = RolloutOptions(canary, batch, parse_budget(max_fail), Action(on_failure))  # type: ignore[arg-type]
+    def deploy(self, tag: str, canary: Canary = 1, batch: BatchSpec = "50%", max_fail: object = 0,
+               on_failure: str = "pause", hosts: Optional[List[str]] = None) -> DeployReport:  # fmt: skip
+        options = RolloutOptions(canary, batch, parse_budget(max_fail), Action(on_failure))
         with self.session(hosts) as session:
             return deploy(session, PLAYBOOK, tag, options)
 

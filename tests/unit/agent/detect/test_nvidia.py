@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from mlfleet.agent.detect import nvidia
+from mlfleet.agent.detect.finding import Finding
+from mlfleet.agent.facts import NvidiaFacts
 from mlfleet.agent.hostroot import HostRoot
 from tests.paths import FIXTURES
 
@@ -15,6 +17,12 @@ ROOTS = FIXTURES / "roots"
 
 def root(name: str, timeout: float = 30.0) -> HostRoot:
     return HostRoot(str(ROOTS / name), program_timeout=timeout)
+
+
+def nvidia_facts(found: Finding[NvidiaFacts]) -> NvidiaFacts:
+    """The driver facts of a root that has an NVIDIA driver."""
+    assert found.facts is not None, f"no NVIDIA facts found (warnings: {found.warnings})"
+    return found.facts
 
 
 def test_banner_versions_in_old_and_new_layouts():
@@ -58,9 +66,10 @@ def test_nvml_cuda_version_encoding():
 
 def test_a100_on_550():
     found = nvidia.detect(root("a100-550"))
-    assert found.facts.driver_version == "550.54.15"
-    assert found.facts.cuda_version == "12.4"
-    assert found.facts.source == "nvidia-smi" and found.facts.kernel_module == "proprietary"
+    facts = nvidia_facts(found)
+    assert facts.driver_version == "550.54.15"
+    assert facts.cuda_version == "12.4"
+    assert facts.source == "nvidia-smi" and facts.kernel_module == "proprietary"
     assert [(g.model, g.memory_mib, g.compute_capability) for g in found.gpus] == [
         ("NVIDIA A100-SXM4-80GB", 81920, "8.0"),
         ("NVIDIA A100-SXM4-80GB", 81920, "8.0"),
@@ -71,14 +80,16 @@ def test_a100_on_550():
 
 def test_h100_with_the_open_kernel_module():
     found = nvidia.detect(root("h100-565-open"))
-    assert found.facts.kernel_module == "open"
-    assert found.facts.cuda_version == "12.7"
+    facts = nvidia_facts(found)
+    assert facts.kernel_module == "open"
+    assert facts.cuda_version == "12.7"
     assert found.gpus[0].compute_capability == "9.0" and found.gpus[0].memory_mib == 81559
 
 
 def test_t4_on_470_retries_without_compute_cap():
     found = nvidia.detect(root("t4-470"))
-    assert found.facts.driver_version == "470.182.03" and found.facts.cuda_version == "11.4"
+    facts = nvidia_facts(found)
+    assert facts.driver_version == "470.182.03" and facts.cuda_version == "11.4"
     gpu = found.gpus[0]
     assert (gpu.model, gpu.memory_mib, gpu.compute_capability) == ("Tesla T4", 15109, "7.5")
     assert any("cannot report compute capability" in w for w in found.warnings)
@@ -86,22 +97,25 @@ def test_t4_on_470_retries_without_compute_cap():
 
 def test_driver_library_mismatch_is_reported_as_exactly_that():
     found = nvidia.detect(root("nvidia-mismatch"))
+    facts = nvidia_facts(found)
     assert "Failed to initialize NVML: Driver/library version mismatch" in found.warnings
-    assert found.facts.error == "Failed to initialize NVML: Driver/library version mismatch"
-    assert found.facts.driver_version == "550.54.15" and found.facts.source == "kernel-module"
+    assert facts.error == "Failed to initialize NVML: Driver/library version mismatch"
+    assert facts.driver_version == "550.54.15" and facts.source == "kernel-module"
     assert len(found.gpus) == 1
 
 
 def test_a_hung_nvidia_smi_is_killed_and_the_version_files_answer():
     found = nvidia.detect(root("nvidia-hung", timeout=1.0))
+    facts = nvidia_facts(found)
     assert any("did not finish within 1s and was killed" in w for w in found.warnings)
-    assert found.facts.driver_version == "535.146.02" and found.facts.cuda_version == "12.2"
-    assert found.facts.source == "kernel-module"
+    assert facts.driver_version == "535.146.02" and facts.cuda_version == "12.2"
+    assert facts.source == "kernel-module"
 
 
 def test_version_files_only():
     found = nvidia.detect(root("nvidia-files-only"))
-    assert found.facts.driver_version == "535.146.02" and found.facts.cuda_version == "12.2"
+    facts = nvidia_facts(found)
+    assert facts.driver_version == "535.146.02" and facts.cuda_version == "12.2"
     assert [g.model for g in found.gpus] == ["NVIDIA GPU (model unknown)"]
 
 
