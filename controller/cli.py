@@ -53,12 +53,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     except click.UsageError as exc:
-        hint = (
-            f" (see `mlfleet {exc.ctx.command_path.split(' ', 1)[1]} --help`)"
-            if exc.ctx and " " in exc.ctx.command_path
-            else ""
-        )
-        _error_line(exc.format_message() + hint)
+        if exc.format_message().startswith("Usage:"):  # no command given: the help is the answer
+            console.print(Text(exc.format_message()))
+            return ExitCode.USAGE
+        command = exc.ctx.command_path if exc.ctx else "mlfleet"
+        _error_line(f"{exc.format_message()} (see `{command} --help`)")
         return ExitCode.USAGE
     except click.ClickException as exc:
         _error_line(exc.format_message())
