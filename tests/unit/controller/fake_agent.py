@@ -56,6 +56,7 @@ class FakeHost:
     python_ok: bool = True  # False: `python3` there is not 3.8+ (the agent cannot start)
     failing_tags: Set[str] = field(default_factory=set)  # these fail their health checks
     unreachable_after_apply: bool = False  # the link drops once an apply finished
+    newer_schema: bool = False  # a newer agent: its status speaks a schema this one cannot read
     applied: List[str] = field(default_factory=list)  # tags applied, in order
     files: Dict[str, bytes] = field(default_factory=dict)
     crontab: str = ""
@@ -137,7 +138,8 @@ class FakeTransport:
                 selection = select_variant(parse_variants(variants), self.fake.facts)
                 return _json(selection_to_dict(selection), 0 if selection.variant else 3)
             if ns.command == "status":
-                return _json(self._status().to_dict())
+                status = self._status().to_dict()
+                return _json(dict(status, schema=2) if self.fake.newer_schema else status)
             if ns.command == "apply":
                 result = self._apply(desired_from_dict(json.loads(stdin or b"{}")), say)
                 if self.fake.unreachable_after_apply:

@@ -213,6 +213,17 @@ def test_a_host_whose_python_cannot_run_the_agent_is_an_agent_failure_not_unreac
     )
 
 
+def test_an_agent_of_a_newer_schema_is_named_not_guessed_at(fleet: Fleet) -> None:
+    fleet.fakes["edge-t4"].newer_schema = True
+    with fleet.session() as session:
+        rows = {r.host: r for r in fleet_status(session, PLAYBOOK.app)}
+    assert rows["edge-t4"].health == "agent_failed"
+    assert "schema 2" in (rows["edge-t4"].reason or "") and "upgrade mlfleet" in (
+        rows["edge-t4"].reason or ""
+    )
+    assert rows["edge-cpu"].health == "nothing deployed"
+
+
 def test_an_interrupted_deployment_is_recorded_and_a_new_one_finishes_the_job(fleet: Fleet) -> None:
     # A controller killed after the canary: its deployment is still `running`, its pid gone.
     stale = fleet.state.start_deployment(app="sentiment", tag="v3", hosts=4, pid=_dead_pid())
