@@ -155,7 +155,8 @@ def _check_version(conn: Transport, version: CommandResult) -> VersionInfo:
     host = conn.host
     if version.code != 0:
         said = (version.stderr or version.stdout).strip()
-        missing = "can't open file" in said or "No such file" in said
+        # Python says "can't open file '<agent>'"; a missing Python, "<python>: not found".
+        missing = "can't open file" in said
         raise AgentFailed(
             f"`{host.python} {agent_path(host)} version` failed: {said[-300:]}",
             where=host.name,
