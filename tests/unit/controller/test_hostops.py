@@ -7,6 +7,8 @@ import hashlib
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from mlfleet.controller.hostops import _PROBE, MARK, parse_probe
 from mlfleet.controller.transport import CommandResult
 
@@ -65,3 +67,29 @@ def test_the_spool_is_replaced_whole_and_crond_told_to_reload_it(tmp_path) -> No
     assert spool.read_text() == "new entry # mlfleet-agent\n" and spool.stat().st_mode & 0o077 == 0
     assert update.read_text() == "root\ndeploy\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cron.update", "deploy"]
+
+
+class _Answered:
+    """A transport whose host answered (only its host is asked for)."""
+
+    def __init__(self) -> None:
+        from mlfleet.controller.hosts import Host
+
+        self.host = Host("edge-1", {"mlfleet_python": "/usr/bin/python2.7"})
+
+
+@pytest.mark.parametrize(
+    ("said", "hint"),
+    [
+        ("bash: line 1: /usr/bin/python2.7: No such file or directory", "mlfleet_python"),
+        ('  File "__main__.py", line 3\nSyntaxError: invalid syntax', "mlfleet_python"),
+        ("python3: can't open file '/var/lib/mlfleet/mlfleet-agent.pyz': [Errno 2] No such file",
+         "mlfleet agent install"),
+    ],
+)  # fmt: skip
+def test_an_agent_that_cannot_run_says_what_to_do(said: str, hint: str) -> None:
+    from mlfleet.controller.hostops import AgentFailed, _check_version
+
+    with pytest.raises(AgentFailed) as caught:
+        _check_version(_Answered(), CommandResult(127, "", said))  # type: ignore[arg-type]
+    assert hint in str(caught.value) and "edge-1" in str(caught.value)
