@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
-from typing import AbstractSet, Any, Callable, Dict, List, Optional, Set, Tuple
+from dataclasses import dataclass
+from typing import AbstractSet, Any, Dict, List, Optional, Set, Tuple
 
 from mlfleet.agent import health
 from mlfleet.agent.container_config import (
-    SERVING_RESTART,
     container_config,
     gpu_wiring,
     labels,
@@ -20,17 +19,16 @@ from mlfleet.agent.container_config import (
     runs_as_root,
 )
 from mlfleet.agent.desired import DesiredState
-from mlfleet.agent.detect.host_facts import detect_host_facts
-from mlfleet.agent.engine_api import EngineAPI, EngineError, EngineUnreachable
+from mlfleet.agent.engine_api import EngineError, EngineUnreachable
 from mlfleet.agent.facts import HostFacts
+from mlfleet.agent.host import AgentHost, device_gids, health_target, serve_after_reboot
 from mlfleet.agent.imageref import ImageRef
-from mlfleet.agent.protocol import ApplyResult, ApplyStatus, Event, EventKind, Phase, Strategy
+from mlfleet.agent.protocol import ApplyResult, ApplyStatus, EventKind, Phase, Strategy
 from mlfleet.agent.registry_probe import RemoteImage, remote_image
 from mlfleet.agent.selection import select_variant
-from mlfleet.agent.state import Release, StateStore
+from mlfleet.agent.state import Release
 from mlfleet.agent.variants import Variant
 
-Emit = Callable[[Event], None]
 # Extraction needs more room than the compressed download; plus a floor for the engine.
 DISK_FACTOR = 3.0
 DISK_RESERVE_MIB = 32
@@ -43,37 +41,6 @@ class ApplyFailed(Exception):
         super().__init__(reason)
         self.phase = phase
         self.reason = reason
-
-
-@dataclass
-class AgentHost:
-    """Everything an operation on this host works with."""
-
-    agent_dir: str
-    root: str  # where hardware facts are read (the detectors' root prefix)
-    device_root: str  # where device nodes are, as the engine sees them
-    docker_host: str
-    engine: EngineAPI
-    store: StateStore
-    emit: Emit = field(default=lambda e: None)
-
-    def facts(self) -> HostFacts:
-        return detect_host_facts(self.root, self.docker_host)
-
-    def event(
-        self,
-        kind: EventKind,
-        message: str,
-        app: Optional[str] = None,
-        release_id: Optional[int] = None,
-    ) -> None:
-        """Record an event in the host's history and report it as progress."""
-        self.store.event(kind.value, message, app=app, release_id=release_id)
-        self.say(kind, message, app)
-
-    def say(self, kind: EventKind, message: str, app: Optional[str] = None) -> None:
-        """Progress only (not recorded)."""
-        self.emit(Event(kind, message, app, time.time()))
 
 
 # --- apply -------------------------------------------------------------------------------
@@ -153,13 +120,6 @@ def apply(host: AgentHost, desired: DesiredState, pull_via: Optional[str] = None
     finally:
         timings["total_s"] = _since(started)
     return result
-
-
-def serve_after_reboot(host: AgentHost, container_id: str) -> None:
-    """Give a release the restart policy of a serving one (probation used `no`)."""
-    host.engine.request(
-        "POST", f"/containers/{container_id}/update", body={"RestartPolicy": SERVING_RESTART}
-    )
 
 
 def _since(t: float) -> float:
@@ -398,7 +358,7 @@ def _start(host: AgentHost, desired: DesiredState, variant: Variant, release: Re
                 Phase.START, f"could not stop the old release: {exc.message}"
             ) from None
     name = f"{desired.app}.r{release.id}"
-    gids = _device_gids(host.device_root, variant)
+    gids = device_gids(host.device_root, variant)
     config = container_config(
         desired.container,
         variant.image or "",
@@ -420,38 +380,6 @@ def _start(host: AgentHost, desired: DesiredState, variant: Variant, release: Re
         ) from None
     host.say(EventKind.STARTED, f"started {name}")
     return container_id
-
-
-def _device_gids(device_root: str, variant: Variant) -> List[int]:
-    """Numeric groups of the GPU device nodes (the group may not exist in the image)."""
-    if variant.gpu not in ("amd", "intel"):
-        return []
-    gids = set()
-    for path in ("/dev/kfd", "/dev/dri"):
-        full = device_root.rstrip("/") + path
-        targets = [full] + (
-            [os.path.join(full, n) for n in os.listdir(full)] if os.path.isdir(full) else []
-        )
-        for t in targets:
-            try:
-                gid = os.stat(t).st_gid
-            except OSError:
-                continue
-            if gid != 0:
-                gids.add(gid)
-    return sorted(gids)
-
-
-def health_target(
-    host: AgentHost, desired: DesiredState, container_id: str, info: Dict[str, Any]
-) -> health.Target:
-    """Where a release's checks reach it: its published ports on this host, and the image's
-    own HEALTHCHECK when it has one and the desired state wants it."""
-    has_healthcheck = bool(((info.get("Config") or {}).get("Healthcheck") or {}).get("Test"))
-    ports = {p.container: p.host for p in desired.container.ports}
-    return health.Target(
-        host.engine, container_id, "127.0.0.1", ports, has_healthcheck and desired.health.docker
-    )
 
 
 def _prove(host: AgentHost, desired: DesiredState, release: Release, container_id: str,

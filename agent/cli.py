@@ -136,8 +136,8 @@ def _emit_stderr(event: Event) -> None:
 
 
 def _open_host(args: argparse.Namespace) -> Any:
-    from mlfleet.agent.apply import AgentHost
     from mlfleet.agent.engine_api import EngineAPI, default_docker_host
+    from mlfleet.agent.host import AgentHost
     from mlfleet.agent.state import StateStore
 
     root = _root(args)

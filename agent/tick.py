@@ -16,16 +16,10 @@ from enum import Enum
 from typing import List, Optional, Tuple
 
 from mlfleet.agent import health
-from mlfleet.agent.apply import (
-    AgentHost,
-    collect_garbage,
-    health_target,
-    repair_interrupted,
-    restore,
-    serve_after_reboot,
-)
+from mlfleet.agent.apply import collect_garbage, repair_interrupted, restore
 from mlfleet.agent.desired import DesiredState
 from mlfleet.agent.engine_api import EngineError
+from mlfleet.agent.host import AgentHost, health_target, serve_after_reboot
 from mlfleet.agent.protocol import AppStatus, EventKind, HostStatus
 from mlfleet.agent.state import Release
 

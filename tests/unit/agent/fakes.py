@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
-from mlfleet.agent.apply import AgentHost, apply
+from mlfleet.agent.apply import apply
 from mlfleet.agent.desired import DesiredState
 from mlfleet.agent.engine_api import EngineAPI, EngineError
 from mlfleet.agent.facts import SCHEMA as FACTS_SCHEMA
 from mlfleet.agent.facts import DockerFacts, HostFacts, OsFacts
+from mlfleet.agent.host import AgentHost
 from mlfleet.agent.protocol import ApplyResult, ApplyStatus, Event
 from mlfleet.agent.state import Release, StateStore
 

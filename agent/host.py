@@ -1,0 +1,96 @@
+"""What an operation on this host works with (`AgentHost`: the engine, the record, where
+things are, where progress goes) and what every operation does with a release's container:
+reach its checks, give it the serving restart policy, find the GPU devices' groups."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional
+
+from mlfleet.agent import health
+from mlfleet.agent.container_config import SERVING_RESTART
+from mlfleet.agent.desired import DesiredState
+from mlfleet.agent.detect.host_facts import detect_host_facts
+from mlfleet.agent.engine_api import EngineAPI
+from mlfleet.agent.facts import HostFacts
+from mlfleet.agent.protocol import Event, EventKind
+from mlfleet.agent.state import StateStore
+from mlfleet.agent.variants import Variant
+
+Emit = Callable[[Event], None]
+
+
+@dataclass
+class AgentHost:
+    """Everything an operation on this host works with."""
+
+    agent_dir: str
+    root: str  # where hardware facts are read (the detectors' root prefix)
+    device_root: str  # where device nodes are, as the engine sees them
+    docker_host: str
+    engine: EngineAPI
+    store: StateStore
+    emit: Emit = field(default=lambda e: None)
+
+    def facts(self) -> HostFacts:
+        return detect_host_facts(self.root, self.docker_host)
+
+    def event(
+        self,
+        kind: EventKind,
+        message: str,
+        app: Optional[str] = None,
+        release_id: Optional[int] = None,
+    ) -> None:
+        """Record an event in the host's history and report it as progress."""
+        self.store.event(kind.value, message, app=app, release_id=release_id)
+        self.say(kind, message, app)
+
+    def say(self, kind: EventKind, message: str, app: Optional[str] = None) -> None:
+        """Progress only (not recorded), best effort: whoever listens (a controller over
+        SSH) may be gone, and what the agent does must not depend on it."""
+        try:
+            self.emit(Event(kind, message, app, time.time()))
+        except Exception:
+            pass
+
+
+def serve_after_reboot(host: AgentHost, container_id: str) -> None:
+    """Give a release the restart policy of a serving one (probation used `no`)."""
+    host.engine.request(
+        "POST", f"/containers/{container_id}/update", body={"RestartPolicy": SERVING_RESTART}
+    )
+
+
+def device_gids(device_root: str, variant: Variant) -> List[int]:
+    """Numeric groups of the GPU device nodes (the group may not exist in the image)."""
+    if variant.gpu not in ("amd", "intel"):
+        return []
+    gids = set()
+    for path in ("/dev/kfd", "/dev/dri"):
+        full = device_root.rstrip("/") + path
+        targets = [full] + (
+            [os.path.join(full, n) for n in os.listdir(full)] if os.path.isdir(full) else []
+        )
+        for t in targets:
+            try:
+                gid = os.stat(t).st_gid
+            except OSError:
+                continue
+            if gid != 0:
+                gids.add(gid)
+    return sorted(gids)
+
+
+def health_target(
+    host: AgentHost, desired: DesiredState, container_id: str, info: Dict[str, Any]
+) -> health.Target:
+    """Where a release's checks reach it: its published ports on this host, and the image's
+    own HEALTHCHECK when it has one and the desired state wants it."""
+    has_healthcheck = bool(((info.get("Config") or {}).get("Healthcheck") or {}).get("Test"))
+    ports = {p.container: p.host for p in desired.container.ports}
+    return health.Target(
+        host.engine, container_id, "127.0.0.1", ports, has_healthcheck and desired.health.docker
+    )
