@@ -25,6 +25,7 @@ from mlfleet.agent.host import AgentHost, device_gids, health_target, serve_afte
 from mlfleet.agent.imageref import ImageRef
 from mlfleet.agent.protocol import ApplyResult, ApplyStatus, EventKind, Phase, Strategy
 from mlfleet.agent.registry_probe import RemoteImage, remote_image
+from mlfleet.agent.repair import RepairFailed, recreate
 from mlfleet.agent.selection import select_variant
 from mlfleet.agent.state import Release
 from mlfleet.agent.variants import Variant
@@ -56,6 +57,7 @@ def apply(host: AgentHost, desired: DesiredState, pull_via: Optional[str] = None
     timings: Dict[str, float] = {}
     result.timings = timings
     release: Optional[Release] = None
+    promoted = False
     try:
         repair_interrupted(host)
         t = time.monotonic()
@@ -98,6 +100,7 @@ def apply(host: AgentHost, desired: DesiredState, pull_via: Optional[str] = None
         timings["start_s"] = _since(t)
         _prove(host, desired, release, container_id, image_info, result, timings)
         _commit(host, desired, release, current, container_id)
+        promoted = True
         result.status = ApplyStatus.SUCCEEDED
         host.event(
             EventKind.SUCCEEDED,
@@ -105,7 +108,14 @@ def apply(host: AgentHost, desired: DesiredState, pull_via: Optional[str] = None
             desired.app,
             release.id,
         )
+        collect_garbage(host, desired.app, desired.retain)
     except Exception as caught:
+        if promoted:
+            # The release serves, proven healthy: what failed after its promotion (reporting
+            # to a controller that went away, collecting old images) never undoes it.
+            result.status = ApplyStatus.SUCCEEDED
+            result.reason = f"after {desired.tag} was promoted: {type(caught).__name__}: {caught}"
+            return result
         # Anything unexpected still ends in a rollback, never in a half-state.
         exc = (
             caught
@@ -387,14 +397,14 @@ def _prove(host: AgentHost, desired: DesiredState, release: Release, container_i
     info = host.engine.container_inspect(container_id) or {}
     target = health_target(host, desired, container_id, info)
     t = time.monotonic()
-    verdict = health.wait_healthy(target, desired.health, host.emit)
+    verdict = health.wait_healthy(target, desired.health, host.report)
     timings["health_s"] = _since(t)
     host.store.record_health(release.id, verdict.ok, "; ".join(verdict.evidence[-3:]))
     result.health_evidence = list(verdict.evidence)
     if not verdict.ok:
         raise ApplyFailed(Phase.HEALTH, verdict.evidence[-1] if verdict.evidence else "not healthy")
     t = time.monotonic()
-    watched = health.monitor(target, desired.health, desired.monitor_s, host.emit)
+    watched = health.monitor(target, desired.health, desired.monitor_s, host.report)
     timings["monitor_s"] = _since(t)
     result.health_evidence += list(watched.evidence)
     if not watched.ok:
@@ -414,7 +424,6 @@ def _commit(host: AgentHost, desired: DesiredState, release: Release, current: O
                 current.container_id
             )  # start-first: the old one served until now
     host.store.promote(desired.app, release.id)
-    collect_garbage(host, desired.app, desired.retain)
 
 
 # --- rollback ----------------------------------------------------------------------------
@@ -464,15 +473,23 @@ def restore(host: AgentHost, release: Release) -> health.Verdict:
     desired = DesiredState.from_dict(release.spec)
     info = host.engine.container_inspect(release.container_id) if release.container_id else None
     if info is None:
-        return health.Verdict(
-            ok=False, evidence=[f"container of {release.tag} is gone"], probes=[], seconds=0.0
-        )
+        try:
+            return recreate(host, release)
+        except RepairFailed as exc:
+            return health.Verdict(
+                ok=False,
+                evidence=[
+                    f"container of {release.tag} is gone and was not recreated: {exc.reason}"
+                ],
+                probes=[],
+                seconds=0.0,
+            )
     if not info["State"]["Running"]:
         host.engine.container_start(release.container_id or "")
         info = host.engine.container_inspect(release.container_id or "") or info
     host.say(EventKind.RESTORE, f"bringing {release.tag} back ({release.container_name})")
     return health.wait_healthy(
-        health_target(host, desired, release.container_id or "", info), desired.health, host.emit
+        health_target(host, desired, release.container_id or "", info), desired.health, host.report
     )
 
 

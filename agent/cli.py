@@ -176,8 +176,17 @@ def _apply(args: argparse.Namespace) -> int:
         raise AgentError(f"desired state: {exc}", ExitCode.USAGE) from None
     with _locked(args, "apply", args.wait):
         result = apply(_open_host(args), desired, pull_via=args.pull_via)
-    print(json.dumps(result.to_dict(), indent=2))
+    _answer(result.to_dict())
     return ExitCode.OK if result.status.ok else ExitCode.ERROR
+
+
+def _answer(data: Dict[str, Any]) -> None:
+    """The result on stdout, best effort: the controller that asked may be gone (its result
+    is in the host's history for the next contact)."""
+    try:
+        print(json.dumps(data, indent=2), flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 def _read(path: str) -> str:
@@ -193,7 +202,7 @@ def _rollback(args: argparse.Namespace) -> int:
 
     with _locked(args, "rollback", args.wait):
         result = rollback_to(_open_host(args), args.app, args.to)
-    print(json.dumps(result.to_dict(), indent=2))
+    _answer(result.to_dict())
     return ExitCode.OK if result.status is ApplyStatus.ROLLED_BACK else ExitCode.ERROR
 
 

@@ -51,9 +51,13 @@ class AgentHost:
     def say(self, kind: EventKind, message: str, app: Optional[str] = None) -> None:
         """Progress only (not recorded), best effort: whoever listens (a controller over
         SSH) may be gone, and what the agent does must not depend on it."""
+        self.report(Event(kind, message, app, time.time()))
+
+    def report(self, event: Event) -> None:
+        """Pass progress on to whoever listens, best effort (an `Emit` for health checks)."""
         try:
-            self.emit(Event(kind, message, app, time.time()))
-        except Exception:
+            self.emit(event)
+        except Exception:  # a closed channel, a broken pipe: nobody listens any more
             pass
 
 

@@ -110,7 +110,10 @@ class EventKind(str, Enum):
     LAYER = "layer"
     HEALTH = "health"
     # the tick's
-    REPAIRED = "repaired"
+    REPAIRED = "repaired"  # brought back from its record (container recreated, image pulled)
+    REPAIR_FAILED = "repair_failed"  # could not be brought back this time; tried again later
+    WAITING = "waiting"  # waiting for something away (its registry): tried again later
+    NEEDS_OPERATOR = "needs_operator"  # given up after bounded attempts: an operator must look
     MISSING = "missing"
     RESTARTED = "restarted"
     UNHEALTHY = "unhealthy"
@@ -455,6 +458,7 @@ class AppStatus:
     healthy: bool = False
     last_health: Optional[HealthSample] = None
     previous: Optional[str] = None  # the tag a rollback returns to
+    last_event: Optional[Event] = None  # what the agent last did about the app, and when
 
     @property
     def health(self) -> Health:
@@ -472,12 +476,14 @@ class AppStatus:
             "healthy": self.healthy,
             "last_health": self.last_health.to_dict() if self.last_health else None,
             "previous": self.previous,
+            "last_event": self.last_event.to_dict() if self.last_event else None,
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> AppStatus:
         current = d.get("current")
         last = d.get("last_health")
+        event = d.get("last_event")
         return cls(
             app=_str(d, "app", "app status"),
             current=ReleaseView.from_dict(current) if isinstance(current, Mapping) else None,
@@ -485,6 +491,7 @@ class AppStatus:
             healthy=bool(d.get("healthy")),
             last_health=HealthSample.from_dict(last) if isinstance(last, Mapping) else None,
             previous=_opt_str(d, "previous", "app status"),
+            last_event=Event.from_dict(event) if isinstance(event, Mapping) else None,
         )
 
 

@@ -13,7 +13,7 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from mlfleet.agent import releases as release_states
 from mlfleet.agent.protocol import HealthSample, ReleaseStatus, ReleaseView
@@ -283,6 +283,15 @@ class StateStore:
                 "INSERT INTO events (at, app, release_id, kind, message, data) VALUES (?, ?, ?, ?, ?, ?)",
                 (time.time(), app, release_id, kind, message, json.dumps(data) if data else None),
             )
+
+    def event_stats(self, release_id: int, kinds: List[str]) -> Tuple[int, Optional[float]]:
+        """How many events of these kinds the release has, and when the newest was."""
+        marks = ",".join("?" * len(kinds))
+        row = self.db.execute(
+            f"SELECT COUNT(*), MAX(at) FROM events WHERE release_id = ? AND kind IN ({marks})",
+            (release_id, *kinds),
+        ).fetchone()
+        return int(row[0]), row[1]
 
     def has_event(self, release_id: int, kind: str) -> bool:
         """Whether an event of `kind` was recorded for the release."""

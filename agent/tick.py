@@ -1,6 +1,9 @@
-"""`mlfleet-agent tick`: what cron runs every minute. Restart what died, repair an apply
-that was killed half-way, roll back a fresh release that turned sick, restart one that
-stays sick, collect old images, and report (status JSON, Prometheus textfile).
+"""`mlfleet-agent tick`: what cron runs every minute. Restart what died, recreate from its
+record a release whose container (or image) is gone, bring back the last good release of an
+app that serves nothing, repair an apply that was killed half-way, roll back a fresh release
+that turned sick, restart one that stays sick, collect old images, and report (status JSON,
+Prometheus textfile). A repair that fails is tried again with backoff, and after
+MAX_REPAIR_ATTEMPTS the release is handed to an operator (`needs_operator`).
 
 Per app: `_observe` reads the engine and the record (and probes once), `decide` is pure and
 returns a `TickAction` with its reason, `_carry_out` does it. Tested in
@@ -20,7 +23,8 @@ from mlfleet.agent.apply import collect_garbage, repair_interrupted, restore
 from mlfleet.agent.desired import DesiredState
 from mlfleet.agent.engine_api import EngineError
 from mlfleet.agent.host import AgentHost, health_target, serve_after_reboot
-from mlfleet.agent.protocol import AppStatus, EventKind, HostStatus
+from mlfleet.agent.protocol import AppStatus, Event, EventKind, HostStatus
+from mlfleet.agent.repair import RepairFailed, recreate
 from mlfleet.agent.state import Release
 
 # A release that answers but fails a tick's probes may only be slow for a moment (a busy
@@ -29,6 +33,21 @@ from mlfleet.agent.state import Release
 # needs no confirmation.
 UNHEALTHY_TICKS_BEFORE_ROLLBACK = 2
 UNHEALTHY_TICKS_BEFORE_RESTART = 3
+# A release that cannot be brought back is tried again after 1, 2, 4, 8 minutes (at most
+# REPAIR_BACKOFF_MAX_S apart), then handed to an operator; waiting for a registry that is
+# away backs off the same way but never gives up.
+MAX_REPAIR_ATTEMPTS = 5
+REPAIR_BACKOFF_MAX_S = 1800.0
+_TICK_SLACK_S = 10.0  # cron starts ticks a little early or late
+
+
+def repair_due(attempts: int, last_try_at: Optional[float], now: float) -> bool:
+    """Whether a repair that failed `attempts` times, last at `last_try_at`, is tried again
+    now (pure): every tick at first, then after a backoff doubling from a minute."""
+    if attempts == 0 or last_try_at is None:
+        return True
+    wait = min(60.0 * 2 ** (attempts - 1), REPAIR_BACKOFF_MAX_S) - _TICK_SLACK_S
+    return now - last_try_at >= wait
 
 
 def tick(host: AgentHost) -> HostStatus:
@@ -40,6 +59,8 @@ def tick(host: AgentHost) -> HostStatus:
         if current is not None:
             _keep_serving(host, current, actions)
             collect_garbage(host, app, DesiredState.from_dict(current.spec).retain)
+        else:
+            _revive(host, app, actions)
     status = host_status(host, actions)
     write_reports(host.agent_dir, status)
     return status
@@ -52,7 +73,9 @@ class TickActionKind(str, Enum):
     """What a tick does about one app's current release."""
 
     NOTHING = "nothing"  # it serves healthy, or it has not failed long enough to act
-    REPORT_MISSING = "report_missing"  # its container is gone: an operator alert
+    REPORT_MISSING = "report_missing"  # its container is gone and will not be recreated now
+    RECREATE = "recreate"  # its container is gone: create it again from the record
+    NEEDS_OPERATOR = "needs_operator"  # it could not be brought back: hand it to an operator
     ROLL_BACK = "roll_back"  # bring the previous release back (an alert when that fails)
     RESTART_STOPPED = "restart_stopped"  # start it again, then decide on its verdict
     WAIT_FOR_CONFIRMATION = "wait_for_confirmation"  # fresh and unhealthy once: next tick
@@ -85,6 +108,9 @@ class Observation:
     healthy: Optional[bool] = None
     restarted: bool = False
     failed_ticks_before: int = 0
+    repair_attempts: int = 0  # recreations that failed (waits for a registry not counted)
+    repair_due: bool = True  # the backoff after the last failed repair has passed
+    needs_operator: bool = False  # already handed to an operator
 
     def __post_init__(self) -> None:
         if (self.running or self.restarted) and self.healthy is None:
@@ -128,7 +154,25 @@ def decide(obs: Observation) -> TickAction:
     """
     tag = obs.tag
     if not obs.container_present:
-        return TickAction(TickActionKind.REPORT_MISSING, f"the container of {tag} is gone")
+        if obs.needs_operator:
+            return TickAction(
+                TickActionKind.REPORT_MISSING,
+                f"the container of {tag} is gone and could not be brought back; an operator must look",
+            )
+        if obs.repair_attempts >= MAX_REPAIR_ATTEMPTS:
+            return TickAction(
+                TickActionKind.NEEDS_OPERATOR,
+                f"the container of {tag} could not be brought back after {obs.repair_attempts} attempts",
+            )
+        if not obs.repair_due:
+            return TickAction(
+                TickActionKind.NOTHING,
+                f"the container of {tag} is gone; the next attempt to recreate it waits its backoff",
+            )
+        return TickAction(
+            TickActionKind.RECREATE,
+            f"the container of {tag} is gone: recreating it from its record",
+        )
     can_roll_back = obs.fresh and obs.has_previous and not obs.reinstated
     can_roll_back = can_roll_back and not obs.rollback_failed
     if obs.restart_count > 0 and can_roll_back and not obs.restarted:
@@ -137,6 +181,20 @@ def decide(obs: Observation) -> TickAction:
             TickActionKind.ROLL_BACK, f"{tag} {crash} within its grace period", sample=crash
         )
     if not obs.running and not obs.restarted:
+        if obs.needs_operator:
+            return TickAction(
+                TickActionKind.NOTHING,
+                f"{tag} has stopped; an operator was told it cannot be brought back",
+            )
+        if obs.repair_attempts >= MAX_REPAIR_ATTEMPTS:
+            return TickAction(
+                TickActionKind.NEEDS_OPERATOR,
+                f"{tag} has stopped and did not come back after {obs.repair_attempts} attempts",
+            )
+        if not obs.repair_due:
+            return TickAction(
+                TickActionKind.NOTHING, f"{tag} has stopped; the next restart waits its backoff"
+            )
         return TickAction(
             TickActionKind.RESTART_STOPPED, f"{tag} has stopped (exit {obs.exit_code})"
         )
@@ -147,6 +205,10 @@ def decide(obs: Observation) -> TickAction:
         return TickAction(
             TickActionKind.ROLL_BACK,
             f"{tag} had stopped and did not come back healthy within its grace period",
+        )
+    if obs.restarted:  # the restart was this tick's attempt (counted): nothing more now
+        return TickAction(
+            TickActionKind.NOTHING, f"{tag} was restarted and is not healthy; tried again later"
         )
     if can_roll_back and failed >= UNHEALTHY_TICKS_BEFORE_ROLLBACK:
         return TickAction(
@@ -189,9 +251,15 @@ def _keep_serving(host: AgentHost, current: Release, actions: List[str]) -> None
         host.store.record_health(
             current.id, verdict.ok, "restarted: " + "; ".join(verdict.evidence[-2:])
         )
-        host.event(EventKind.RESTARTED, f"{current.tag} had stopped (exit {obs.exit_code}); restarted",
-                   current.app, current.id)  # fmt: skip
-        actions.append(f"{current.app}: restarted {current.tag}")
+        if verdict.ok:
+            host.event(EventKind.RESTARTED, f"{current.tag} had stopped (exit {obs.exit_code}); restarted",
+                       current.app, current.id)  # fmt: skip
+            actions.append(f"{current.app}: restarted {current.tag}")
+        else:  # an attempt at bringing it back that failed: counted, backed off, bounded
+            why = verdict.evidence[-1] if verdict.evidence else "not healthy"
+            host.event(EventKind.REPAIR_FAILED, f"{current.tag} had stopped (exit {obs.exit_code}); a restart did"
+                       f" not bring it back: {why}", current.app, current.id)  # fmt: skip
+            actions.append(f"{current.app}: restarted {current.tag}, not healthy")
         obs = replace(obs, restarted=True, healthy=verdict.ok)
         action = decide(obs)
     _carry_out(host, current, obs, action, probe_detail, actions)
@@ -203,7 +271,15 @@ def _observe(host: AgentHost, current: Release) -> Tuple[Observation, str]:
     desired = DesiredState.from_dict(current.spec)
     info = host.engine.container_inspect(current.container_id) if current.container_id else None
     if info is None:
-        return Observation(tag=current.tag, container_present=False), ""
+        failed, waits, last = _repair_record(host, current)
+        return Observation(
+            tag=current.tag,
+            container_present=False,
+            has_previous=host.store.previous(current.app) is not None,
+            repair_attempts=failed,
+            repair_due=repair_due(failed + waits, last, time.time()),
+            needs_operator=host.store.has_event(current.id, EventKind.NEEDS_OPERATOR.value),
+        ), ""
     fresh = (
         current.activated_at is not None and time.time() - current.activated_at < desired.grace_s
     )
@@ -216,9 +292,13 @@ def _observe(host: AgentHost, current: Release) -> Tuple[Observation, str]:
         )
         healthy = all(p.ok for p in probes)
         detail = "; ".join(f"{p.check}: {p.detail}" for p in probes)
+    failed, waits, last = _repair_record(host, current)
     obs = Observation(
         tag=current.tag,
         container_present=True,
+        repair_attempts=failed,
+        repair_due=repair_due(failed + waits, last, time.time()),
+        needs_operator=host.store.has_event(current.id, EventKind.NEEDS_OPERATOR.value),
         running=running,
         restart_count=int(info.get("RestartCount") or 0),
         exit_code=info["State"].get("ExitCode"),
@@ -230,6 +310,90 @@ def _observe(host: AgentHost, current: Release) -> Tuple[Observation, str]:
         failed_ticks_before=_failed_in_a_row(host, current),
     )
     return obs, detail
+
+
+def _repair_record(host: AgentHost, release: Release) -> Tuple[int, int, Optional[float]]:
+    """(failed repairs, waits for a registry, when the last of either was) of a release."""
+    failed, last_failed = host.store.event_stats(release.id, [EventKind.REPAIR_FAILED.value])
+    waits, last_wait = host.store.event_stats(release.id, [EventKind.WAITING.value])
+    times = [t for t in (last_failed, last_wait) if t is not None]
+    return failed, waits, max(times) if times else None
+
+
+def _recreate(host: AgentHost, release: Release, actions: List[str]) -> bool:
+    """Bring the release's container back from its record; True when it serves healthy.
+    A failure is recorded (repair_failed, or waiting when only its registry is away)."""
+    app = release.app
+    try:
+        verdict = recreate(host, release)
+    except RepairFailed as exc:
+        kind = EventKind.WAITING if exc.waiting else EventKind.REPAIR_FAILED
+        host.event(kind, f"{release.tag} could not be brought back: {exc.reason}", app, release.id)
+        actions.append(f"{app}: {release.tag} could not be brought back: {exc.reason}")
+        return False
+    host.store.record_health(
+        release.id, verdict.ok, "recreated: " + "; ".join(verdict.evidence[-2:])
+    )
+    if not verdict.ok:
+        why = verdict.evidence[-1] if verdict.evidence else "not healthy"
+        host.event(EventKind.REPAIR_FAILED, f"{release.tag} was recreated but is not healthy: {why}",
+                   app, release.id)  # fmt: skip
+        actions.append(f"{app}: recreated {release.tag}, not healthy")
+        return False
+    host.event(EventKind.REPAIRED, f"the container of {release.tag} was gone; recreated from its record, healthy again",
+               app, release.id)  # fmt: skip
+    actions.append(f"{app}: recreated {release.tag}")
+    return True
+
+
+def _hand_to_operator(host: AgentHost, current: Release, reason: str, actions: List[str]) -> None:
+    """Give up on the current release (an operator must look) and try its previous
+    release once, so the host serves something meanwhile."""
+    app = current.app
+    host.event(EventKind.NEEDS_OPERATOR, f"{reason}; an operator must look", app, current.id)
+    actions.append(f"{app}: {current.tag} needs an operator")
+    previous = host.store.previous(app)
+    if previous is None:
+        return
+    verdict = restore(host, previous)
+    if verdict.ok:
+        host.store.reinstate(app, previous.id, current.id, "rolled_back", reason)
+        serve_after_reboot(host, previous.container_id or "")
+        host.event(EventKind.ROLLED_BACK, f"{current.tag} could not be brought back; {previous.tag} serves meanwhile",
+                   app, current.id)  # fmt: skip
+        actions.append(f"{app}: {previous.tag} serves instead of {current.tag}")
+
+
+def _revive(host: AgentHost, app: str, actions: List[str]) -> None:
+    """An app with no current release (an apply died between stopping the old release and
+    promoting the new one, a record from before this agent): bring back its last good
+    release, with the same bounded attempts and backoff as any repair."""
+    kept = host.store.releases(app, ["previous", "retired"])
+    if not kept:
+        return
+    best = max(kept, key=lambda r: (r.activated_at or 0.0, r.id))
+    failed, waits, last = _repair_record(host, best)
+    if host.store.has_event(best.id, EventKind.NEEDS_OPERATOR.value):
+        return
+    if failed >= MAX_REPAIR_ATTEMPTS:
+        host.event(EventKind.NEEDS_OPERATOR, f"{app} serves nothing and {best.tag} could not be brought back"
+                   f" after {failed} attempts; an operator must look", app, best.id)  # fmt: skip
+        actions.append(f"{app}: serves nothing; needs an operator")
+        return
+    if not repair_due(failed + waits, last, time.time()):
+        return
+    verdict = restore(host, best)
+    if not verdict.ok:
+        why = verdict.evidence[-1] if verdict.evidence else "not healthy"
+        host.event(EventKind.REPAIR_FAILED, f"{app} serves nothing; {best.tag} did not come back: {why}",
+                   app, best.id)  # fmt: skip
+        actions.append(f"{app}: serves nothing; {best.tag} did not come back")
+        return
+    host.store.reinstate(app, best.id, None, "rolled_back", "")
+    serve_after_reboot(host, best.container_id or "")
+    host.event(EventKind.REPAIRED, f"{app} served nothing; its last good release {best.tag} serves again",
+               app, best.id)  # fmt: skip
+    actions.append(f"{app}: brought back {best.tag}")
 
 
 def _failed_in_a_row(host: AgentHost, current: Release) -> int:
@@ -248,10 +412,14 @@ def _carry_out(host: AgentHost, current: Release, obs: Observation, action: Tick
                probe_detail: str, actions: List[str]) -> None:  # fmt: skip
     """Record this tick's health sample, then do what `action` says."""
     app, kind = current.app, action.kind
-    if kind is TickActionKind.REPORT_MISSING:
-        host.event(EventKind.MISSING, f"container of {current.tag} is gone; an operator must redeploy",
-                   app, current.id)  # fmt: skip
-        actions.append(f"{app}: container of {current.tag} is gone")
+    if kind is TickActionKind.REPORT_MISSING:  # the operator was told once (needs_operator)
+        actions.append(f"{app}: container of {current.tag} is gone; waiting for an operator")
+        return
+    if kind is TickActionKind.RECREATE:
+        _recreate(host, current, actions)
+        return
+    if kind is TickActionKind.NEEDS_OPERATOR:
+        _hand_to_operator(host, current, action.reason, actions)
         return
     if action.sample is not None:
         host.store.record_health(current.id, False, action.sample)
@@ -271,7 +439,15 @@ def _carry_out(host: AgentHost, current: Release, obs: Observation, action: Tick
                 "POST", f"/containers/{current.container_id}/restart", {"t": 10}, timeout=60
             )
         except EngineError as exc:
+            host.event(EventKind.REPAIR_FAILED, f"restart of unhealthy {current.tag} failed: {exc.message}",
+                       app, current.id)  # fmt: skip
             actions.append(f"{app}: restart of {current.tag} failed: {exc.message}")
+            return
+        info = host.engine.container_inspect(current.container_id or "")
+        if not (info and info["State"]["Running"]):  # it died on its restart: counted, bounded
+            host.event(EventKind.REPAIR_FAILED, f"{current.tag} unhealthy for {UNHEALTHY_TICKS_BEFORE_RESTART}"
+                       " ticks; restarted, and it stopped", app, current.id)  # fmt: skip
+            actions.append(f"{app}: restarted unhealthy {current.tag}, and it stopped")
             return
         host.event(
             EventKind.RESTARTED,
@@ -316,8 +492,9 @@ def host_status(host: AgentHost, actions: Optional[List[str]] = None) -> HostSta
     apps = []
     for app in host.store.apps():
         current = host.store.current(app)
+        last = _last_event(host, app)
         if current is None:
-            apps.append(AppStatus(app))
+            apps.append(AppStatus(app, last_event=last))
             continue
         info = host.engine.container_inspect(current.container_id) if current.container_id else None
         samples = host.store.recent_health(current.id, 1)
@@ -330,11 +507,22 @@ def host_status(host: AgentHost, actions: Optional[List[str]] = None) -> HostSta
                 healthy=bool(samples and samples[0].ok),
                 last_health=samples[0] if samples else None,
                 previous=previous.tag if previous else None,
+                last_event=last,
             )
         )
     return HostStatus(
         time=time.time(), last_tick=_last_tick(host.agent_dir), apps=apps, actions=actions or []
     )
+
+
+def _last_event(host: AgentHost, app: str) -> Optional[Event]:
+    """What the agent last did about the app (its newest recorded event)."""
+    for row in host.store.events(app, limit=1):
+        try:
+            return Event(EventKind(row["kind"]), row["message"], app, row["at"])
+        except ValueError:  # a kind this agent no longer records
+            return None
+    return None
 
 
 def _last_tick(agent_dir: str) -> Optional[float]:

@@ -5,6 +5,7 @@ read by an exec check."""
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import itertools
 from dataclasses import dataclass, field
@@ -21,6 +22,13 @@ from mlfleet.agent.protocol import ApplyResult, ApplyStatus, Event
 from mlfleet.agent.state import Release, StateStore
 
 IMAGE = "registry.test/sentiment"
+
+
+def digest_of(tag: str) -> str:
+    """The manifest digest the fake registry gives a tag's image."""
+    return "sha256:" + hashlib.sha256(tag.encode()).hexdigest()
+
+
 HEALTH_COMMAND = ["healthcheck"]
 
 
@@ -51,6 +59,8 @@ class FakeEngine(EngineAPI):
     containers: Dict[str, FakeContainer] = field(default_factory=dict)
     broken_images: Set[str] = field(default_factory=set)  # their containers exit at once
     removed_images: List[str] = field(default_factory=list)
+    registry_down: bool = False  # pulls fail as they do when the registry is not reached
+    pulled: List[str] = field(default_factory=list)  # what was pulled, `name:tag` or digest
     image_user: str = "app"
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -91,13 +101,28 @@ class FakeEngine(EngineAPI):
         repository, _, tag = reference.rpartition(":")
         return {
             "Id": f"sha256:{tag}",
-            "RepoDigests": [f"{repository}@sha256:{tag}"],
+            "RepoDigests": [f"{repository}@{digest_of(tag)}"],
             "Config": {"User": self.image_user},
             "RootFS": {"Layers": []},
         }
 
     def images(self) -> List[Dict[str, Any]]:
         return []
+
+    def pull(self, repository: str, tag: str, timeout: float = 900.0) -> Iterator[Dict[str, Any]]:
+        if self.registry_down:
+            raise EngineError(
+                500, f"Get https://{repository.split('/')[0]}/v2/: dial tcp: connection refused"
+            )
+        reference = f"{repository}@{tag}" if tag.startswith("sha256:") else f"{repository}:{tag}"
+        self.pulled.append(reference)
+        if reference in self.removed_images:
+            self.removed_images.remove(reference)
+        yield {"status": f"Status: Downloaded newer image for {reference}"}
+
+    def image_tag(self, image: str, repository: str, tag: str) -> None:
+        if f"{repository}:{tag}" in self.removed_images:
+            self.removed_images.remove(f"{repository}:{tag}")
 
     def image_remove(self, image: str) -> None:
         self.removed_images.append(image)

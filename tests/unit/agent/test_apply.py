@@ -14,6 +14,7 @@ from tests.unit.agent.fakes import (
     IMAGE,
     FakeHost,
     deploy,
+    digest_of,
     make_desired,
     make_host,
     serving_container,
@@ -82,7 +83,7 @@ def test_first_apply_serves_the_new_release(host: FakeHost) -> None:
         f"{IMAGE}:v1",
         "sentiment.r1",
     )
-    assert result.digest == f"{IMAGE}@sha256:v1"
+    assert result.digest == f"{IMAGE}@{digest_of('v1')}"
     assert _current(host) == "v1" and host.engine.running_tags() == ["v1"]
     container = host.engine.containers[serving_container(host)]
     # Committed: it now survives reboots (probation ran with no restart policy).
@@ -208,3 +209,39 @@ def test_rollback_to_a_release_that_does_not_start_restores_the_current(
     assert result.status is ApplyStatus.FAILED
     assert result.reason == "v1 did not become healthy; v2 restored"
     assert _current(host) == "v2" and host.engine.running_tags() == ["v2"]
+
+
+# --- an apply never depends on its audience ------------------------------------------------
+
+
+def test_a_controller_that_went_away_changes_nothing(host: FakeHost) -> None:
+    """The SSH channel closed mid-apply: every progress write fails; the apply goes on and
+    the new release serves (its result stays in the host's history)."""
+    deploy(host, make_desired("v1"))
+
+    def gone(event: Event) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    host.emit = gone
+    result = apply(host, make_desired("v2"))
+    assert result.status is ApplyStatus.SUCCEEDED
+    assert host.engine.running_tags() == ["v2"]
+    current = host.store.current("sentiment")
+    assert current is not None and current.tag == "v2"
+    assert [e["kind"] for e in host.store.events(limit=1)] == [EventKind.SUCCEEDED.value]
+
+
+def test_a_failure_after_the_promotion_never_rolls_the_release_back(
+    host: FakeHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deploy(host, make_desired("v1"))
+
+    def broken_collection(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("mlfleet.agent.apply.collect_garbage", broken_collection)
+    result = apply(host, make_desired("v2"))
+    assert result.status is ApplyStatus.SUCCEEDED and "No space left" in (result.reason or "")
+    assert host.engine.running_tags() == ["v2"]
+    current = host.store.current("sentiment")
+    assert current is not None and current.tag == "v2"

@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 
 from mlfleet.agent.protocol import EventKind, ReleaseStatus
 from mlfleet.agent.tick import (
+    MAX_REPAIR_ATTEMPTS,
+    REPAIR_BACKOFF_MAX_S,
     UNHEALTHY_TICKS_BEFORE_RESTART,
     UNHEALTHY_TICKS_BEFORE_ROLLBACK,
     Observation,
@@ -21,7 +23,16 @@ from mlfleet.agent.tick import (
     decide,
     tick,
 )
-from tests.unit.agent.fakes import FakeHost, deploy, make_desired, make_host, serving_container
+from tests.unit.agent.fakes import (
+    IMAGE,
+    FakeHost,
+    deploy,
+    digest_of,
+    make_desired,
+    make_host,
+    serving,
+    serving_container,
+)
 
 K = TickActionKind
 
@@ -55,8 +66,16 @@ def seen(
 
 CASES = [
     # (what, observation, action)
-    ("container gone", seen(present=False), K.REPORT_MISSING),
-    ("container gone while fresh", seen(present=False, fresh=True), K.REPORT_MISSING),
+    ("container gone", seen(present=False), K.RECREATE),
+    ("container gone while fresh", seen(present=False, fresh=True), K.RECREATE),
+    ("container gone, repairs failed before, backoff over",
+     replace(seen(present=False), repair_attempts=2), K.RECREATE),
+    ("container gone, backoff not over",
+     replace(seen(present=False), repair_attempts=2, repair_due=False), K.NOTHING),
+    ("container gone, every repair failed",
+     replace(seen(present=False), repair_attempts=MAX_REPAIR_ATTEMPTS), K.NEEDS_OPERATOR),
+    ("container gone, an operator was told",
+     replace(seen(present=False), repair_attempts=MAX_REPAIR_ATTEMPTS, needs_operator=True), K.REPORT_MISSING),
     ("healthy", seen(), K.NOTHING),
     ("healthy and fresh", seen(fresh=True), K.NOTHING),
     ("crashed while fresh", seen(restart_count=1, fresh=True), K.ROLL_BACK),
@@ -77,8 +96,9 @@ CASES = [
      seen(running=False, fresh=True, restarted=True, healthy=False, previous=False), K.NOTHING),
     ("stopped, did not come back, first failure",
      seen(running=False, restarted=True, healthy=False), K.NOTHING),
+    # The restart was the attempt (a failed repair, counted and backed off): not restarted twice.
     ("stopped, did not come back, third failure",
-     seen(running=False, restarted=True, healthy=False, failed_before=2), K.RESTART_UNHEALTHY),
+     seen(running=False, restarted=True, healthy=False, failed_before=2), K.NOTHING),
     ("unhealthy once while fresh", seen(fresh=True, healthy=False), K.WAIT_FOR_CONFIRMATION),
     ("unhealthy twice while fresh", seen(fresh=True, healthy=False, failed_before=1),
      K.ROLL_BACK),
@@ -161,6 +181,9 @@ def observations(draw: Any) -> Observation:
         healthy=draw(st.booleans()) if running or restarted else None,
         restarted=restarted,
         failed_ticks_before=draw(st.integers(0, 10)),
+        repair_attempts=draw(st.integers(0, MAX_REPAIR_ATTEMPTS + 2)),
+        repair_due=draw(st.booleans()),
+        needs_operator=draw(st.booleans()),
     )
 
 
@@ -192,13 +215,24 @@ def test_a_healthy_release_is_left_alone(obs: Observation) -> None:
 
 @given(observations())
 def test_a_release_not_serving_is_always_acted_on(obs: Observation) -> None:
-    """Nothing running and no verdict yet: restarted, rolled back or reported, never ignored;
-    a gone container is an operator alert."""
+    """Nothing running and no verdict yet: restarted, rolled back, recreated or handed to an
+    operator; only a repair's backoff waits."""
     kind = decide(obs).kind
     if not obs.container_present:
-        assert kind is K.REPORT_MISSING
+        assert kind in (K.RECREATE, K.NEEDS_OPERATOR, K.REPORT_MISSING, K.NOTHING)
+        assert (kind is K.NOTHING) == (
+            not obs.needs_operator
+            and obs.repair_attempts < MAX_REPAIR_ATTEMPTS
+            and not obs.repair_due
+        )
+        if obs.repair_attempts >= MAX_REPAIR_ATTEMPTS:
+            assert kind in (K.NEEDS_OPERATOR, K.REPORT_MISSING)  # never a loop
     elif not obs.running and not obs.restarted:
-        assert kind in (K.RESTART_STOPPED, K.ROLL_BACK)
+        assert kind in (K.RESTART_STOPPED, K.ROLL_BACK, K.NEEDS_OPERATOR, K.NOTHING)
+        if kind is K.NOTHING:  # only an operator told, or a restart's backoff
+            assert obs.needs_operator or not obs.repair_due
+        if obs.repair_attempts >= MAX_REPAIR_ATTEMPTS and kind is not K.ROLL_BACK:
+            assert kind in (K.NEEDS_OPERATOR, K.NOTHING)  # never a loop
 
 
 @given(observations())
@@ -292,7 +326,10 @@ def test_tick_rolls_back_a_fresh_release_that_does_not_come_back(host: FakeHost)
     host.engine.stop(cid)
     host.engine.set_healthy(cid, False)
     status = tick(host)
-    assert status.actions == ["sentiment: restarted v2", "sentiment: rolled back v2 -> v1"]
+    assert status.actions == [
+        "sentiment: restarted v2, not healthy",
+        "sentiment: rolled back v2 -> v1",
+    ]
     assert _current_tag(host) == "v1" and host.engine.running_tags() == ["v1"]
 
 
@@ -305,12 +342,92 @@ def test_tick_restarts_an_old_release_after_three_failed_ticks(host: FakeHost) -
     assert _current_tag(host) == "v2"
 
 
-def test_tick_reports_a_gone_container(host: FakeHost) -> None:
+def test_tick_recreates_a_removed_container_from_its_record(host: FakeHost) -> None:
+    _two_releases(host)
+    rows = len(host.store.releases("sentiment"))
+    host.engine.container_remove(serving_container(host))  # docker rm -f
+    assert tick(host).actions == ["sentiment: recreated v2"]
+    assert _events(host)[-1] == EventKind.REPAIRED.value
+    assert _current_tag(host) == "v2" and host.engine.running_tags() == ["v2"]
+    assert len(host.store.releases("sentiment")) == rows  # no release invented
+    status = tick(host)
+    assert status.actions == [] and status.apps[0].healthy
+    assert (
+        status.apps[0].last_event is not None
+        and status.apps[0].last_event.kind is EventKind.REPAIRED
+    )
+
+
+def test_tick_pulls_a_removed_image_again_by_its_digest(host: FakeHost) -> None:
     _two_releases(host)
     host.engine.container_remove(serving_container(host))
-    assert tick(host).actions == ["sentiment: container of v2 is gone"]
-    assert _events(host)[-1] == EventKind.MISSING.value
-    assert _current_tag(host) == "v2"
+    host.engine.removed_images.append(f"{IMAGE}:v2")  # docker rmi, docker system prune -a
+    assert tick(host).actions == ["sentiment: recreated v2"]
+    assert host.engine.pulled == [
+        f"{IMAGE}@{digest_of('v2')}"
+    ]  # the bits deployed, not the tag now
+    assert host.engine.running_tags() == ["v2"]
+
+
+def test_a_registry_away_is_waited_for_with_backoff_and_nothing_else_touched(
+    host: FakeHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [time.time()]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    _two_releases(host)
+    host.engine.container_remove(serving_container(host))
+    host.engine.removed_images.append(f"{IMAGE}:v2")
+    host.engine.registry_down = True
+    actions = tick(host).actions
+    assert len(actions) == 1 and "waiting for registry registry.test" in actions[0]
+    assert _events(host)[-1] == EventKind.WAITING.value
+    clock[0] += 30
+    assert tick(host).actions == []  # within its backoff: not tried again yet
+    clock[0] += 60
+    assert "waiting for registry" in tick(host).actions[0]
+    for _ in range(10):  # a registry away for hours is waited for, never given up on
+        clock[0] += REPAIR_BACKOFF_MAX_S
+        tick(host)
+    assert EventKind.NEEDS_OPERATOR.value not in _events(host)
+    host.engine.registry_down = False
+    clock[0] += REPAIR_BACKOFF_MAX_S
+    assert tick(host).actions == ["sentiment: recreated v2"]
+    assert host.engine.running_tags() == ["v2"] and _current_tag(host) == "v2"
+
+
+def test_a_container_that_cannot_come_back_is_handed_to_an_operator_and_the_previous_serves(
+    host: FakeHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [time.time()]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    _two_releases(host)
+    host.engine.container_remove(serving_container(host))
+    host.engine.break_image(f"{IMAGE}:v2")  # its recreated container exits at once
+    for _ in range(MAX_REPAIR_ATTEMPTS):
+        tick(host)
+        clock[0] += REPAIR_BACKOFF_MAX_S
+    assert _events(host).count(EventKind.REPAIR_FAILED.value) == MAX_REPAIR_ATTEMPTS
+    actions = tick(host).actions
+    assert actions == ["sentiment: v2 needs an operator", "sentiment: v1 serves instead of v2"]
+    assert _current_tag(host) == "v1" and host.engine.running_tags() == ["v1"]
+    before = len(_events(host))
+    for _ in range(3):  # no loop: nothing more is tried
+        clock[0] += REPAIR_BACKOFF_MAX_S
+        tick(host)
+    assert _current_tag(host) == "v1" and len(_events(host)) == before
+
+
+def test_an_app_that_serves_nothing_gets_its_last_good_release_back(host: FakeHost) -> None:
+    _two_releases(host)
+    # An apply that stopped v2 and died before it promoted anything (or a controller's
+    # reporting error that once rolled back after the promotion): no current release.
+    current = serving(host)
+    host.engine.container_stop(serving_container(host))
+    host.store.update(current.id, status="rolled_back")
+    assert host.store.current("sentiment") is None
+    assert tick(host).actions == ["sentiment: brought back v1"]
+    assert _current_tag(host) == "v1" and host.engine.running_tags() == ["v1"]
+    assert _events(host)[-1] == EventKind.REPAIRED.value
 
 
 def test_a_failed_rollback_keeps_the_newer_release_and_alerts(host: FakeHost) -> None:
@@ -379,9 +496,7 @@ def test_every_tick_ends_serving_or_with_an_operator_alert(
     tmp_path: Path, sickness: str, fresh: bool, kept: bool, starts: bool, v1_starts: bool
 ) -> None:
     """Over every combination: after each of three ticks a container of the app runs, or an
-    operator has been alerted (missing, rollback_failed). The one exception, kept as it was: a
-    release that cannot be rolled back and does not start again is restarted by the tick
-    (event `restarted`) without an alert, tick after tick."""
+    operator has been alerted (rollback_failed, repair_failed, needs_operator)."""
     host = make_host(tmp_path)
     if kept:
         deploy(host, make_desired("v1"))
@@ -405,9 +520,8 @@ def test_every_tick_ends_serving_or_with_an_operator_alert(
         alerted = {e["kind"] for e in host.store.events(limit=1000)} & {
             "missing",
             "rollback_failed",
+            "repair_failed",
+            "needs_operator",
         }
-        restarted_in_vain = (
-            sickness in ("stopped", "unhealthy") and not starts and not (fresh and kept)
-        )
-        assert host.engine.running_tags() or alerted or restarted_in_vain
+        assert host.engine.running_tags() or alerted
         assert host.store.current("sentiment") is not None
