@@ -462,7 +462,9 @@ def status_cmd(settings: Settings, as_json: bool) -> None:
     app = _playbook(settings).app if settings.playbook is not None else None
     with _session(settings) as session:
         rows = fleet_status(session, app)
-    table = _table("status", ("host", "tag", "variant", "health", "since", "last tick"))
+    table = _table(
+        "status", ("host", "tag", "variant", "health", "since", "last tick", "agent last did")
+    )
     for r in rows:
         _row(
             table,
@@ -472,6 +474,7 @@ def status_cmd(settings: Settings, as_json: bool) -> None:
             r.health,
             _when(r.since),
             _when(r.last_tick),
+            f"{r.last_action} {_when(r.last_action_at)}" if r.last_action else "-",
         )
     _emit({"hosts": [r.to_dict() for r in rows]}, as_json, table)
     _finish(exit_code((Outcome(r.health) for r in rows if not r.reached), ()))

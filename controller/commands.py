@@ -4,6 +4,7 @@ outcomes.py); the CLI only renders them."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, List, Optional, TypeVar
 
 from mlfleet.agent.protocol import ApplyStatus, Health
@@ -111,24 +112,35 @@ def plan(
 
 
 def fleet_status(session: FleetSession, app: Optional[str]) -> List[StatusRow]:
-    """Per host: what serves (of `app`, or the host's only app), how well, since when."""
+    """Per host: what serves (of `app`, or the host's only app), how well, since when, and
+    what the agent last did about it."""
 
     def one(host: Host) -> StatusRow:
         def work() -> StatusRow:
             status = hostops.status(session.transport(host))
             entry = status.app(app)
             if entry is None or entry.current is None:
-                return StatusRow(host.name, Health.NOTHING.value, last_tick=status.last_tick)
-            cur = entry.current
-            return StatusRow(
-                host.name,
-                entry.health.value,
-                app=entry.app,
-                tag=cur.tag,
-                variant=cur.variant,
-                since=cur.activated_at,
-                previous=entry.previous,
-                last_tick=status.last_tick,
+                row = StatusRow(host.name, Health.NOTHING.value, last_tick=status.last_tick)
+            else:
+                cur = entry.current
+                row = StatusRow(
+                    host.name,
+                    entry.health.value,
+                    app=entry.app,
+                    tag=cur.tag,
+                    variant=cur.variant,
+                    since=cur.activated_at,
+                    previous=entry.previous,
+                    last_tick=status.last_tick,
+                )
+            last = entry.last_event if entry else None
+            if last is None:
+                return row
+            return replace(
+                row,
+                last_action=last.kind.value,
+                last_action_message=last.message,
+                last_action_at=last.time,
             )
 
         return _on_host(host, work, lambda o, r: StatusRow(host.name, o.value, reason=r))

@@ -219,6 +219,9 @@ class StatusRow:
     previous: Optional[str] = None
     last_tick: Optional[float] = None
     reason: Optional[str] = None
+    last_action: Optional[str] = None  # what the agent last did (an event kind: repaired, ...)
+    last_action_message: Optional[str] = None
+    last_action_at: Optional[float] = None
 
     @property
     def reached(self) -> bool:
@@ -235,4 +238,7 @@ class StatusRow:
             "previous": self.previous,
             "last_tick": self.last_tick,
             "reason": self.reason,
+            "last_action": self.last_action,
+            "last_action_message": self.last_action_message,
+            "last_action_at": self.last_action_at,
         }

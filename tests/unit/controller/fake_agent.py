@@ -56,6 +56,7 @@ class FakeHost:
     python_ok: bool = True  # False: `python3` there is not 3.8+ (the agent cannot start)
     failing_tags: Set[str] = field(default_factory=set)  # these fail their health checks
     unreachable_after_apply: bool = False  # the link drops once an apply finished
+    last_event: Optional[Event] = None  # what its agent last did (status reports it)
     newer_schema: bool = False  # a newer agent: its status speaks a schema this one cannot read
     applied: List[str] = field(default_factory=list)  # tags applied, in order
     files: Dict[str, bytes] = field(default_factory=dict)
@@ -157,7 +158,8 @@ class FakeTransport:
         view = ReleaseView(1, cur.tag, cur.variant, cur.image, None, f"{self.app}.r1",
                            ReleaseStatus.CURRENT, "d", 1.0, 2.0)  # fmt: skip
         previous = self.fake.previous.tag if self.fake.previous else None
-        return HostStatus(1.0, 1.0, [AppStatus(self.app, view, True, True, None, previous)])
+        app = AppStatus(self.app, view, True, True, None, previous, self.fake.last_event)
+        return HostStatus(1.0, 1.0, [app])
 
     def _apply(self, desired: DesiredState, say: Callable[[str], None]) -> ApplyResult:
         from mlfleet.agent.variants import parse_variants

@@ -13,7 +13,7 @@ from typing import Dict, Iterator, List, Optional, Set, Tuple
 
 import pytest
 
-from mlfleet.agent.protocol import HostFacts
+from mlfleet.agent.protocol import Event, EventKind, HostFacts
 from mlfleet.controller.commands import (
     fleet_status,
     gather_facts,
@@ -211,6 +211,26 @@ def test_a_host_whose_python_cannot_run_the_agent_is_an_agent_failure_not_unreac
         rows["edge-cpu"].health == "agent_failed"
         and facts["edge-cpu"].outcome is Outcome.AGENT_FAILED
     )
+
+
+def test_status_says_what_each_agent_last_did(fleet: Fleet) -> None:
+    on(fleet, "v3")
+    fleet.fakes["edge-cpu"].last_event = Event(
+        EventKind.REPAIRED,
+        "the container of v3 was gone; recreated from its record",
+        "sentiment",
+        1700000000.0,
+    )
+    with fleet.session() as session:
+        rows = {r.host: r for r in fleet_status(session, PLAYBOOK.app)}
+    assert (rows["edge-cpu"].last_action, rows["edge-cpu"].last_action_at) == (
+        "repaired",
+        1700000000.0,
+    )
+    assert (
+        rows["edge-cpu"].to_dict()["last_action_message"].startswith("the container of v3 was gone")
+    )
+    assert rows["edge-t4"].last_action is None
 
 
 def test_an_agent_of_a_newer_schema_is_named_not_guessed_at(fleet: Fleet) -> None:
