@@ -320,3 +320,79 @@ def test_tick_rolls_back_a_fresh_release_that_hangs_only_when_the_next_tick_conf
         assert served(host)["tag"] == before
     finally:
         ssh(host, f"kill -CONT {pid} 2>/dev/null")
+
+
+# --- the host heals itself (issue 13) ----------------------------------------------------
+
+
+def _status(host) -> Dict[str, Any]:
+    code, out, err = agent(host, "status --json")
+    assert code == 0, err
+    return json.loads(out)["apps"][0]
+
+
+def test_a_removed_container_is_recreated_from_its_record_by_the_tick(v1_everywhere):
+    lab, _ = v1_everywhere
+    host = lab["hosts_by_name"]["edge-t4"]
+    before = served(host)
+    current = _status(host)["current"]
+    ssh(host, f"docker rm -f {current['container']}")  # by hand, or docker system prune
+    assert serving(host) is None
+    status = _tick(host)
+    assert any(f"recreated {before['tag']}" in a for a in status["actions"]), status
+    after = served(host)
+    assert (after["tag"], after["variant"], after["prediction"]) == (
+        before["tag"], before["variant"], before["prediction"],
+    )  # fmt: skip
+    app = _status(host)
+    assert app["current"]["id"] == current["id"]  # the same release, not a new one
+    assert app["last_event"]["event"] == "repaired" and app["healthy"]
+
+
+def test_a_removed_image_is_pulled_again_by_its_digest(v1_everywhere):
+    lab, _ = v1_everywhere
+    host = lab["hosts_by_name"]["edge-4090"]
+    before = served(host)
+    current = _status(host)["current"]
+    ssh(host, f"docker rm -f {current['container']} && docker rmi -f {current['image']}")
+    _, out, _ = ssh(host, f"docker image inspect {current['image']} >/dev/null 2>&1; echo $?")
+    assert out.strip() != "0"  # gone
+    status = _tick(host)
+    assert any(f"recreated {before['tag']}" in a for a in status["actions"]), status
+    assert served(host)["tag"] == before["tag"]
+    _, digests, _ = ssh(
+        host, f"docker image inspect -f '{{{{json .RepoDigests}}}}' {current['image']}"
+    )
+    assert current["digest"] in json.loads(digests)  # the bits that were deployed
+
+
+def test_a_controller_cut_off_during_the_commit_leaves_the_new_release_serving(v1_everywhere):
+    """The controller's SSH session ends while the host proves and commits the release (a
+    laptop that sleeps, a link that drops): the apply goes on; the new release serves."""
+    from tests.lab.sshrun import connect
+
+    lab, _ = v1_everywhere
+    host = lab["hosts_by_name"]["edge-cpu"]
+    old = served(host)["tag"]
+    new = "v3" if old != "v3" else "v2"
+    path = put(host, json.dumps(desired(lab, host, new)).encode(), f"desired-{new}.json")
+    client = connect(host)
+    try:
+        channel = client.get_transport().open_session()  # type: ignore[union-attr]
+        channel.exec_command(f'python3 "$MLFLEET_AGENT_DIR/mlfleet-agent.pyz" apply {path}')
+        progress = channel.makefile_stderr("r")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # read progress until the release answers
+            event = json.loads(progress.readline() or "{}")
+            if event.get("event") == "health" and event.get("ok"):
+                break
+    finally:
+        client.close()  # the controller is gone, mid-monitor or mid-commit
+    deadline = time.monotonic() + 90  # the monitor window, then the commit
+    while time.monotonic() < deadline and _status(host)["current"]["tag"] != new:
+        time.sleep(1)
+    assert _status(host)["current"]["tag"] == new
+    assert served(host)["tag"] == new
+    _, out, _ = agent(host, "history --json")
+    kinds = [e["kind"] for e in json.loads(out)["events"]]
+    assert kinds[0] == "succeeded" and "rolled_back" not in kinds[:3], kinds
