@@ -284,14 +284,18 @@ class StateStore:
                 (time.time(), app, release_id, kind, message, json.dumps(data) if data else None),
             )
 
-    def event_stats(self, release_id: int, kinds: List[str]) -> Tuple[int, Optional[float]]:
-        """How many events of these kinds the release has, and when the newest was."""
+    def event_stats(
+        self, release_id: int, kinds: List[str], after: int = 0
+    ) -> Tuple[int, Optional[float], int]:
+        """Of the release's events of these kinds recorded after event id `after`: how
+        many, when the newest was, and its id (0 when none)."""
         marks = ",".join("?" * len(kinds))
         row = self.db.execute(
-            f"SELECT COUNT(*), MAX(at) FROM events WHERE release_id = ? AND kind IN ({marks})",
-            (release_id, *kinds),
+            "SELECT COUNT(*), MAX(at), MAX(id) FROM events"
+            f" WHERE release_id = ? AND id > ? AND kind IN ({marks})",
+            (release_id, after, *kinds),
         ).fetchone()
-        return int(row[0]), row[1]
+        return int(row[0]), row[1], int(row[2] or 0)
 
     def has_event(self, release_id: int, kind: str) -> bool:
         """Whether an event of `kind` was recorded for the release."""

@@ -313,9 +313,14 @@ def _observe(host: AgentHost, current: Release) -> Tuple[Observation, str]:
 
 
 def _repair_record(host: AgentHost, release: Release) -> Tuple[int, int, Optional[float]]:
-    """(failed repairs, waits for a registry, when the last of either was) of a release."""
-    failed, last_failed = host.store.event_stats(release.id, [EventKind.REPAIR_FAILED.value])
-    waits, last_wait = host.store.event_stats(release.id, [EventKind.WAITING.value])
+    """(failed repairs, waits for a registry, when the last of either was) of a release,
+    since it last served well (a repair that worked starts the count afresh)."""
+    well = [EventKind.SUCCEEDED.value, EventKind.REPAIRED.value, EventKind.RESTARTED.value]
+    since = host.store.event_stats(release.id, well)[2]
+    failed, last_failed, _ = host.store.event_stats(
+        release.id, [EventKind.REPAIR_FAILED.value], since
+    )
+    waits, last_wait, _ = host.store.event_stats(release.id, [EventKind.WAITING.value], since)
     times = [t for t in (last_failed, last_wait) if t is not None]
     return failed, waits, max(times) if times else None
 

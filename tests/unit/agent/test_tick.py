@@ -525,3 +525,23 @@ def test_every_tick_ends_serving_or_with_an_operator_alert(
         }
         assert host.engine.running_tags() or alerted
         assert host.store.current("sentiment") is not None
+
+
+def test_a_repair_that_worked_starts_the_count_afresh(
+    host: FakeHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [time.time()]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    _two_releases(host)
+    host.engine.container_remove(serving_container(host))
+    host.engine.break_image(f"{IMAGE}:v2")
+    for _ in range(MAX_REPAIR_ATTEMPTS - 1):  # one short of handing it to an operator
+        tick(host)
+        clock[0] += REPAIR_BACKOFF_MAX_S
+    host.engine.broken_images.clear()
+    tick(host)
+    assert host.engine.running_tags() == ["v2"] and _events(host)[-1] == EventKind.RESTARTED.value
+    clock[0] += 5  # removed again a moment later: repaired at once, no backoff, no operator
+    host.engine.container_remove(serving_container(host))
+    assert tick(host).actions == ["sentiment: recreated v2"]
+    assert EventKind.NEEDS_OPERATOR.value not in _events(host)
