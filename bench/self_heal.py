@@ -61,25 +61,26 @@ def dark_for(layout: LabLayout, host: Dict[str, Any], image_too: bool, limit_s: 
     command = f"docker rm -f {shlex.quote(release['container'])} >/dev/null"
     if image_too:
         command += f" && docker rmi -f {shlex.quote(release['image'])} >/dev/null"
-    started = time.monotonic()
+    started, fault_at = time.monotonic(), time.time()
     fleet.run_on(layout, host["name"], ["sh", "-c", shlex.quote(command)])
     while time.monotonic() - started < limit_s:
         if serving_tag(host["address"]) == tag:
             dark = time.monotonic() - started
-            settled(layout, host, limit_s)
+            settled(layout, host, fault_at, limit_s)
             return dark
         time.sleep(0.1)
     raise SystemExit(f"{host['name']}: {tag} did not answer again within {limit_s:.0f} s")
 
 
-def settled(layout: LabLayout, host: Dict[str, Any], limit_s: float) -> None:
-    """Wait until the agent finished its repair (its checks passed, `repaired` recorded),
-    so that the next fault does not land in the middle of it."""
+def settled(layout: LabLayout, host: Dict[str, Any], fault_at: float, limit_s: float) -> None:
+    """Wait until the agent finished this repair (its checks passed, `repaired` recorded
+    after the fault), so that the next fault does not land in the middle of it."""
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         proc = fleet.run_on(layout, host["name"], ["python3", "-S", f"{host['agent_dir']}/mlfleet-agent.pyz", "status", "--json"])  # fmt: skip
         app = json.loads(proc.stdout)["apps"][0]
-        if app["healthy"] and (app.get("last_event") or {}).get("event") == "repaired":
+        last = app.get("last_event") or {}
+        if last.get("event") == "repaired" and last.get("time", 0) > fault_at:
             return
         time.sleep(0.5)
     raise SystemExit(f"{host['name']}: the repair did not finish within {limit_s:.0f} s")
