@@ -376,6 +376,7 @@ def test_a_controller_cut_off_during_the_commit_leaves_the_new_release_serving(v
     old = served(host)["tag"]
     new = "v3" if old != "v3" else "v2"
     path = put(host, json.dumps(desired(lab, host, new)).encode(), f"desired-{new}.json")
+    started = time.time()
     client = connect(host)
     try:
         channel = client.get_transport().open_session()  # type: ignore[union-attr]
@@ -394,5 +395,26 @@ def test_a_controller_cut_off_during_the_commit_leaves_the_new_release_serving(v
     assert _status(host)["current"]["tag"] == new
     assert served(host)["tag"] == new
     _, out, _ = agent(host, "history --json")
-    kinds = [e["kind"] for e in json.loads(out)["events"]]
-    assert kinds[0] == "succeeded" and "rolled_back" not in kinds[:3], kinds
+    since = [e["kind"] for e in json.loads(out)["events"] if e["at"] >= started]
+    assert since[0] == "succeeded" and "rolled_back" not in since, since
+
+
+def test_an_engine_that_lost_everything_is_rebuilt_by_the_tick(v1_everywhere):
+    """Every container and image gone (a wiped data root, a careless prune) and the engine
+    restarted: the next tick brings the recorded release back, GPU wiring included."""
+    lab, _ = v1_everywhere
+    host = lab["hosts_by_name"]["edge-mi210"]
+    before = served(host)
+    code, _, err = ssh(
+        host, "docker rm -f $(docker ps -aq) >/dev/null && docker system prune -af >/dev/null"
+    )
+    assert code == 0, err
+    _, images, _ = ssh(host, "docker images -q")
+    assert images.strip() == ""
+    mlfleet("lab", "--name", TEST_LAB, "engine", "edge-mi210", "restart")
+    assert serving(host) is None
+    status = _tick(host)
+    assert any(f"recreated {before['tag']}" in a for a in status["actions"]), status
+    after = served(host)
+    assert (after["tag"], after["variant"]) == (before["tag"], "rocm")
+    assert after["prediction"] == before["prediction"]
