@@ -19,7 +19,7 @@ from mlfleet.agent.protocol import (
     facts_from_dict,
 )
 from mlfleet.agent.selection import select_variant
-from mlfleet.agent.variants import VariantError, parse_variants
+from mlfleet.agent.variants import Variant, VariantError, parse_variants
 from mlfleet.controller import hostops
 from mlfleet.controller.errors import ConfigError, MlfleetError
 from mlfleet.controller.hostops import AgentFailed
@@ -56,14 +56,20 @@ class RolloutOptions:
 # --- the plan ----------------------------------------------------------------------------------
 
 
-def expected_variant(playbook: Playbook, facts: Optional[HostFacts]) -> Tuple[bool, Optional[str]]:
-    """(known, variant): the variant the host's agent will select, from its stored facts
-    (pure). known False: no usable facts, any variant may be chosen."""
-    if facts is None:
-        return False, None
+def playbook_variants(playbook: Playbook) -> Optional[List[Variant]]:
+    """The playbook's variants as the agent reads them (None when it would not)."""
     try:
-        variants = parse_variants([v.spec for v in playbook.variants])
+        return parse_variants([v.spec for v in playbook.variants])
     except VariantError:
+        return None
+
+
+def expected_variant(
+    variants: Optional[Sequence[Variant]], facts: Optional[HostFacts]
+) -> Tuple[bool, Optional[str]]:
+    """(known, variant): the variant the host's agent will select, from its stored facts
+    (pure). known False: no usable facts or variants, any variant may be chosen."""
+    if facts is None or variants is None:
         return False, None
     return True, select_variant(variants, facts).variant
 
@@ -80,10 +86,12 @@ def stored_facts(session: FleetSession, host: Host) -> Optional[HostFacts]:
 
 
 def expected_variants(session: FleetSession, playbook: Playbook) -> Dict[str, Optional[str]]:
-    """Host -> the variant it will select, for the hosts whose stored facts tell."""
+    """Host -> the variant it will select, for the hosts whose stored facts tell (read once
+    per command: the plan's canary and the image check both use it)."""
+    variants = playbook_variants(playbook)
     out: Dict[str, Optional[str]] = {}
     for host in session.hosts:
-        known, variant = expected_variant(playbook, stored_facts(session, host))
+        known, variant = expected_variant(variants, stored_facts(session, host))
         if known:
             out[host.name] = variant
     return out
@@ -107,16 +115,19 @@ def plan_rollout(
 
 
 def needed_images(
-    playbook: Playbook, host: Host, tag: str, facts: Optional[HostFacts]
+    playbook: Playbook, host: Host, tag: str, variant_of: Mapping[str, Optional[str]]
 ) -> Dict[str, bool]:
     """Image reference -> whether the host needs it: only its expected variant's when its
-    stored facts tell (the others would not be pulled), every variant's when they do not."""
+    stored facts tell (`variant_of`, from `expected_variants`: the others would not be
+    pulled), every variant's when they do not (the host is not in `variant_of`)."""
     images = playbook.images(host.vars, host.name, tag)
-    known, chosen = expected_variant(playbook, facts)
+    known, chosen = host.name in variant_of, variant_of.get(host.name)
     return {ref: (not known or name == chosen) for name, ref in images.items()}
 
 
-def check_images(session: FleetSession, playbook: Playbook, tag: str) -> List[str]:
+def check_images(
+    session: FleetSession, playbook: Playbook, tag: str, variant_of: Mapping[str, Optional[str]]
+) -> List[str]:
     """Every image the deployment needs must be in its registry: one missing stops the
     deployment before any host is touched. A host with stored facts needs only the variant
     it will select (hosts whose hardware changed since are still safe: their agent's pull
@@ -124,7 +135,7 @@ def check_images(session: FleetSession, playbook: Playbook, tag: str) -> List[st
     refs: Dict[str, List[str]] = {}
     https: Dict[str, bool] = {}
     for host in session.hosts:
-        for ref, needed in needed_images(playbook, host, tag, stored_facts(session, host)).items():
+        for ref, needed in needed_images(playbook, host, tag, variant_of).items():
             users = refs.setdefault(ref, [])
             https.setdefault(ref, host.registry_https)
             if needed:
@@ -172,10 +183,9 @@ def deploy(
 ) -> DeployReport:
     """Canary, then batches; after each wave `rollout.decide` says whether to go on, stop,
     or roll back the hosts this deployment updated. Hosts of waves not run are `skipped`."""
-    waves, _ = plan_rollout(
-        [h.name for h in session.hosts], options, expected_variants(session, playbook)
-    )
-    check_images(session, playbook, tag)
+    variant_of = expected_variants(session, playbook)
+    waves, _ = plan_rollout([h.name for h in session.hosts], options, variant_of)
+    check_images(session, playbook, tag, variant_of)
     state = session.state
     state.acquire_lock(f"deploy {playbook.app} {tag}")
     try:

@@ -3,7 +3,15 @@ the variant the host's agent will select, without them every variant."""
 
 from __future__ import annotations
 
-from mlfleet.controller.deploy import needed_images, stored_facts
+from typing import Dict, Optional
+
+from mlfleet.agent.protocol import HostFacts
+from mlfleet.controller.deploy import (
+    expected_variant,
+    needed_images,
+    playbook_variants,
+    stored_facts,
+)
 from mlfleet.controller.hosts import Host
 from mlfleet.controller.playbook import load_playbook
 from mlfleet.controller.session import FleetSession
@@ -15,24 +23,30 @@ PLAYBOOK = load_playbook(REPO / "playbooks" / "sentiment.yml")
 EDGE = Host("edge-1", {"mlfleet_registry": "reg:5000", "model_data_dir": "/srv/w"})
 
 
+def needed_for(facts: Optional[HostFacts]) -> Dict[str, bool]:
+    """The images EDGE needs when its stored facts are `facts` (None: none stored)."""
+    known, variant = expected_variant(playbook_variants(PLAYBOOK), facts)
+    return needed_images(PLAYBOOK, EDGE, "v3", {EDGE.name: variant} if known else {})
+
+
 def image(variant: str) -> str:
     return f"reg:5000/mlfleet-lab/sentiment:v3-{variant}"
 
 
 def test_a_cpu_host_with_facts_needs_only_the_cpu_image():
-    needed = needed_images(PLAYBOOK, EDGE, "v3", host())
+    needed = needed_for(host())
     assert [ref for ref, yes in needed.items() if yes] == [image("cpu")]
     assert set(needed) == {image(v) for v in ("cuda12", "cuda11", "rocm", "cpu")}
 
 
 def test_a_t4_on_driver_470_needs_the_cuda11_image():
     t4 = nvidia_host("470.182.03", [nvidia_gpu("Tesla T4", "7.5")])
-    needed = needed_images(PLAYBOOK, EDGE, "v3", t4)
+    needed = needed_for(t4)
     assert [ref for ref, yes in needed.items() if yes] == [image("cuda11")]
 
 
 def test_without_usable_facts_every_variant_is_needed(tmp_path):
-    assert all(needed_images(PLAYBOOK, EDGE, "v3", None).values())
+    assert all(needed_for(None).values())
     # Stored facts this controller cannot read (another schema, a broken row) count as none.
     state = ControllerState(tmp_path / "state.db")
     session = FleetSession([EDGE], state, connector=lambda h: None)  # type: ignore[arg-type,return-value]
