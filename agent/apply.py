@@ -5,23 +5,25 @@ healthy again; a failed preflight changes nothing."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from typing import AbstractSet, Any, Dict, List, Optional, Set, Tuple
 
 from mlfleet.agent import health
 from mlfleet.agent.container_config import (
-    container_config,
-    gpu_wiring,
-    labels,
-    parse_env_file,
     runs_as_root,
 )
 from mlfleet.agent.desired import DesiredState
 from mlfleet.agent.engine_api import EngineError, EngineUnreachable
 from mlfleet.agent.facts import HostFacts
-from mlfleet.agent.host import AgentHost, device_gids, health_target, serve_after_reboot
+from mlfleet.agent.host import (
+    AgentHost,
+    MissingInput,
+    create_container,
+    health_target,
+    read_inputs,
+    serve_after_reboot,
+)
 from mlfleet.agent.imageref import ImageRef
 from mlfleet.agent.protocol import ApplyResult, ApplyStatus, EventKind, Phase, Strategy
 from mlfleet.agent.registry_probe import RemoteImage, remote_image
@@ -178,20 +180,10 @@ def _preflight(host: AgentHost, desired: DesiredState, variant: Variant, facts: 
                result: ApplyResult, pull_via: Optional[str]) -> tuple:  # fmt: skip
     """Everything that can be checked before anything running is touched."""
     spec = desired.container
-    for mount in spec.mounts:
-        if not os.path.exists(mount.source):
-            raise ApplyFailed(
-                Phase.PREFLIGHT, f"mount source {mount.source} does not exist on this host"
-            )
-    env_file: Dict[str, str] = {}
-    if spec.env_file:
-        try:
-            with open(spec.env_file, encoding="utf-8") as fh:
-                env_file = parse_env_file(fh.read())
-        except OSError as exc:
-            raise ApplyFailed(
-                Phase.PREFLIGHT, f"env file {spec.env_file}: {exc.strerror}"
-            ) from None
+    try:
+        env_file = read_inputs(desired)
+    except MissingInput as exc:
+        raise ApplyFailed(Phase.PREFLIGHT, str(exc)) from None
     assert variant.image is not None
     image_info = host.engine.image_inspect(variant.image)
     if image_info is None:
@@ -368,20 +360,10 @@ def _start(host: AgentHost, desired: DesiredState, variant: Variant, release: Re
                 Phase.START, f"could not stop the old release: {exc.message}"
             ) from None
     name = f"{desired.app}.r{release.id}"
-    gids = device_gids(host.device_root, variant)
-    config = container_config(
-        desired.container,
-        variant.image or "",
-        user,
-        env_file,
-        labels(desired.app, release.id, desired.tag, variant.name, desired.deployment),
-        gpu_wiring(
-            variant, facts.docker.gpu_support if facts.docker else [], host.device_root, gids
-        ),
-    )
+    gpu_support = facts.docker.gpu_support if facts.docker else []
     try:
-        container_id = host.engine.container_create(name, config)
-        host.store.update(release.id, container_id=container_id, container_name=name)
+        container_id = create_container(host, desired, variant, release.id, name,
+                                        variant.image or "", user, env_file, gpu_support)  # fmt: skip
         result.container = name
         host.engine.container_start(container_id)
     except EngineError as exc:

@@ -10,7 +10,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
 from mlfleet.agent import health
-from mlfleet.agent.container_config import SERVING_RESTART
+from mlfleet.agent.container_config import (
+    SERVING_RESTART,
+    container_config,
+    gpu_wiring,
+    labels,
+    parse_env_file,
+)
 from mlfleet.agent.desired import DesiredState
 from mlfleet.agent.detect.host_facts import detect_host_facts
 from mlfleet.agent.engine_api import EngineAPI
@@ -98,3 +104,42 @@ def health_target(
     return health.Target(
         host.engine, container_id, "127.0.0.1", ports, has_healthcheck and desired.health.docker
     )
+
+
+class MissingInput(Exception):
+    """The host lacks something the release reads: a mount source, its env file."""
+
+
+def read_inputs(desired: DesiredState) -> Dict[str, str]:
+    """Check that the host holds every mount source of the release and read its env file
+    (secrets: never logged or stored); MissingInput names what is missing."""
+    spec = desired.container
+    for mount in spec.mounts:
+        if not os.path.exists(mount.source):
+            raise MissingInput(f"mount source {mount.source} does not exist on this host")
+    if not spec.env_file:
+        return {}
+    try:
+        with open(spec.env_file, encoding="utf-8") as fh:
+            return parse_env_file(fh.read())
+    except OSError as exc:
+        raise MissingInput(f"env file {spec.env_file}: {exc.strerror}") from None
+
+
+def create_container(host: AgentHost, desired: DesiredState, variant: Variant, release_id: int,
+                     name: str, image: str, user: Optional[str], env_file: Dict[str, str],
+                     gpu_support: List[str]) -> str:  # fmt: skip
+    """Create the release's container (its labels, GPU wiring, mounts) and record it as the
+    release's; returns its id. EngineError when the engine refuses."""
+    gids = device_gids(host.device_root, variant)
+    config = container_config(
+        desired.container,
+        image,
+        user,
+        env_file,
+        labels(desired.app, release_id, desired.tag, variant.name, desired.deployment),
+        gpu_wiring(variant, gpu_support, host.device_root, gids),
+    )
+    container_id = host.engine.container_create(name, config)
+    host.store.update(release_id, container_id=container_id, container_name=name)
+    return container_id

@@ -11,14 +11,19 @@ ticks try again)."""
 
 from __future__ import annotations
 
-import os
-from typing import Dict, Optional
+from typing import Optional
 
 from mlfleet.agent import health
-from mlfleet.agent.container_config import container_config, gpu_wiring, labels, parse_env_file
 from mlfleet.agent.desired import DesiredState
 from mlfleet.agent.engine_api import EngineError, EngineUnreachable
-from mlfleet.agent.host import AgentHost, device_gids, health_target, serve_after_reboot
+from mlfleet.agent.host import (
+    AgentHost,
+    MissingInput,
+    create_container,
+    health_target,
+    read_inputs,
+    serve_after_reboot,
+)
 from mlfleet.agent.imageref import ImageRef
 from mlfleet.agent.protocol import EventKind
 from mlfleet.agent.selection import select_variant
@@ -53,37 +58,17 @@ def recreate(host: AgentHost, release: Release) -> health.Verdict:
     if fits.variant is None:
         reasons = "; ".join(r.reason for r in fits.rejected)
         raise RepairFailed(f"variant {variant.name} no longer fits this host: {reasons}")
-    for mount in desired.container.mounts:
-        if not os.path.exists(mount.source):
-            raise RepairFailed(f"mount source {mount.source} does not exist on this host")
+    try:
+        env_file = read_inputs(desired)
+    except MissingInput as exc:
+        raise RepairFailed(str(exc)) from None
     image = release.image or variant.image or ""
     ensure_image(host, image, release.digest)
-    env_file: Dict[str, str] = {}
-    if desired.container.env_file:
-        try:
-            with open(desired.container.env_file, encoding="utf-8") as fh:
-                env_file = parse_env_file(fh.read())
-        except OSError as exc:
-            raise RepairFailed(f"env file {desired.container.env_file}: {exc.strerror}") from None
     name = release.container_name or f"{release.app}.r{release.id}"
     host.engine.container_remove(name, force=True)  # a stale one of that name, if any
-    gpu = gpu_wiring(
-        variant,
-        facts.docker.gpu_support,
-        host.device_root,
-        device_gids(host.device_root, variant),
-    )
-    config = container_config(
-        desired.container,
-        image,
-        desired.container.user,
-        env_file,
-        labels(release.app, release.id, release.tag, variant.name, release.deployment),
-        gpu,
-    )
     try:
-        container_id = host.engine.container_create(name, config)
-        host.store.update(release.id, container_id=container_id, container_name=name)
+        container_id = create_container(host, desired, variant, release.id, name, image,
+                                        desired.container.user, env_file, facts.docker.gpu_support)  # fmt: skip
         release.container_id, release.container_name = container_id, name
         host.engine.container_start(container_id)
     except EngineError as exc:
