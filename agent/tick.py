@@ -50,6 +50,24 @@ def repair_due(attempts: int, last_try_at: Optional[float], now: float) -> bool:
     return now - last_try_at >= wait
 
 
+class RepairGate(str, Enum):
+    """Whether a release that needs bringing back may be tried now (`repair_gate`)."""
+
+    GO = "go"
+    WAIT = "wait"  # its backoff has not passed
+    GIVE_UP = "give_up"  # MAX_REPAIR_ATTEMPTS failed: hand it to an operator now
+    GIVEN_UP = "given_up"  # an operator was told already: nothing more is tried
+
+
+def repair_gate(attempts: int, due: bool, given_up: bool) -> RepairGate:
+    """The one bound on repairs (pure): never a loop, and backed off while it lasts."""
+    if given_up:
+        return RepairGate.GIVEN_UP
+    if attempts >= MAX_REPAIR_ATTEMPTS:
+        return RepairGate.GIVE_UP
+    return RepairGate.GO if due else RepairGate.WAIT
+
+
 def tick(host: AgentHost) -> HostStatus:
     """One pass over every app on the host; returns the status written to status.json."""
     actions: List[str] = []
@@ -154,24 +172,14 @@ def decide(obs: Observation) -> TickAction:
     """
     tag = obs.tag
     if not obs.container_present:
-        if obs.needs_operator:
-            return TickAction(
-                TickActionKind.REPORT_MISSING,
-                f"the container of {tag} is gone and could not be brought back; an operator must look",
-            )
-        if obs.repair_attempts >= MAX_REPAIR_ATTEMPTS:
-            return TickAction(
-                TickActionKind.NEEDS_OPERATOR,
-                f"the container of {tag} could not be brought back after {obs.repair_attempts} attempts",
-            )
-        if not obs.repair_due:
-            return TickAction(
-                TickActionKind.NOTHING,
-                f"the container of {tag} is gone; the next attempt to recreate it waits its backoff",
-            )
-        return TickAction(
-            TickActionKind.RECREATE,
-            f"the container of {tag} is gone: recreating it from its record",
+        return _bounded(
+            obs,
+            f"the container of {tag} is gone",
+            TickActionKind.REPORT_MISSING,
+            TickAction(
+                TickActionKind.RECREATE,
+                f"the container of {tag} is gone: recreating it from its record",
+            ),
         )
     can_roll_back = obs.fresh and obs.has_previous and not obs.reinstated
     can_roll_back = can_roll_back and not obs.rollback_failed
@@ -181,22 +189,11 @@ def decide(obs: Observation) -> TickAction:
             TickActionKind.ROLL_BACK, f"{tag} {crash} within its grace period", sample=crash
         )
     if not obs.running and not obs.restarted:
-        if obs.needs_operator:
-            return TickAction(
-                TickActionKind.NOTHING,
-                f"{tag} has stopped; an operator was told it cannot be brought back",
-            )
-        if obs.repair_attempts >= MAX_REPAIR_ATTEMPTS:
-            return TickAction(
-                TickActionKind.NEEDS_OPERATOR,
-                f"{tag} has stopped and did not come back after {obs.repair_attempts} attempts",
-            )
-        if not obs.repair_due:
-            return TickAction(
-                TickActionKind.NOTHING, f"{tag} has stopped; the next restart waits its backoff"
-            )
-        return TickAction(
-            TickActionKind.RESTART_STOPPED, f"{tag} has stopped (exit {obs.exit_code})"
+        return _bounded(
+            obs,
+            f"{tag} has stopped",
+            TickActionKind.NOTHING,
+            TickAction(TickActionKind.RESTART_STOPPED, f"{tag} has stopped (exit {obs.exit_code})"),
         )
     if obs.healthy:
         return TickAction(TickActionKind.NOTHING, f"{tag} is healthy")
@@ -241,6 +238,22 @@ def decide(obs: Observation) -> TickAction:
     )
 
 
+def _bounded(obs: Observation, trouble: str, held: TickActionKind, go: TickAction) -> TickAction:
+    """`go` (a repair), unless the bound on repairs says otherwise (`repair_gate`); `held`
+    once an operator was told."""
+    gate = repair_gate(obs.repair_attempts, obs.repair_due, obs.needs_operator)
+    if gate is RepairGate.GIVEN_UP:
+        return TickAction(held, f"{trouble}; an operator was told it cannot be brought back")
+    if gate is RepairGate.GIVE_UP:
+        return TickAction(
+            TickActionKind.NEEDS_OPERATOR,
+            f"{trouble}, and it did not come back after {obs.repair_attempts} attempts",
+        )
+    if gate is RepairGate.WAIT:
+        return TickAction(TickActionKind.NOTHING, f"{trouble}; the next attempt waits its backoff")
+    return go
+
+
 def _keep_serving(host: AgentHost, current: Release, actions: List[str]) -> None:
     """Observe the current release, decide, carry out (twice when a stopped one was
     restarted: the second decision judges the restart's verdict)."""
@@ -270,15 +283,15 @@ def _observe(host: AgentHost, current: Release) -> Tuple[Observation, str]:
     container once; writes nothing), with the probe's detail for the health record."""
     desired = DesiredState.from_dict(current.spec)
     info = host.engine.container_inspect(current.container_id) if current.container_id else None
+    repair = _repair_record(host, current)
     if info is None:
-        failed, waits, last = _repair_record(host, current)
         return Observation(
             tag=current.tag,
             container_present=False,
             has_previous=host.store.previous(current.app) is not None,
-            repair_attempts=failed,
-            repair_due=repair_due(failed + waits, last, time.time()),
-            needs_operator=host.store.has_event(current.id, EventKind.NEEDS_OPERATOR.value),
+            repair_attempts=repair.attempts,
+            repair_due=repair.due,
+            needs_operator=repair.given_up,
         ), ""
     fresh = (
         current.activated_at is not None and time.time() - current.activated_at < desired.grace_s
@@ -292,13 +305,12 @@ def _observe(host: AgentHost, current: Release) -> Tuple[Observation, str]:
         )
         healthy = all(p.ok for p in probes)
         detail = "; ".join(f"{p.check}: {p.detail}" for p in probes)
-    failed, waits, last = _repair_record(host, current)
     obs = Observation(
         tag=current.tag,
         container_present=True,
-        repair_attempts=failed,
-        repair_due=repair_due(failed + waits, last, time.time()),
-        needs_operator=host.store.has_event(current.id, EventKind.NEEDS_OPERATOR.value),
+        repair_attempts=repair.attempts,
+        repair_due=repair.due,
+        needs_operator=repair.given_up,
         running=running,
         restart_count=int(info.get("RestartCount") or 0),
         exit_code=info["State"].get("ExitCode"),
@@ -312,9 +324,18 @@ def _observe(host: AgentHost, current: Release) -> Tuple[Observation, str]:
     return obs, detail
 
 
-def _repair_record(host: AgentHost, release: Release) -> Tuple[int, int, Optional[float]]:
-    """(failed repairs, waits for a registry, when the last of either was) of a release,
-    since it last served well (a repair that worked starts the count afresh)."""
+@dataclass(frozen=True)
+class RepairRecord:
+    """What the record says of a release's repairs since it last served well."""
+
+    attempts: int  # repairs that failed (waits for a registry not counted)
+    due: bool  # the backoff after the last failure or wait has passed
+    given_up: bool  # an operator was told (needs_operator)
+
+
+def _repair_record(host: AgentHost, release: Release) -> RepairRecord:
+    """A release's repairs since it last served well (a repair that worked starts the
+    count afresh)."""
     well = [EventKind.SUCCEEDED.value, EventKind.REPAIRED.value, EventKind.RESTARTED.value]
     since = host.store.event_stats(release.id, well)[2]
     failed, last_failed, _ = host.store.event_stats(
@@ -322,7 +343,11 @@ def _repair_record(host: AgentHost, release: Release) -> Tuple[int, int, Optiona
     )
     waits, last_wait, _ = host.store.event_stats(release.id, [EventKind.WAITING.value], since)
     times = [t for t in (last_failed, last_wait) if t is not None]
-    return failed, waits, max(times) if times else None
+    return RepairRecord(
+        attempts=failed,
+        due=repair_due(failed + waits, max(times) if times else None, time.time()),
+        given_up=host.store.has_event(release.id, EventKind.NEEDS_OPERATOR.value),
+    )
 
 
 def _recreate(host: AgentHost, release: Release, actions: List[str]) -> bool:
@@ -377,15 +402,13 @@ def _revive(host: AgentHost, app: str, actions: List[str]) -> None:
     if not kept:
         return
     best = max(kept, key=lambda r: (r.activated_at or 0.0, r.id))
-    failed, waits, last = _repair_record(host, best)
-    if host.store.has_event(best.id, EventKind.NEEDS_OPERATOR.value):
-        return
-    if failed >= MAX_REPAIR_ATTEMPTS:
+    repair = _repair_record(host, best)
+    gate = repair_gate(repair.attempts, repair.due, repair.given_up)
+    if gate is RepairGate.GIVE_UP:
         host.event(EventKind.NEEDS_OPERATOR, f"{app} serves nothing and {best.tag} could not be brought back"
-                   f" after {failed} attempts; an operator must look", app, best.id)  # fmt: skip
+                   f" after {repair.attempts} attempts; an operator must look", app, best.id)  # fmt: skip
         actions.append(f"{app}: serves nothing; needs an operator")
-        return
-    if not repair_due(failed + waits, last, time.time()):
+    if gate is not RepairGate.GO:
         return
     verdict = restore(host, best)
     if not verdict.ok:

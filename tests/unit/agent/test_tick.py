@@ -19,8 +19,10 @@ from mlfleet.agent.tick import (
     UNHEALTHY_TICKS_BEFORE_RESTART,
     UNHEALTHY_TICKS_BEFORE_ROLLBACK,
     Observation,
+    RepairGate,
     TickActionKind,
     decide,
+    repair_gate,
     tick,
 )
 from tests.unit.agent.fakes import (
@@ -545,3 +547,21 @@ def test_a_repair_that_worked_starts_the_count_afresh(
     host.engine.container_remove(serving_container(host))
     assert tick(host).actions == ["sentiment: recreated v2"]
     assert EventKind.NEEDS_OPERATOR.value not in _events(host)
+
+
+@pytest.mark.parametrize(
+    ("attempts", "due", "given_up", "gate"),
+    [
+        (0, True, False, RepairGate.GO),
+        (MAX_REPAIR_ATTEMPTS - 1, True, False, RepairGate.GO),
+        (2, False, False, RepairGate.WAIT),
+        (MAX_REPAIR_ATTEMPTS, True, False, RepairGate.GIVE_UP),
+        (MAX_REPAIR_ATTEMPTS, False, False, RepairGate.GIVE_UP),
+        (MAX_REPAIR_ATTEMPTS, True, True, RepairGate.GIVEN_UP),
+        (0, True, True, RepairGate.GIVEN_UP),
+    ],
+)
+def test_the_one_bound_on_repairs(
+    attempts: int, due: bool, given_up: bool, gate: RepairGate
+) -> None:
+    assert repair_gate(attempts, due, given_up) is gate
