@@ -18,30 +18,13 @@ import shlex
 import statistics
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
+
+from agent_lifecycle import TICK_PROBE, serving_tag  # the same probes as that benchmark's
 
 from mlfleet.controller.lab import fleet
 from mlfleet.controller.lab.layout import LabLayout
-
-TICK_PROBE = r"""
-import json, resource, subprocess, sys, time
-runs = []
-for _ in range(int(sys.argv[2])):
-    t = time.perf_counter()
-    subprocess.run([sys.executable, "-S", sys.argv[1], "tick"], stdout=subprocess.DEVNULL, check=True)
-    runs.append(time.perf_counter() - t)
-print(json.dumps({"wall_s": runs, "max_rss_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
-"""
-
-
-def serving_tag(address: str) -> Optional[str]:
-    try:
-        with urllib.request.urlopen(f"http://{address}:8080/version", timeout=0.5) as resp:
-            return str(json.loads(resp.read())["tag"])
-    except OSError:
-        return None
 
 
 def current_release(layout: LabLayout, host: Dict[str, Any]) -> Dict[str, Any]:
