@@ -385,10 +385,7 @@ def _hand_to_operator(host: AgentHost, current: Release, reason: str, actions: L
     previous = host.store.previous(app)
     if previous is None:
         return
-    verdict = restore(host, previous)
-    if verdict.ok:
-        host.store.reinstate(app, previous.id, current.id, "rolled_back", reason)
-        serve_after_reboot(host, previous.container_id or "")
+    if _serve_again(host, previous, current.id, reason).ok:
         host.event(EventKind.ROLLED_BACK, f"{current.tag} could not be brought back; {previous.tag} serves meanwhile",
                    app, current.id)  # fmt: skip
         actions.append(f"{app}: {previous.tag} serves instead of {current.tag}")
@@ -410,15 +407,13 @@ def _revive(host: AgentHost, app: str, actions: List[str]) -> None:
         actions.append(f"{app}: serves nothing; needs an operator")
     if gate is not RepairGate.GO:
         return
-    verdict = restore(host, best)
+    verdict = _serve_again(host, best, None, "")
     if not verdict.ok:
         why = verdict.evidence[-1] if verdict.evidence else "not healthy"
         host.event(EventKind.REPAIR_FAILED, f"{app} serves nothing; {best.tag} did not come back: {why}",
                    app, best.id)  # fmt: skip
         actions.append(f"{app}: serves nothing; {best.tag} did not come back")
         return
-    host.store.reinstate(app, best.id, None, "rolled_back", "")
-    serve_after_reboot(host, best.container_id or "")
     host.event(EventKind.REPAIRED, f"{app} served nothing; its last good release {best.tag} serves again",
                app, best.id)  # fmt: skip
     actions.append(f"{app}: brought back {best.tag}")
@@ -486,18 +481,27 @@ def _carry_out(host: AgentHost, current: Release, obs: Observation, action: Tick
         actions.append(f"{app}: restarted unhealthy {current.tag}")
 
 
+def _serve_again(
+    host: AgentHost, release: Release, failed_id: Optional[int], reason: str
+) -> health.Verdict:
+    """Bring a kept release back (recreated if its container is gone) and, once healthy,
+    make it current again with the serving restart policy; the failed release, if any, is
+    marked rolled back with `reason`."""
+    verdict = restore(host, release)
+    if verdict.ok:
+        host.store.reinstate(release.app, release.id, failed_id, "rolled_back", reason)
+        serve_after_reboot(host, release.container_id or "")
+    return verdict
+
+
 def _auto_rollback(
     host: AgentHost, current: Release, previous: Release, actions: List[str]
 ) -> None:
     app = current.app
     if current.container_id:
         host.engine.container_stop(current.container_id)
-    verdict = restore(host, previous)
-    if verdict.ok:
-        host.store.reinstate(
-            app, previous.id, current.id, "rolled_back", "turned unhealthy within its grace period"
-        )
-        serve_after_reboot(host, previous.container_id or "")
+    reason = "turned unhealthy within its grace period"
+    if _serve_again(host, previous, current.id, reason).ok:
         host.event(EventKind.ROLLED_BACK, f"{current.tag} turned unhealthy soon after deployment; {previous.tag} serves again",
                    app, current.id)  # fmt: skip
         actions.append(f"{app}: rolled back {current.tag} -> {previous.tag}")
