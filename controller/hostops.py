@@ -143,9 +143,7 @@ def run_agent(conn: Transport, bundle: AgentBundle, argv: Sequence[str], *, stdi
             raise AgentFailed(
                 "the agent's hash on the host does not match after the copy", where=host.name
             )
-    if found.result.code != 0 and not found.result.stdout.strip():
-        # Failed without a word on stdout: can the agent run on this host at all?
-        _check_version(conn, conn.run(agent_argv(host, protocol.version_args()), timeout=60))
+    _explain_silence(conn, found.result)
     _install_cron(conn, found.crontab)
     return found.result, copied
 
@@ -171,9 +169,15 @@ def _run_installed(conn: Transport, args: Sequence[str], timeout: float) -> Comm
     """Run a command of the agent already on the host (status and rollback never install
     one); a failure without a word on stdout is explained by the agent's version check."""
     result = conn.run(agent_argv(conn.host, args), timeout=timeout)
+    _explain_silence(conn, result)
+    return result
+
+
+def _explain_silence(conn: Transport, result: CommandResult) -> None:
+    """An agent command that failed without a word on stdout: can the agent run on this
+    host at all? (AgentFailed with what to do when it cannot.)"""
     if result.code != 0 and not result.stdout.strip():
         _check_version(conn, conn.run(agent_argv(conn.host, protocol.version_args()), timeout=60))
-    return result
 
 
 @dataclass(frozen=True)
