@@ -91,20 +91,31 @@ failed); 2 usage or input error (options, inventory, playbook, missing image); 3
 error; 4 fleet lock held; 5 hosts unreachable; 6 an agent could not run on a host
 (Python 3.8+, cron)."""
 
-_GLOBAL_OPTIONS: List[Callable[[F], F]] = [
-    click.option("-i", "--inventory", type=click.Path(path_type=Path), default=None,
-                 help="Ansible-style inventory YAML [default: inventory/hosts.yml]."),
-    click.option("-p", "--playbook", type=click.Path(path_type=Path),
-                 help="Model playbook (default: the one file in playbooks/)."),
-    click.option("--limit", help="Hosts, groups, globs, comma lists, !exclusions, &intersections."),
-    click.option("--forks", type=click.IntRange(min=1), default=None,
-                 help="Hosts worked on at once [default: 20]."),
-    click.option("--state", type=click.Path(path_type=Path), default=None,
-                 help="Controller state DB (default $MLFLEET_STATE or ~/.local/state/mlfleet/state.db)."),
-    click.option("--accept-new-host-keys", is_flag=True, default=None,
-                 help="Trust and record unknown host keys (never changed ones)."),
-    click.option("--debug", is_flag=True, default=None, help="Show tracebacks."),
-]  # fmt: skip
+
+def _global_options(after_command: bool) -> List[Callable[[F], F]]:
+    """The global options, one definition for both places: before the command (with their
+    defaults) and after it (no defaults: a value given there overrides the one before)."""
+
+    def option(*decls: str, default: Any = None, group_only: Optional[Dict[str, Any]] = None,
+               **kwargs: Any) -> Callable[[F], F]:  # fmt: skip
+        if after_command:
+            return click.option(*decls, default=None, **kwargs)
+        extra = dict(group_only or {}, show_default=default not in (None, False))
+        return click.option(*decls, default=default, **extra, **kwargs)
+
+    return [
+        option("-i", "--inventory", type=click.Path(path_type=Path), default=Path("inventory/hosts.yml"),
+               help="Ansible-style inventory YAML."),
+        option("-p", "--playbook", type=click.Path(path_type=Path),
+               help="Model playbook (default: the one file in playbooks/)."),
+        option("--limit", help="Hosts, groups, globs, comma lists, !exclusions, &intersections."),
+        option("--forks", type=click.IntRange(min=1), default=20, help="Hosts worked on at once."),
+        option("--state", type=click.Path(path_type=Path), group_only={"envvar": "MLFLEET_STATE"},
+               help="Controller state DB (default $MLFLEET_STATE or ~/.local/state/mlfleet/state.db)."),
+        option("--accept-new-host-keys", is_flag=True, default=False,
+               help="Trust and record unknown host keys (never changed ones)."),
+        option("--debug", is_flag=True, default=False, help="Show tracebacks."),
+    ]  # fmt: skip
 
 
 def fleet_options(fn: F) -> F:
@@ -121,27 +132,19 @@ def fleet_options(fn: F) -> F:
         kwargs.pop("debug")
         return fn(*args, **kwargs)
 
-    for option in reversed(_GLOBAL_OPTIONS):
+    for option in reversed(_global_options(after_command=True)):
         wrapper = option(wrapper)
     return wrapper  # type: ignore[return-value]
 
 
+def _group_options(fn: F) -> F:
+    for option in reversed(_global_options(after_command=False)):
+        fn = option(fn)
+    return fn
+
+
 @click.group(epilog=EXIT_CODES)
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
-@click.option("-i", "--inventory", type=click.Path(path_type=Path), default=Path("inventory/hosts.yml"),
-              show_default=True, help="Ansible-style inventory YAML.")  # fmt: skip
-@click.option("-p", "--playbook", type=click.Path(path_type=Path),
-              help="Model playbook (default: the one file in playbooks/).")  # fmt: skip
-@click.option("--limit", help="Hosts, groups, globs, comma lists, !exclusions.")
-@click.option("--forks", type=click.IntRange(min=1), default=20, show_default=True,
-              help="Hosts worked on at once.")  # fmt: skip
-@click.option("--state", type=click.Path(path_type=Path), envvar="MLFLEET_STATE",
-              help="Controller state DB (default ~/.local/state/mlfleet/state.db).")  # fmt: skip
-@click.option(
-    "--accept-new-host-keys",
-    is_flag=True,
-    help="Trust and record unknown host keys (never changed ones).",
-)
+@_group_options
 @click.version_option(package_name="mlfleet")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool, inventory: Path, playbook: Optional[Path], limit: Optional[str],
