@@ -19,7 +19,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from mlfleet.agent.bundle import build_zipapp
 from mlfleet.controller.lab import fleet
@@ -77,6 +77,23 @@ def apply(layout: LabLayout, host: Dict[str, Any], registry: str, tag: str) -> D
     }
 
 
+def measure_ticks(
+    layout: LabLayout, host: Dict[str, Any], runs: int
+) -> Tuple[Dict[str, float], float]:
+    """`runs` ticks of the host's agent, one after the other: their wall time (median, max)
+    and the peak RSS of any of them, MiB."""
+    agent = f"{host['agent_dir']}/mlfleet-agent.pyz"
+    probe = fleet.run_on(
+        layout, host["name"], ["python3", "-c", shlex.quote(TICK_PROBE), agent, str(runs)]
+    )
+    data = json.loads(probe.stdout)
+    wall = {
+        "median": round(statistics.median(data["wall_s"]), 3),
+        "max": round(max(data["wall_s"]), 3),
+    }
+    return wall, round(data["max_rss_kib"] / 1024, 1)
+
+
 def rollback_latency(run: Dict[str, Any], old_tag: str) -> float:
     events = run["events"]
     restore = next(i for i, e in enumerate(events) if e.get("event") == "restore")
@@ -120,23 +137,7 @@ def main() -> int:
         "max": round(max(latencies), 3),
         "runs": len(latencies),
     }
-    probe = fleet.run_on(
-        layout,
-        args.host,
-        [
-            "python3",
-            "-c",
-            shlex.quote(TICK_PROBE),
-            f"{host['agent_dir']}/mlfleet-agent.pyz",
-            str(args.runs),
-        ],
-    )
-    data = json.loads(probe.stdout)
-    out["tick_s"] = {
-        "median": round(statistics.median(data["wall_s"]), 3),
-        "max": round(max(data["wall_s"]), 3),
-    }
-    out["tick_peak_rss_mib"] = round(data["max_rss_kib"] / 1024, 1)
+    out["tick_s"], out["tick_peak_rss_mib"] = measure_ticks(layout, host, args.runs)
     print(json.dumps(out, indent=2))
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-from agent_lifecycle import TICK_PROBE, serving_tag  # the same probes as that benchmark's
+from agent_lifecycle import measure_ticks, serving_tag  # the same probes as that benchmark's
 
 from mlfleet.controller.lab import fleet
 from mlfleet.controller.lab.layout import LabLayout
@@ -121,13 +121,7 @@ def main() -> int:
         spool.write_text(crontab)
         (Path(host["cron_dir"]) / "cron.update").write_text("root\n")
     time.sleep(1)
-    probe = fleet.run_on(layout, args.host, ["python3", "-c", shlex.quote(TICK_PROBE), agent, "10"])
-    data = json.loads(probe.stdout)
-    out["tick_nothing_to_repair_s"] = {
-        "median": round(statistics.median(data["wall_s"]), 3),
-        "max": round(max(data["wall_s"]), 3),
-    }
-    out["tick_peak_rss_mib"] = round(data["max_rss_kib"] / 1024, 1)
+    out["tick_nothing_to_repair_s"], out["tick_peak_rss_mib"] = measure_ticks(layout, host, 10)
     print(json.dumps(out, indent=2))
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")

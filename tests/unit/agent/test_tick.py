@@ -371,11 +371,17 @@ def test_tick_pulls_a_removed_image_again_by_its_digest(host: FakeHost) -> None:
     assert host.engine.running_tags() == ["v2"]
 
 
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> List[float]:
+    """time.time() as the test sets it: clock[0] (the store's events use it too)."""
+    now = [time.time()]
+    monkeypatch.setattr(time, "time", lambda: now[0])
+    return now
+
+
 def test_a_registry_away_is_waited_for_with_backoff_and_nothing_else_touched(
-    host: FakeHost, monkeypatch: pytest.MonkeyPatch
+    host: FakeHost, clock: List[float]
 ) -> None:
-    clock = [time.time()]
-    monkeypatch.setattr(time, "time", lambda: clock[0])
     _two_releases(host)
     host.engine.container_remove(serving_container(host))
     host.engine.removed_images.append(f"{IMAGE}:v2")
@@ -398,10 +404,8 @@ def test_a_registry_away_is_waited_for_with_backoff_and_nothing_else_touched(
 
 
 def test_a_container_that_cannot_come_back_is_handed_to_an_operator_and_the_previous_serves(
-    host: FakeHost, monkeypatch: pytest.MonkeyPatch
+    host: FakeHost, clock: List[float]
 ) -> None:
-    clock = [time.time()]
-    monkeypatch.setattr(time, "time", lambda: clock[0])
     _two_releases(host)
     host.engine.container_remove(serving_container(host))
     host.engine.break_image(f"{IMAGE}:v2")  # its recreated container exits at once
@@ -529,11 +533,7 @@ def test_every_tick_ends_serving_or_with_an_operator_alert(
         assert host.store.current("sentiment") is not None
 
 
-def test_a_repair_that_worked_starts_the_count_afresh(
-    host: FakeHost, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    clock = [time.time()]
-    monkeypatch.setattr(time, "time", lambda: clock[0])
+def test_a_repair_that_worked_starts_the_count_afresh(host: FakeHost, clock: List[float]) -> None:
     _two_releases(host)
     host.engine.container_remove(serving_container(host))
     host.engine.break_image(f"{IMAGE}:v2")
