@@ -259,14 +259,40 @@ def _history(args: argparse.Namespace) -> int:
 
 
 def _daemon(args: argparse.Namespace) -> int:
-    """The tick every --interval seconds, for hosts without cron."""
-    while True:
+    """The tick every --interval seconds, for good, or for --for seconds (what the cron
+    entry runs every minute when a host wants healing in seconds: cron stays the
+    supervisor). One daemon per host: another waits an interval for the first to finish
+    its window, then leaves quietly."""
+    from mlfleet.agent.lock import AgentBusy, HostLock
+
+    lock = HostLock(os.path.join(_agent_dir(args), "daemon.lock"), "daemon")
+    try:
+        lock.acquire(args.interval if args.for_s else 0.0)
+    except AgentBusy as exc:
+        if sys.stderr.isatty():
+            print(f"mlfleet-agent: daemon not started: {exc}", file=sys.stderr)
+        return ExitCode.OK
+    with lock:
         started = time.monotonic()
-        try:
-            _tick(argparse.Namespace(**{**vars(args), "json": False, "wait": 0.0}))
-        except Exception as exc:
-            print(f"mlfleet-agent: tick failed: {exc}", file=sys.stderr, flush=True)
-        time.sleep(max(0.0, args.interval - (time.monotonic() - started)))
+        while True:
+            began = time.monotonic()
+            try:
+                _tick(argparse.Namespace(**{**vars(args), "json": False, "wait": 0.0}))
+            except Exception as exc:
+                print(f"mlfleet-agent: tick failed: {exc}", file=sys.stderr, flush=True)
+            if args.for_s and time.monotonic() - started + args.interval >= args.for_s:
+                return ExitCode.OK
+            time.sleep(max(0.0, args.interval - (time.monotonic() - began)))
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
 
 
 def _bundle(args: argparse.Namespace) -> int:
@@ -352,7 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     history.set_defaults(func=_history)
 
     daemon = sub.add_parser("daemon", help="run the tick every --interval seconds (no cron needed)")
-    daemon.add_argument("--interval", type=float, default=60.0)
+    daemon.add_argument("--interval", type=_positive, default=60.0, help="seconds between ticks")
+    daemon.add_argument("--for", dest="for_s", type=_positive, help="stop after this many seconds")
     state_options(daemon)
     daemon.set_defaults(func=_daemon)
 

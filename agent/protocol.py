@@ -610,6 +610,12 @@ def tick_args(place: AgentPlace) -> List[str]:
     return ["tick", *place.state_args()]
 
 
+def daemon_args(place: AgentPlace, interval_s: int, for_s: Optional[int] = None) -> List[str]:
+    """The tick every `interval_s` seconds; for `for_s` seconds, or for good without it."""
+    args = ["daemon", "--interval", str(interval_s), *place.state_args()]
+    return args + (["--for", str(for_s)] if for_s else [])
+
+
 __all__ = [
     "SCHEMA",
     "AgentPlace",

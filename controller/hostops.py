@@ -62,7 +62,16 @@ def agent_argv(host: Host, args: Sequence[str]) -> List[str]:
 
 
 def cron_line(host: Host) -> str:
-    argv = agent_argv(host, protocol.tick_args(place(host)))
+    """The agent's crontab entry: a tick each minute, or, with a shorter `tick_interval`, a
+    daemon that ticks every N seconds for the minute (cron starts the next one: it is the
+    daemon's supervisor, also after a reboot, and an upgraded agent runs within a minute)."""
+    interval = host.tick_interval
+    args = (
+        protocol.tick_args(place(host))
+        if interval >= 60
+        else protocol.daemon_args(place(host), interval, for_s=60)
+    )
+    argv = agent_argv(host, args)
     quoted = " ".join(_cron_quote(a) for a in argv)
     log = _cron_quote(posixpath.join(host.agent_dir, "tick.log"))
     return f"* * * * * {quoted} >> {log} 2>&1 {CRON_MARK}"

@@ -148,6 +148,13 @@ class Host:
         return self._remote_path("mlfleet_cron_dir")
 
     @property
+    def tick_interval(self) -> int:
+        """Seconds between the agent's ticks (`mlfleet_tick_interval`, 1 to 60, default 60):
+        60 is cron's own minute; less runs `mlfleet-agent daemon` from the same cron line,
+        ticking every N seconds for that minute, so cron stays its supervisor."""
+        return self._int(("mlfleet_tick_interval",), 60, 1, 60) or 60
+
+    @property
     def registry(self) -> Optional[str]:
         """The registry the host pulls from (`host:port`), or None."""
         return self._text("mlfleet_registry")
@@ -270,7 +277,8 @@ class Host:
 
 _SETTINGS = (
     "address", "port", "user", "ssh_key", "known_hosts", "jump_host", "become", "python",
-    "agent_dir", "docker_host", "root", "device_root", "cron_dir", "registry", "registry_scheme",
+    "agent_dir", "docker_host", "root", "device_root", "cron_dir", "tick_interval", "registry",
+    "registry_scheme",
     "transfer", "bwlimit_kbit", "relay_registry",
 )  # fmt: skip
 

@@ -214,5 +214,10 @@ def test_every_command_line_the_controller_builds_is_the_agents(place: AgentPlac
     assert (status.command, status.json, status.agent_dir) == ("status", True, place.agent_dir)
     tick = parse(protocol.tick_args(place))
     assert (tick.command, tick.agent_dir, tick.root) == ("tick", place.agent_dir, place.root)
+    daemon = parse(protocol.daemon_args(place, 5, for_s=60))
+    assert (daemon.command, daemon.interval, daemon.for_s, daemon.agent_dir) == (
+        "daemon", 5.0, 60.0, place.agent_dir,
+    )  # fmt: skip
+    assert parse(protocol.daemon_args(place, 30)).for_s is None
     version = parse(protocol.version_args())
     assert (version.command, version.json) == ("version", True)

@@ -46,3 +46,23 @@ def test_a_bad_registry_scheme_names_host_variable_and_line(value: Any):
 def test_each_host_has_its_own_scheme():
     lab, hub = host(mlfleet_registry_scheme="http"), host()
     assert (lab.registry_https, hub.registry_https) == (False, True)
+
+
+def test_the_cron_entry_ticks_each_minute_or_runs_a_daemon_for_the_minute():
+    from mlfleet.controller.hostops import cron_line
+
+    minute = cron_line(host(mlfleet_agent_dir="/opt/mlfleet"))
+    assert minute.startswith("* * * * * python3 -S /opt/mlfleet/mlfleet-agent.pyz tick ")
+    seconds = cron_line(host(mlfleet_agent_dir="/opt/mlfleet", mlfleet_tick_interval=5))
+    assert seconds.startswith(
+        "* * * * * python3 -S /opt/mlfleet/mlfleet-agent.pyz daemon --interval 5 "
+    )
+    assert " --for 60 " in seconds and seconds.endswith("# mlfleet-agent")
+
+
+@pytest.mark.parametrize("value", [0, 61, "5s", 2.5, True])
+def test_a_bad_tick_interval_names_host_variable_and_line(value: Any):
+    with pytest.raises(ConfigError) as info:
+        host(mlfleet_tick_interval=value).validate()
+    assert info.value.where == "inv.yml:7" and "`mlfleet_tick_interval`" in info.value.message
+    assert "from 1 to 60" in info.value.message
