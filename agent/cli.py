@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import platform
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -402,6 +403,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print(f"mlfleet-agent: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except sqlite3.OperationalError as exc:  # its record cannot be written (a full disk)
+        if args.debug:
+            raise
+        where = (
+            os.path.join(_agent_dir(args), "state.db")
+            if hasattr(args, "agent_dir")
+            else "its record"
+        )
+        hint = "; free space on that filesystem" if "full" in str(exc) else ""
+        print(f"mlfleet-agent: error: {where}: {exc}{hint}", file=sys.stderr)
+        return ExitCode.ERROR
 
 
 __all__: List[str] = ["build_parser", "main"]

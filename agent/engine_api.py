@@ -201,6 +201,11 @@ class EngineAPI:
 
     # --- containers ----------------------------------------------------------------------
 
+    def list_containers(self, filters: Dict[str, List[str]]) -> List[Dict[str, Any]]:
+        """Running containers that match Docker's list filters, e.g. {"publish": ["8080/tcp"]}
+        (those publishing host port 8080)."""
+        return self.request("GET", "/containers/json", {"filters": json.dumps(filters)}) or []
+
     def container_create(self, name: str, config: Dict[str, Any]) -> str:
         return self.request("POST", "/containers/create", {"name": name}, config)["Id"]
 

@@ -21,7 +21,7 @@ from mlfleet.agent.desired import DesiredState
 from mlfleet.agent.detect.host_facts import detect_host_facts
 from mlfleet.agent.engine_api import EngineAPI
 from mlfleet.agent.facts import HostFacts
-from mlfleet.agent.protocol import Event, EventKind
+from mlfleet.agent.protocol import Cause, Event, EventKind
 from mlfleet.agent.state import StateStore
 from mlfleet.agent.variants import Variant
 
@@ -49,10 +49,12 @@ class AgentHost:
         message: str,
         app: Optional[str] = None,
         release_id: Optional[int] = None,
+        cause: Optional[Cause] = None,
     ) -> None:
         """Record an event in the host's history and report it as progress."""
-        self.store.event(kind.value, message, app=app, release_id=release_id)
-        self.say(kind, message, app)
+        data = {"cause": cause.value} if cause else None
+        self.store.event(kind.value, message, app=app, release_id=release_id, data=data)
+        self.report(Event(kind, message, app, time.time(), cause=cause))
 
     def say(self, kind: EventKind, message: str, app: Optional[str] = None) -> None:
         """Progress only (not recorded), best effort: whoever listens (a controller over

@@ -113,6 +113,7 @@ class EventKind(str, Enum):
     REPAIRED = "repaired"  # brought back from its record (container recreated, image pulled)
     REPAIR_FAILED = "repair_failed"  # could not be brought back this time; tried again later
     WAITING = "waiting"  # waiting for something away (its registry): tried again later
+    BLOCKED = "blocked"  # an operator's to fix stands in the way (a `Cause`): reported, not fought
     NEEDS_OPERATOR = "needs_operator"  # given up after bounded attempts: an operator must look
     MISSING = "missing"
     RESTARTED = "restarted"
@@ -122,6 +123,25 @@ class EventKind(str, Enum):
     def milestone(self) -> bool:
         """Worth a line in the controller's progress."""
         return self not in (EventKind.LAYER, EventKind.HEALTH)
+
+
+class Cause(str, Enum):
+    """What stands in the way of bringing a release back, when it is outside the agent's
+    reach: an operator can act on it; the agent reports it and does not fight it."""
+
+    GPU_LOST = "gpu_lost"  # its variant needs a GPU, driver or toolkit the host lost
+    PORT_TAKEN = "port_taken"  # something that is not the app holds its host port
+    MOUNT_MISSING = "mount_missing"  # a mount source (or env file) the operator placed is gone
+    REGISTRY_AWAY = "registry_away"  # its image is gone and its registry does not answer
+    ENGINE_DOWN = "engine_down"  # the host's Docker engine does not answer
+
+    @classmethod
+    def read(cls, value: Any) -> Optional[Cause]:
+        """A cause from a message, or None for one this side does not know (a newer agent)."""
+        try:
+            return cls(value)
+        except ValueError:
+            return None
 
 
 class TransferMode(str, Enum):
@@ -276,6 +296,7 @@ class Event:
     app: Optional[str] = None
     time: float = 0.0  # when it happened (seconds since the epoch); 0: not stamped yet
     ok: Optional[bool] = None  # health rounds: whether this one passed
+    cause: Optional[Cause] = None  # what stands in the way, when an operator can act on it
 
     def to_dict(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"schema": SCHEMA, "event": self.kind.value, "message": self.message}
@@ -283,6 +304,8 @@ class Event:
             out["app"] = self.app
         if self.ok is not None:
             out["ok"] = self.ok
+        if self.cause is not None:
+            out["cause"] = self.cause.value
         out["time"] = round(self.time, 3)
         return out
 
@@ -295,6 +318,7 @@ class Event:
             app=_opt_str(d, "app", "event"),
             time=_number(d, "time", "event") or 0.0,
             ok=d.get("ok") if isinstance(d.get("ok"), bool) else None,
+            cause=Cause.read(d.get("cause")),
         )
 
 
@@ -503,6 +527,8 @@ class HostStatus:
     last_tick: Optional[float]
     apps: List[AppStatus] = field(default_factory=list)
     actions: List[str] = field(default_factory=list)
+    # What is wrong with the agent's own place (its directory full, its record unwritable).
+    problems: List[str] = field(default_factory=list)
 
     def app(self, name: Optional[str]) -> Optional[AppStatus]:
         """The named app's status (the only or first app when `name` is None)."""
@@ -518,6 +544,7 @@ class HostStatus:
             "last_tick": self.last_tick,
             "apps": [a.to_dict() for a in self.apps],
             "actions": list(self.actions),
+            "problems": list(self.problems),
         }
 
     @classmethod
@@ -531,6 +558,7 @@ class HostStatus:
             last_tick=_number(d, "last_tick", "host status"),
             apps=[AppStatus.from_dict(a) for a in apps],
             actions=_strs(d, "actions", "host status"),
+            problems=_strs(d, "problems", "host status"),
         )
 
 
@@ -622,6 +650,7 @@ __all__ = [
     "AppStatus",
     "ApplyResult",
     "ApplyStatus",
+    "Cause",
     "DesiredState",
     "Event",
     "EventKind",

@@ -4,16 +4,23 @@ desired state, variant and image, pulled again by digest when the image is gone 
 the GPU wiring the host's facts allow now, and prove it with the release's own checks. No
 release row is invented: the release is the one the host was told to run.
 
-What may not be repaired is refused with the cause (`RepairFailed`): the variant no longer
-fits the host (its GPU is gone: a CUDA image is never started on a host without one), a
-mount source vanished, the image is in no registry the host reaches (`waiting`: the next
-ticks try again)."""
+Before the tick starts or recreates anything it looks for what stands in the way and is an
+operator's to fix (`find_obstacle`): the variant no longer fits the host (its GPU is gone: a
+CUDA image is never started on a host without one; another variant of the release that fits
+is used instead when the playbook has one), a mount source vanished, a container or process
+that is not the app's holds its host port. Those are reported with their `Cause` and never
+fought. What fails while repairing is refused with its cause (`RepairFailed`; `waiting` when
+only something away, its registry, is missing: the next ticks try again)."""
 
 from __future__ import annotations
 
+import errno
+import socket
+from dataclasses import dataclass
 from typing import Optional
 
 from mlfleet.agent import health
+from mlfleet.agent.container_config import LABEL
 from mlfleet.agent.desired import DesiredState
 from mlfleet.agent.engine_api import EngineError, EngineUnreachable
 from mlfleet.agent.host import (
@@ -25,7 +32,7 @@ from mlfleet.agent.host import (
     serve_after_reboot,
 )
 from mlfleet.agent.imageref import ImageRef
-from mlfleet.agent.protocol import EventKind
+from mlfleet.agent.protocol import Cause, EventKind
 from mlfleet.agent.selection import select_variant
 from mlfleet.agent.state import Release
 from mlfleet.agent.variants import Variant
@@ -39,29 +46,96 @@ class RepairFailed(Exception):
     """The release cannot be brought back now. `waiting`: only because something outside
     the host is away (its registry, its engine), so trying again later may work."""
 
-    def __init__(self, reason: str, waiting: bool = False):
+    def __init__(self, reason: str, waiting: bool = False, cause: Optional[Cause] = None):
         super().__init__(reason)
         self.reason = reason
         self.waiting = waiting
+        self.cause = cause
 
 
-def recreate(host: AgentHost, release: Release) -> health.Verdict:
-    """Create and start the release's container again from its record and wait until it
-    is healthy; the release's record then names the new container. RepairFailed when it
-    cannot even be started."""
+@dataclass(frozen=True)
+class Obstacle:
+    """What keeps a release from running on this host now, an operator's to fix."""
+
+    cause: Cause
+    detail: str
+    fallback: Optional[str] = None  # another variant of the release that fits the host now
+
+
+def find_obstacle(host: AgentHost, release: Release) -> Optional[Obstacle]:
+    """What stands in the way of (re)starting the release, or None. Reads the host's
+    facts, its mount sources and who holds its host ports; changes nothing."""
     desired = DesiredState.from_dict(release.spec)
-    variant = _variant(desired, release)
     facts = host.facts()
     if not facts.docker or not facts.docker.reachable:
-        raise RepairFailed("the Docker engine does not answer", waiting=True)
+        return Obstacle(Cause.ENGINE_DOWN, "the Docker engine does not answer")
+    variant = _variant(desired, release)
     fits = select_variant([variant], facts)
     if fits.variant is None:
         reasons = "; ".join(r.reason for r in fits.rejected)
-        raise RepairFailed(f"variant {variant.name} no longer fits this host: {reasons}")
+        other = select_variant(desired.parsed_variants(), facts).variant
+        return Obstacle(Cause.GPU_LOST, f"variant {variant.name} no longer fits this host: {reasons}", other)  # fmt: skip
+    try:
+        read_inputs(desired)
+    except MissingInput as exc:
+        return Obstacle(Cause.MOUNT_MISSING, str(exc))
+    holder = port_holder(host, desired, release.app)
+    return Obstacle(Cause.PORT_TAKEN, holder) if holder else None
+
+
+def port_holder(host: AgentHost, desired: DesiredState, app: str) -> Optional[str]:
+    """Who holds one of the release's host ports, when it is not the app itself: a
+    container of someone else's (by the engine's own list), or a process on the host."""
+    for port in desired.container.ports:
+        published = host.engine.list_containers({"publish": [f"{port.host}/{port.protocol}"]})
+        for other in published:
+            if (other.get("Labels") or {}).get(f"{LABEL}.app") != app:
+                name = (other.get("Names") or ["/?"])[0].lstrip("/")
+                return f"host port {port.host} is held by container {name}, which is not {app}'s"
+        if port.protocol == "tcp" and not published and _in_use(port.host_ip, port.host):
+            return f"host port {port.host} is held by a process on this host"
+    return None
+
+
+def _in_use(address: str, port: int) -> bool:
+    """Whether something listens on the port (a bind fails with EADDRINUSE)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((address or "0.0.0.0", port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
+def recreate(host: AgentHost, release: Release, on_variant: Optional[str] = None) -> health.Verdict:
+    """Create and start the release's container again from its record and wait until it
+    is healthy; the release's record then names the new container. `on_variant`: another
+    of the release's variants, for a host that no longer fits its own (the record then
+    names that variant and its image). RepairFailed when it cannot even be started."""
+    desired = DesiredState.from_dict(release.spec)
+    if on_variant is not None and on_variant != release.variant:
+        fallback = next((v for v in desired.parsed_variants() if v.name == on_variant), None)
+        if fallback is None:
+            raise RepairFailed(f"the record of {release.tag} names no variant {on_variant!r}")
+        host.store.update(release.id, variant=fallback.name, image=fallback.image, digest=None)
+        release.variant, release.image, release.digest = fallback.name, fallback.image, None
+    variant = _variant(desired, release)
+    facts = host.facts()
+    if not facts.docker or not facts.docker.reachable:
+        raise RepairFailed(
+            "the Docker engine does not answer", waiting=True, cause=Cause.ENGINE_DOWN
+        )
+    fits = select_variant([variant], facts)
+    if fits.variant is None:
+        reasons = "; ".join(r.reason for r in fits.rejected)
+        raise RepairFailed(
+            f"variant {variant.name} no longer fits this host: {reasons}", cause=Cause.GPU_LOST
+        )
     try:
         env_file = read_inputs(desired)
     except MissingInput as exc:
-        raise RepairFailed(str(exc)) from None
+        raise RepairFailed(str(exc), cause=Cause.MOUNT_MISSING) from None
     image = release.image or variant.image or ""
     ensure_image(host, image, release.digest)
     name = release.container_name or f"{release.app}.r{release.id}"
@@ -72,7 +146,11 @@ def recreate(host: AgentHost, release: Release) -> health.Verdict:
         release.container_id, release.container_name = container_id, name
         host.engine.container_start(container_id)
     except EngineError as exc:
-        raise RepairFailed(f"the engine refused to start {name}: {exc.message}") from None
+        taken = any(
+            w in exc.message for w in ("port is already allocated", "address already in use")
+        )
+        raise RepairFailed(f"the engine refused to start {name}: {exc.message}",
+                           cause=Cause.PORT_TAKEN if taken else None) from None  # fmt: skip
     host.say(EventKind.STARTED, f"recreated {name} ({release.tag})", release.app)
     info = host.engine.container_inspect(container_id) or {}
     verdict = health.wait_healthy(
@@ -102,7 +180,7 @@ def ensure_image(host: AgentHost, image: str, digest: Optional[str]) -> None:
         for _ in host.engine.pull(name, reference):
             pass
     except EngineUnreachable as exc:
-        raise RepairFailed(str(exc), waiting=True) from None
+        raise RepairFailed(str(exc), waiting=True, cause=Cause.ENGINE_DOWN) from None
     except EngineError as exc:
         registry = ImageRef.parse(source).registry_address
         if any(word in exc.message.lower() for word in _UNREACHED):
@@ -110,6 +188,7 @@ def ensure_image(host: AgentHost, image: str, digest: Optional[str]) -> None:
                 f"waiting for registry {registry} to pull {source} again ({exc.message}); a host"
                 " that reaches no registry needs the controller: mlfleet deploy",
                 waiting=True,
+                cause=Cause.REGISTRY_AWAY,
             ) from None
         raise RepairFailed(f"{source} could not be pulled again: {exc.message}") from None
     if source != image:

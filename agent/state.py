@@ -175,6 +175,7 @@ class StateStore:
             "digest",
             "container_id",
             "container_name",
+            "variant",
             "image",
             "activated_at",
         }

@@ -23,8 +23,8 @@ from mlfleet.agent.apply import collect_garbage, repair_interrupted, restore
 from mlfleet.agent.desired import DesiredState
 from mlfleet.agent.engine_api import EngineError
 from mlfleet.agent.host import AgentHost, health_target, serve_after_reboot
-from mlfleet.agent.protocol import AppStatus, Event, EventKind, HostStatus
-from mlfleet.agent.repair import RepairFailed, recreate
+from mlfleet.agent.protocol import AppStatus, Cause, Event, EventKind, HostStatus
+from mlfleet.agent.repair import Obstacle, RepairFailed, find_obstacle, recreate
 from mlfleet.agent.state import Release
 
 # A release that answers but fails a tick's probes may only be slow for a moment (a busy
@@ -98,6 +98,8 @@ class TickActionKind(str, Enum):
     RESTART_STOPPED = "restart_stopped"  # start it again, then decide on its verdict
     WAIT_FOR_CONFIRMATION = "wait_for_confirmation"  # fresh and unhealthy once: next tick
     RESTART_UNHEALTHY = "restart_unhealthy"  # old and unhealthy for a while: restart it
+    BLOCKED = "blocked"  # it cannot run here now, an operator's to fix: report the cause
+    FALL_BACK = "fall_back"  # its variant no longer fits: recreate it on one that does
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,10 @@ class Observation:
     repair_attempts: int = 0  # recreations that failed (waits for a registry not counted)
     repair_due: bool = True  # the backoff after the last failed repair has passed
     needs_operator: bool = False  # already handed to an operator
+    # What keeps it from running here now (looked for when it has stopped or is gone), and
+    # whether the newest event of the app reports just that already.
+    obstacle: Optional[Obstacle] = None
+    obstacle_reported: bool = False
 
     def __post_init__(self) -> None:
         if (self.running or self.restarted) and self.healthy is None:
@@ -171,6 +177,8 @@ def decide(obs: Observation) -> TickAction:
     release, never one that failed (agent/releases.py): rollbacks cannot loop.
     """
     tag = obs.tag
+    if obs.obstacle is not None and not (obs.running or obs.restarted):
+        return _blocked(obs, obs.obstacle)
     if not obs.container_present:
         return _bounded(
             obs,
@@ -238,6 +246,22 @@ def decide(obs: Observation) -> TickAction:
     )
 
 
+def _blocked(obs: Observation, obstacle: Obstacle) -> TickAction:
+    """A release that cannot run here now: on another of its variants when one fits (its
+    GPU is gone, the playbook has a CPU variant), otherwise reported, once, and waited for:
+    the tick looks again each time and does not fight what an operator did."""
+    trouble = f"{obs.tag} cannot run here now: {obstacle.detail}"
+    if obstacle.fallback:
+        return _bounded(
+            obs, trouble, TickActionKind.NOTHING,
+            TickAction(TickActionKind.FALL_BACK,
+                       f"{trouble}; serving it on variant {obstacle.fallback}, which its playbook allows"),
+        )  # fmt: skip
+    if obs.obstacle_reported:
+        return TickAction(TickActionKind.NOTHING, f"{trouble}; waiting for an operator")
+    return TickAction(TickActionKind.BLOCKED, f"{trouble}; waiting for an operator")
+
+
 def _bounded(obs: Observation, trouble: str, held: TickActionKind, go: TickAction) -> TickAction:
     """`go` (a repair), unless the bound on repairs says otherwise (`repair_gate`); `held`
     once an operator was told."""
@@ -284,6 +308,11 @@ def _observe(host: AgentHost, current: Release) -> Tuple[Observation, str]:
     desired = DesiredState.from_dict(current.spec)
     info = host.engine.container_inspect(current.container_id) if current.container_id else None
     repair = _repair_record(host, current)
+    obstacle = None if info and info["State"]["Running"] else _obstacle(host, current)
+    last = _last_event(host, current.app)
+    reported = bool(
+        obstacle and last and last.kind is EventKind.BLOCKED and last.cause is obstacle.cause
+    )
     if info is None:
         return Observation(
             tag=current.tag,
@@ -292,6 +321,8 @@ def _observe(host: AgentHost, current: Release) -> Tuple[Observation, str]:
             repair_attempts=repair.attempts,
             repair_due=repair.due,
             needs_operator=repair.given_up,
+            obstacle=obstacle,
+            obstacle_reported=reported,
         ), ""
     fresh = (
         current.activated_at is not None and time.time() - current.activated_at < desired.grace_s
@@ -320,8 +351,17 @@ def _observe(host: AgentHost, current: Release) -> Tuple[Observation, str]:
         rollback_failed=host.store.has_event(current.id, EventKind.ROLLBACK_FAILED.value),
         healthy=healthy,
         failed_ticks_before=_failed_in_a_row(host, current),
+        obstacle=obstacle,
+        obstacle_reported=reported,
     )
     return obs, detail
+
+
+def _obstacle(host: AgentHost, release: Release) -> Optional[Obstacle]:
+    try:
+        return find_obstacle(host, release)
+    except (RepairFailed, EngineError):  # a record or an engine the repair itself reports
+        return None
 
 
 @dataclass(frozen=True)
@@ -350,15 +390,19 @@ def _repair_record(host: AgentHost, release: Release) -> RepairRecord:
     )
 
 
-def _recreate(host: AgentHost, release: Release, actions: List[str]) -> bool:
-    """Bring the release's container back from its record; True when it serves healthy.
-    A failure is recorded (repair_failed, or waiting when only its registry is away)."""
+def _recreate(host: AgentHost, release: Release, actions: List[str],
+              fallback: Optional[Obstacle] = None) -> bool:  # fmt: skip
+    """Bring the release's container back from its record (on `fallback`'s variant, when
+    its own no longer fits); True when it serves healthy. A failure is recorded
+    (repair_failed, or waiting when only its registry is away)."""
     app = release.app
+    own = release.variant
     try:
-        verdict = recreate(host, release)
+        verdict = recreate(host, release, fallback.fallback if fallback else None)
     except RepairFailed as exc:
         kind = EventKind.WAITING if exc.waiting else EventKind.REPAIR_FAILED
-        host.event(kind, f"{release.tag} could not be brought back: {exc.reason}", app, release.id)
+        host.event(kind, f"{release.tag} could not be brought back: {exc.reason}", app, release.id,
+                   exc.cause)  # fmt: skip
         actions.append(f"{app}: {release.tag} could not be brought back: {exc.reason}")
         return False
     host.store.record_health(
@@ -370,6 +414,13 @@ def _recreate(host: AgentHost, release: Release, actions: List[str]) -> bool:
                    app, release.id)  # fmt: skip
         actions.append(f"{app}: recreated {release.tag}, not healthy")
         return False
+    if fallback is not None:
+        host.event(EventKind.REPAIRED, f"{release.tag} serves on variant {release.variant} instead of {own}:"
+                   f" {fallback.detail}", app, release.id, fallback.cause)  # fmt: skip
+        actions.append(
+            f"{app}: recreated {release.tag} on variant {release.variant} instead of {own}"
+        )
+        return True
     host.event(EventKind.REPAIRED, f"the container of {release.tag} was gone; recreated from its record, healthy again",
                app, release.id)  # fmt: skip
     actions.append(f"{app}: recreated {release.tag}")
@@ -440,6 +491,14 @@ def _carry_out(host: AgentHost, current: Release, obs: Observation, action: Tick
         return
     if kind is TickActionKind.RECREATE:
         _recreate(host, current, actions)
+        return
+    if kind is TickActionKind.FALL_BACK:
+        _recreate(host, current, actions, obs.obstacle)
+        return
+    if kind is TickActionKind.BLOCKED:
+        assert obs.obstacle is not None  # decide blocks only on an obstacle
+        host.event(EventKind.BLOCKED, action.reason, app, current.id, obs.obstacle.cause)
+        actions.append(f"{app}: {action.reason}")
         return
     if kind is TickActionKind.NEEDS_OPERATOR:
         _hand_to_operator(host, current, action.reason, actions)
@@ -543,15 +602,38 @@ def host_status(host: AgentHost, actions: Optional[List[str]] = None) -> HostSta
             )
         )
     return HostStatus(
-        time=time.time(), last_tick=_last_tick(host.agent_dir), apps=apps, actions=actions or []
+        time=time.time(),
+        last_tick=_last_tick(host.agent_dir),
+        apps=apps,
+        actions=actions or [],
+        problems=place_problems(host.agent_dir),
     )
+
+
+# Below this much free space in the agent's directory its record may not be written.
+AGENT_DIR_MIN_FREE_BYTES = 1 << 20
+
+
+def place_problems(agent_dir: str) -> List[str]:
+    """What keeps the agent from keeping its record: a full filesystem under its directory
+    (SQLite cannot commit; the reports cannot be replaced)."""
+    try:
+        fs = os.statvfs(agent_dir)
+    except OSError as exc:
+        return [f"the agent's directory {agent_dir} cannot be read: {exc.strerror}"]
+    free = fs.f_bavail * fs.f_frsize
+    if free < AGENT_DIR_MIN_FREE_BYTES:
+        return [f"the filesystem of the agent's directory {agent_dir} is full ({free // 1024} KiB free):"
+                " its record cannot be written; free space there"]  # fmt: skip
+    return []
 
 
 def _last_event(host: AgentHost, app: str) -> Optional[Event]:
     """What the agent last did about the app (its newest recorded event)."""
     for row in host.store.events(app, limit=1):
+        cause = Cause.read((row.get("data") or {}).get("cause"))
         try:
-            return Event(EventKind(row["kind"]), row["message"], app, row["at"])
+            return Event(EventKind(row["kind"]), row["message"], app, row["at"], cause=cause)
         except ValueError:  # a kind this agent no longer records
             return None
     return None
@@ -583,6 +665,11 @@ def write_reports(agent_dir: str, status: HostStatus) -> None:
     lines += ["# HELP mlfleet_release_healthy 1 when the serving release passed its last check.",
               "# TYPE mlfleet_release_healthy gauge"]  # fmt: skip
     lines += [f'mlfleet_release_healthy{{app="{a.app}"}} {int(a.healthy)}' for a in status.apps]
+    lines += ["# HELP mlfleet_app_problem 1 while what the agent last did about the app names a cause"
+              " an operator can act on (gpu_lost, port_taken, mount_missing, ...).",
+              "# TYPE mlfleet_app_problem gauge"]  # fmt: skip
+    lines += [f'mlfleet_app_problem{{app="{a.app}",cause="{a.last_event.cause.value}"}} 1'
+              for a in status.apps if a.last_event and a.last_event.cause]  # fmt: skip
     lines += ["# HELP mlfleet_agent_last_tick_timestamp_seconds When the agent last ran its tick.",
               "# TYPE mlfleet_agent_last_tick_timestamp_seconds gauge",
               f"mlfleet_agent_last_tick_timestamp_seconds {status.time:.3f}"]  # fmt: skip

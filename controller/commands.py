@@ -120,7 +120,8 @@ def fleet_status(session: FleetSession, app: Optional[str]) -> List[StatusRow]:
             status = hostops.status(session.transport(host))
             entry = status.app(app)
             if entry is None or entry.current is None:
-                row = StatusRow(host.name, Health.NOTHING.value, last_tick=status.last_tick)
+                row = StatusRow(host.name, Health.NOTHING.value, last_tick=status.last_tick,
+                                problems=status.problems)  # fmt: skip
             else:
                 cur = entry.current
                 row = StatusRow(
@@ -132,6 +133,7 @@ def fleet_status(session: FleetSession, app: Optional[str]) -> List[StatusRow]:
                     since=cur.activated_at,
                     previous=entry.previous,
                     last_tick=status.last_tick,
+                    problems=status.problems,
                 )
             last = entry.last_event if entry else None
             if last is None:
@@ -141,6 +143,7 @@ def fleet_status(session: FleetSession, app: Optional[str]) -> List[StatusRow]:
                 last_action=last.kind.value,
                 last_action_message=last.message,
                 last_action_at=last.time,
+                last_action_cause=last.cause.value if last.cause else None,
             )
 
         return _on_host(host, work, lambda o, r: StatusRow(host.name, o.value, reason=r))

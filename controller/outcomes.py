@@ -222,6 +222,9 @@ class StatusRow:
     last_action: Optional[str] = None  # what the agent last did (an event kind: repaired, ...)
     last_action_message: Optional[str] = None
     last_action_at: Optional[float] = None
+    # What stands in the way, an operator's to fix (a protocol Cause: gpu_lost, ...).
+    last_action_cause: Optional[str] = None
+    problems: List[str] = field(default_factory=list)  # of the agent's own place (a full disk)
 
     @property
     def reached(self) -> bool:
@@ -241,4 +244,6 @@ class StatusRow:
             "last_action": self.last_action,
             "last_action_message": self.last_action_message,
             "last_action_at": self.last_action_at,
+            "last_action_cause": self.last_action_cause,
+            "problems": list(self.problems),
         }

@@ -16,7 +16,7 @@ from mlfleet.agent.apply import apply
 from mlfleet.agent.desired import DesiredState
 from mlfleet.agent.engine_api import EngineAPI, EngineError
 from mlfleet.agent.facts import SCHEMA as FACTS_SCHEMA
-from mlfleet.agent.facts import DockerFacts, HostFacts, OsFacts
+from mlfleet.agent.facts import DockerFacts, Gpu, HostFacts, NvidiaFacts, OsFacts
 from mlfleet.agent.host import AgentHost
 from mlfleet.agent.protocol import ApplyResult, ApplyStatus, Event
 from mlfleet.agent.state import Release, StateStore
@@ -127,6 +127,26 @@ class FakeEngine(EngineAPI):
     def image_remove(self, image: str) -> None:
         self.removed_images.append(image)
 
+    def squat(self, host_port: int, name: str = "someones-test") -> str:
+        """Someone runs a container of their own that publishes `host_port`."""
+        cid = f"c{next(self._ids):04d}"
+        bindings = {"8080/tcp": [{"HostIp": "", "HostPort": str(host_port)}]}
+        config = {"Image": "busybox", "Labels": {}, "HostConfig": {"PortBindings": bindings}}
+        self.containers[cid] = FakeContainer(cid, name, "busybox", config, running=True)
+        return cid
+
+    def list_containers(self, filters: Dict[str, List[str]]) -> List[Dict[str, Any]]:
+        wanted = {p.split("/")[0] for p in filters.get("publish", [])}
+        found = []
+        for c in self.containers.values():
+            bindings = c.config.get("HostConfig", {}).get("PortBindings") or {}
+            ports = {b.get("HostPort") for bs in bindings.values() for b in bs or []}
+            if c.running and (not wanted or wanted & ports):
+                found.append(
+                    {"Id": c.id, "Names": [f"/{c.name}"], "Labels": c.config.get("Labels") or {}}
+                )
+        return found
+
     def container_create(self, name: str, config: Dict[str, Any]) -> str:
         if any(c.name == name for c in self.containers.values()):
             raise EngineError(409, f'Conflict. The container name "/{name}" is already in use')
@@ -219,9 +239,12 @@ class FakeEngine(EngineAPI):
 
 
 class FakeHost(AgentHost):
-    """A host whose facts are fixed (a CPU host with a reachable engine)."""
+    """A host whose facts are fixed: a CPU host with a reachable engine, or, with
+    `nvidia_gpu` set, one with an A100, its driver and the container toolkit (a test unsets
+    it to lose the GPU)."""
 
     engine: FakeEngine  # what make_host gives it: tests reach the fake's own methods
+    nvidia_gpu: bool = False
 
     @property
     def agent_path(self) -> Path:
@@ -237,8 +260,11 @@ class FakeHost(AgentHost):
             memory_mib=8192,
             python="3.8.10",
             root=self.root,
-            docker=DockerFacts(reachable=True, host=self.docker_host, free_disk_mib=10_000),
-        )
+            docker=DockerFacts(reachable=True, host=self.docker_host, free_disk_mib=10_000,
+                               gpu_support=["nvidia"] if self.nvidia_gpu else []),
+            gpus=[Gpu("nvidia", "NVIDIA A100-SXM4-80GB", 81920, "8.0")] if self.nvidia_gpu else [],
+            nvidia=NvidiaFacts("550.54.15", "12.4", "nvml") if self.nvidia_gpu else None,
+        )  # fmt: skip
 
 
 def make_host(tmp_path: Path) -> FakeHost:

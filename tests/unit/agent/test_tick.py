@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mlfleet.agent.protocol import EventKind, ReleaseStatus
+from mlfleet.agent.protocol import Cause, EventKind, ReleaseStatus
 from mlfleet.agent.tick import (
     MAX_REPAIR_ATTEMPTS,
     REPAIR_BACKOFF_MAX_S,
@@ -565,3 +565,86 @@ def test_the_one_bound_on_repairs(
     attempts: int, due: bool, given_up: bool, gate: RepairGate
 ) -> None:
     assert repair_gate(attempts, due, given_up) is gate
+
+
+# --- what an operator must fix: reported with its cause, never fought -------------------
+
+CUDA12 = {"name": "cuda12", "image": f"{IMAGE}:v1-cuda12", "gpu": "nvidia", "cuda": "12.2"}
+CPU = {"name": "cpu", "image": f"{IMAGE}:v1"}
+
+
+def _last(host: FakeHost) -> Any:
+    last = tick(host).apps[0].last_event
+    assert last is not None
+    return last
+
+
+def test_a_host_that_lost_its_gpu_serves_on_the_cpu_variant_its_playbook_allows(
+    host: FakeHost,
+) -> None:
+    host.nvidia_gpu = True
+    deploy(host, make_desired("v1", variants=[CUDA12, CPU]))
+    assert serving(host).variant == "cuda12"
+    host.nvidia_gpu = False  # the driver did not come back after a kernel update
+    host.engine.stop(serving_container(host))  # and the engine could not start it at boot
+    status = tick(host)
+    assert status.actions == ["sentiment: recreated v1 on variant cpu instead of cuda12"]
+    assert serving(host).variant == "cpu" and host.engine.running_tags() == ["v1"]
+    config = host.engine.containers[serving_container(host)].config
+    assert config["Image"] == f"{IMAGE}:v1" and not config["HostConfig"].get("DeviceRequests")
+    last = status.apps[0].last_event
+    assert last is not None and last.kind is EventKind.REPAIRED and last.cause is Cause.GPU_LOST
+    assert "no longer fits" in last.message
+    prom = (host.agent_path / "metrics" / "mlfleet.prom").read_text()
+    assert 'mlfleet_app_problem{app="sentiment",cause="gpu_lost"} 1' in prom
+
+
+def test_a_cuda_release_is_never_started_on_a_host_without_its_gpu(host: FakeHost) -> None:
+    host.nvidia_gpu = True
+    deploy(host, make_desired("v1", variants=[CUDA12]))
+    host.nvidia_gpu = False
+    host.engine.stop(serving_container(host))
+    status = tick(host)
+    assert host.engine.running_tags() == []  # not started without its GPU
+    last = status.apps[0].last_event
+    assert last is not None and (last.kind, last.cause) == (EventKind.BLOCKED, Cause.GPU_LOST)
+    assert len(status.actions) == 1 and "waiting for an operator" in status.actions[0]
+    events = len(_events(host))
+    assert tick(host).actions == [] and len(_events(host)) == events  # told once, not each tick
+    host.nvidia_gpu = True  # the driver is back
+    assert tick(host).actions == ["sentiment: restarted v1"]
+    assert host.engine.running_tags() == ["v1"] and serving(host).variant == "cuda12"
+
+
+def test_a_container_of_someone_elses_on_the_port_is_reported_and_left_alone(
+    host: FakeHost,
+) -> None:
+    _two_releases(host)
+    host.engine.container_remove(serving_container(host))
+    theirs = host.engine.squat(18080, "debug-server")
+    last = _last(host)
+    assert (last.kind, last.cause) == (EventKind.BLOCKED, Cause.PORT_TAKEN)
+    assert "host port 18080 is held by container debug-server" in last.message
+    assert host.engine.containers[theirs].running  # theirs, left alone
+    assert host.engine.running_tags() == [""]  # and nothing of ours started beside it
+    host.engine.container_remove(theirs)  # the operator is done with it
+    assert tick(host).actions == ["sentiment: recreated v2"]  # at once, no backoff to wait
+    assert host.engine.running_tags() == ["v2"]
+
+
+def test_a_vanished_mount_source_is_reported_and_the_release_comes_back_with_it(
+    host: FakeHost, tmp_path: Path
+) -> None:
+    data = tmp_path / "weights"
+    data.mkdir()
+    deploy(host, make_desired("v1", container={
+        "ports": [{"container": 8080, "host": 18080}],
+        "mounts": [{"source": str(data), "target": "/data"}],
+    }))  # fmt: skip
+    host.engine.container_remove(serving_container(host))
+    data.rmdir()
+    last = _last(host)
+    assert (last.kind, last.cause) == (EventKind.BLOCKED, Cause.MOUNT_MISSING)
+    assert str(data) in last.message and host.engine.running_tags() == []
+    data.mkdir()
+    assert tick(host).actions == ["sentiment: recreated v1"]
