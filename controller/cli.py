@@ -630,27 +630,51 @@ def lab_link(layout: Any, host: str, state: str) -> None:
     _progress(f"{host}: link {state}")
 
 
+@lab.command("gpu")
+@click.argument("host")
+@click.argument("state", type=click.Choice(["lost", "back"]))
+@click.pass_obj
+def lab_gpu(layout: Any, host: str, state: str) -> None:
+    """Unload (lost) or load again (back) HOST's GPU driver, as a kernel update without the
+    module rebuilt would (fault injection; nvidia-smi, rocm-smi and the toolkit stay)."""
+    from mlfleet.controller.lab import fleet
+
+    fleet.gpu(layout, host, state == "back")
+    _progress(f"{host}: GPU driver {'loaded' if state == 'back' else 'not loaded'}")
+
+
+@lab.command("reboot")
+@click.argument("host")
+@click.pass_obj
+def lab_reboot(layout: Any, host: str) -> None:
+    """Reboot HOST: engine stopped, every process killed, what runs at boot started again."""
+    from mlfleet.controller.lab import fleet
+
+    fleet.check_system()
+    seconds = fleet.reboot(layout, host)
+    _progress(f"{host}: rebooted in {seconds:.1f}s")
+
+
 def _print_status(status: Dict[str, Any], as_json: bool) -> None:
     if as_json:
         out.print_json(json.dumps(status)) if out.is_terminal else print(
             json.dumps(status, indent=2)
         )
         return
-    from mlfleet.controller.lab.profiles import GpuSpec, HostProfile, JetsonSpec
+    from mlfleet.controller.lab.profiles import HostProfile
 
     table = Table(title=f"lab {status['name']} — registry {status['registry']['address']}")
-    for column in ("host", "address", "hardware", "engine", "sshd", "cron"):
+    for column in ("host", "address", "hardware", "gpu driver", "engine", "sshd", "cron"):
         table.add_column(column)
     for host in status["hosts"]:
-        p = dict(host["profile"])
-        p["gpus"] = tuple(GpuSpec(**g) for g in p.get("gpus") or ())
-        p["jetson"] = JetsonSpec(**p["jetson"]) if p.get("jetson") else None
         running = host["running"]
         mark = {True: "[green]up[/green]", False: "[red]down[/red]"}
+        gpu = {"ok": "[green]loaded[/green]", "lost": "[red]not loaded[/red]"}
         table.add_row(
             host["name"],
             host["address"],
-            HostProfile(**p).describe(),
+            Text(HostProfile.from_dict(host["profile"]).describe()),
+            gpu.get(host.get("gpu") or "", "—"),
             mark[running["dockerd"]] if "dockerd" in running else "—",
             mark[running["sshd"]],
             mark[running["crond"]] if "crond" in running else "—",

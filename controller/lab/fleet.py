@@ -23,7 +23,13 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from mlfleet.controller.errors import LabError
 from mlfleet.controller.lab import images, network
-from mlfleet.controller.lab.hardware import render_root, write_root
+from mlfleet.controller.lab.hardware import (
+    driver_vendors,
+    remove_root,
+    render_root,
+    unloaded_entries,
+    write_root,
+)
 from mlfleet.controller.lab.layout import LabLayout
 from mlfleet.controller.lab.model_data import write_model
 from mlfleet.controller.lab.processes import (
@@ -34,6 +40,7 @@ from mlfleet.controller.lab.processes import (
     run,
     start_daemon,
     stop_pid,
+    terminate_all,
     wait_until,
 )
 from mlfleet.controller.lab.profiles import HostProfile, LabSpec
@@ -57,6 +64,7 @@ REQUIRED_PROGRAMS = {
     "docker-registry": "docker-registry",
     "iptables": "iptables",
     "tc": "iproute2",
+    "ss": "iproute2",
     "mkfs.ext4": "e2fsprogs",
     "tar": "tar",
 }
@@ -252,27 +260,17 @@ def _create_host(
         network.rate_limit(netns, veth, profile.link_kbit)
     if not profile.registry:
         network.block_tcp(netns, spec.controller_address, REGISTRY_PORT)
+    # The file pins the host's UTS namespace (its hostname): it outlives a `lab reboot`.
     uts = hrun / "uts"
     uts.touch()
     run(["unshare", f"--uts={uts}", "hostname", name])
 
-    pids: Dict[str, int] = {}
     if profile.engine:
         if profile.docker_disk_mib:
             network.make_loop_disk(
                 hdir / "docker.img", layout.docker_root(name), profile.docker_disk_mib
             )
-        pids["dockerd"] = _start_dockerd(layout, spec, profile, netns)
-    pids["sshd"] = _start_sshd(layout, profile, address, netns, uts)
-    if profile.cron:
-        pids["crond"] = start_daemon(
-            ["busybox", "crond", "-f", "-c", str(layout.cron_dir(name)), "-L", str(hdir / "cron.log")],
-            hdir / "crond.out", netns=netns, uts=uts,
-        )  # fmt: skip
-    wait_until(lambda: _port_open(address, 22), 15, f"sshd on {name}")
-    if profile.engine:
-        sock = layout.docker_socket(name)
-        wait_until(lambda: _engine_answers(sock), 60, f"docker engine on {name}")
+        _write_daemon_json(layout, spec, profile)
     return {
         "name": name,
         "address": address,
@@ -280,8 +278,34 @@ def _create_host(
         "veth": veth,
         "host_key": host_key,
         "profile": asdict(profile),
-        "pids": pids,
+        "pids": _boot(layout, profile, address, netns),
     }
+
+
+def _boot(layout: LabLayout, profile: HostProfile, address: str, netns: str) -> Dict[str, int]:
+    """Start what the host runs at boot (engine, sshd, crond) and wait for sshd and the
+    engine to answer; returns their pids. Also what `lab reboot` starts again."""
+    name = profile.name
+    uts = layout.host_run(name) / "uts"
+    pids: Dict[str, int] = {}
+    if profile.engine:
+        pids["dockerd"] = _spawn_dockerd(layout, name, netns)
+    pids["sshd"] = _start_sshd(layout, profile, address, netns, uts)
+    if profile.cron:
+        pids["crond"] = _start_crond(layout, name, netns, uts)
+    wait_until(lambda: _sshd_listens(layout, name, address, netns), 15, f"sshd on {name}")
+    if profile.engine:
+        sock = layout.docker_socket(name)
+        wait_until(lambda: _engine_answers(sock), 60, f"docker engine on {name}")
+    return pids
+
+
+def _sshd_listens(layout: LabLayout, name: str, address: str, netns: str) -> bool:
+    """sshd answers on port 22: seen from the controller, or, while the host's link is cut
+    (`lab link HOST down`), from inside the host."""
+    if network.link_is_up(layout.veth(name)):
+        return _port_open(address, 22)
+    return network.listening(netns, address, 22)
 
 
 def _engine_env(layout: LabLayout, name: str) -> Dict[str, str]:
@@ -291,7 +315,7 @@ def _engine_env(layout: LabLayout, name: str) -> Dict[str, str]:
     return {"PATH": path, "HOME": "/root"}
 
 
-def _start_dockerd(layout: LabLayout, spec: LabSpec, profile: HostProfile, netns: str) -> int:
+def _write_daemon_json(layout: LabLayout, spec: LabSpec, profile: HostProfile) -> None:
     name = profile.name
     hdir, hrun = layout.host_dir(name), layout.host_run(name)
     config: Dict[str, Any] = {
@@ -313,7 +337,6 @@ def _start_dockerd(layout: LabLayout, spec: LabSpec, profile: HostProfile, netns
             "nvidia": {"path": str(layout.root(name) / "usr/bin/nvidia-container-runtime")}
         }
     (hdir / "daemon.json").write_text(json.dumps(config, indent=2))
-    return _spawn_dockerd(layout, name, netns)
 
 
 def _spawn_dockerd(layout: LabLayout, name: str, netns: str) -> int:
@@ -366,6 +389,14 @@ def _start_sshd(
     return start_daemon(
         ["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], hdir / "sshd.log", netns=netns, uts=uts
     )
+
+
+def _start_crond(layout: LabLayout, name: str, netns: str, uts: Path) -> int:
+    hdir = layout.host_dir(name)
+    return start_daemon(
+        ["busybox", "crond", "-f", "-c", str(layout.cron_dir(name)), "-L", str(hdir / "cron.log")],
+        hdir / "crond.out", netns=netns, uts=uts,
+    )  # fmt: skip
 
 
 def _port_open(address: str, port: int) -> bool:
@@ -487,6 +518,71 @@ def link(layout: LabLayout, name: str, up_: bool) -> None:
     network.set_link(host["veth"], up_)
 
 
+def gpu(layout: LabLayout, name: str, loaded: bool) -> None:
+    """Unload (lost) or load again (back) a host's GPU drivers: what a kernel update without
+    the module rebuilt does to a host, and its repair. The user space stays installed."""
+    with _exclusive(layout):
+        _gpu(layout, name, loaded)
+
+
+def _gpu(layout: LabLayout, name: str, loaded: bool) -> None:
+    state = require_state(layout)
+    host = find_host(state, name)
+    profile = HostProfile.from_dict(host["profile"])
+    if not driver_vendors(profile):
+        why = (
+            "is a Jetson: its GPU driver is part of its L4T kernel, `lab gpu` leaves it be"
+            if profile.jetson
+            else "has no NVIDIA driver and no AMD GPU: no driver to take away"
+        )
+        raise LabError(
+            f"lab host {name!r} {why}",
+            hint=f"hosts `lab gpu` applies to: {', '.join(_gpu_hosts(state)) or 'none'}",
+        )
+    root = layout.root(name)
+    if not loaded:
+        remove_root(root, unloaded_entries(profile))
+    write_root(root, render_root(profile, driver_loaded=loaded))
+    host["gpu_lost"] = not loaded
+    _write_state(layout, state)
+
+
+def _gpu_hosts(state: Dict[str, Any]) -> List[str]:
+    return [h["name"] for h in state["hosts"] if _gpu_state(h) is not None]
+
+
+def _gpu_state(host: Dict[str, Any]) -> Optional[str]:
+    """The host's GPU driver as `lab gpu` left it ("ok" or "lost"); None where it has none."""
+    if not driver_vendors(HostProfile.from_dict(host["profile"])):
+        return None
+    return "lost" if host.get("gpu_lost") else "ok"
+
+
+def reboot(layout: LabLayout, name: str) -> float:
+    """Reboot a host: its engine stopped as systemd stops it (the containers with it), every
+    process left in the host killed, then what it runs at boot started again; the engine
+    brings its containers back by their restart policies. Returns the seconds it took."""
+    with _exclusive(layout):
+        return _reboot(layout, name)
+
+
+def _reboot(layout: LabLayout, name: str) -> float:
+    started = time.monotonic()
+    state = require_state(layout)
+    host = find_host(state, name)
+    profile = HostProfile.from_dict(host["profile"])
+    stop_pid(host["pids"].get("dockerd"), expect="dockerd")
+    # Then the rest, as the end of a shutdown: sshd and its sessions, crond and whatever it
+    # started (a long-running agent daemon). Twice: what started while the first ones went.
+    for _ in range(2):
+        terminate_all(network.netns_pids(host["netns"]))
+    host["pids"] = {}
+    _write_state(layout, state)  # no pids of processes that are gone, should the boot fail
+    host["pids"] = _boot(layout, profile, host["address"], host["netns"])
+    _write_state(layout, state)
+    return time.monotonic() - started
+
+
 def status(layout: LabLayout) -> Dict[str, Any]:
     """What runs, as `lab status --json` prints it."""
     state = require_state(layout)
@@ -513,6 +609,7 @@ def status(layout: LabLayout) -> Dict[str, Any]:
                 "profile": host["profile"],
                 "running": host_health(layout, host),
                 "link": link_up,
+                "gpu": _gpu_state(host),
             }
         )
     return {

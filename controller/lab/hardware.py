@@ -3,6 +3,11 @@
 `render_root` is pure: it lists the entries (files, stand-in programs, device nodes) under
 the host's root prefix; `write_root` puts them on disk. The agent's detectors read the
 same paths under that prefix as they read under `/` on a real host.
+
+A host whose GPU driver is not loaded (the classic: a kernel update without the module
+rebuilt) is `render_root(profile, driver_loaded=False)`: the kernel's part (module files,
+device nodes, DRM and KFD entries) is gone, the user space (nvidia-smi, the toolkit's hook,
+rocm-smi, /opt/rocm) stays installed.
 """
 
 from __future__ import annotations
@@ -13,12 +18,12 @@ import platform
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Union
+from typing import Any, Dict, List, Sequence, Union
 
 from mlfleet.agent.cuda import max_cuda_for_driver
 from mlfleet.agent.jetson import JETSON_SOCS
 from mlfleet.agent.rocm import gfx_target_version
-from mlfleet.controller.lab.profiles import HostProfile
+from mlfleet.controller.lab.profiles import GpuSpec, HostProfile
 from mlfleet.controller.lab.standins import nvidia_hook, nvidia_smi, rocm_smi
 
 # PCI ids of the simulated boards (vendor, device), as `/sys/class/drm/card*/device/*` show.
@@ -26,6 +31,9 @@ VENDOR_IDS = {"nvidia": "0x10de", "amd": "0x1002", "intel": "0x8086"}
 _DEVICE_IDS = {"nvidia": "0x20b2", "amd": "0x740f", "intel": "0x56a0"}
 # Character-device numbers real drivers use; the lab's stand-ins get these numbers too.
 _NVIDIA_MAJOR, _DRI_MAJOR = 195, 226
+# The NVIDIA kernel module's own file: there while the module is loaded, and what the lab's
+# toolkit hook looks for before it gives a container a GPU.
+DRIVER_FILE = "proc/driver/nvidia/version"
 
 
 @dataclass(frozen=True)
@@ -47,25 +55,34 @@ class RootDevice:
 Entry = Union[RootFile, RootDevice]
 
 
-def render_root(profile: HostProfile) -> List[Entry]:
-    """Every file and device the host's root prefix holds for its profile."""
+def driver_vendors(profile: HostProfile) -> List[str]:
+    """The vendors whose GPU driver the host loads as a kernel module (what `driver_loaded`
+    takes away). A Jetson's GPU driver is part of its L4T kernel: not among them."""
+    vendors = ["nvidia"] if profile.nvidia_driver else []
+    if any(g.vendor == "amd" for g in profile.gpus):
+        vendors.append("amd")
+    return vendors
+
+
+def render_root(profile: HostProfile, driver_loaded: bool = True) -> List[Entry]:
+    """Every file and device the host's root prefix holds for its profile; without
+    `driver_loaded`, what is left of it when the GPU drivers' kernel modules are not loaded."""
     entries: List[Entry] = []
     if profile.nvidia_driver:
-        entries += _nvidia(profile)
+        entries += _nvidia(profile, driver_loaded)
     if profile.jetson:
         entries += _jetson(profile)
     if any(g.vendor == "amd" for g in profile.gpus):
-        entries += _amd(profile)
-    entries += _drm(profile)
+        entries += _amd(profile, driver_loaded)
+    entries += _drm(profile, () if driver_loaded else driver_vendors(profile))
     if profile.container_toolkit:
         # On a real host the toolkit installs the hook in /usr/bin, where the engine finds it.
-        driver = profile.nvidia_driver or "0"
+        hook: Dict[str, Any] = {"driver": profile.nvidia_driver or "0"}
+        if profile.nvidia_driver:
+            # What the hook checks before it gives a container a GPU (not on a Jetson).
+            hook["driver_file"] = DRIVER_FILE
         entries.append(
-            RootFile(
-                "usr/bin/nvidia-container-runtime-hook",
-                nvidia_hook.install_text({"driver": driver}),
-                0o755,
-            )
+            RootFile("usr/bin/nvidia-container-runtime-hook", nvidia_hook.install_text(hook), 0o755)
         )
         if profile.jetson:
             # Jetson engines run GPU containers with runtime="nvidia" (registered by the lab).
@@ -84,14 +101,14 @@ def _gpu_uuid(host: str, index: int) -> str:
     return f"GPU-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
 
 
-def _nvidia(profile: HostProfile) -> List[Entry]:
+def _nvidia(profile: HostProfile, loaded: bool) -> List[Entry]:
     driver = profile.nvidia_driver or ""
     nvidia_gpus = [g for g in profile.gpus if g.vendor == "nvidia"]
     cuda = max_cuda_for_driver(driver)
     smi_profile = {
         "driver": driver,
         "cuda": f"{cuda[0]}.{cuda[1]}" if cuda else "N/A",
-        "mode": profile.nvidia_smi,
+        "mode": profile.nvidia_smi if loaded else "no_driver",
         "gpus": [
             {
                 "name": g.model,
@@ -113,9 +130,13 @@ def _nvidia(profile: HostProfile) -> List[Entry]:
         nvrm = f"NVRM version: NVIDIA UNIX {arch} Kernel Module  {driver}  Thu Dec 19 18:56:32 UTC 2023\n"
     nvrm += "GCC version:  gcc version 12.2.0 (Debian 12.2.0-14)\n"
     entries: List[Entry] = [
+        RootFile("usr/bin/nvidia-smi", nvidia_smi.install_text(smi_profile), 0o755)
+    ]
+    if not loaded:
+        return entries
+    entries += [
         RootFile("sys/module/nvidia/version", driver + "\n"),
-        RootFile("proc/driver/nvidia/version", nvrm),
-        RootFile("usr/bin/nvidia-smi", nvidia_smi.install_text(smi_profile), 0o755),
+        RootFile(DRIVER_FILE, nvrm),
         RootDevice("dev/nvidiactl", f"{_NVIDIA_MAJOR}:255"),
         RootDevice("dev/nvidia-uvm", "508:0"),
     ]
@@ -162,8 +183,25 @@ def _jetson(profile: HostProfile) -> List[Entry]:
     return entries
 
 
-def _amd(profile: HostProfile) -> List[Entry]:
+def _amd(profile: HostProfile, loaded: bool) -> List[Entry]:
     amd_gpus = [g for g in profile.gpus if g.vendor == "amd"]
+    entries: List[Entry] = _kfd(amd_gpus) if loaded else []
+    if profile.rocm:
+        entries.append(RootFile("opt/rocm/.info/version", f"{profile.rocm}-119\n"))
+        smi = {
+            "rocm": profile.rocm,
+            "gpus": [
+                {"name": g.model, "gfx": g.gfx, "memory_mib": g.memory_mib,
+                 "device_id": _DEVICE_IDS["amd"]}
+                for g in amd_gpus
+            ],
+        }  # fmt: skip
+        entries.append(RootFile("usr/bin/rocm-smi", rocm_smi.install_text(smi), 0o755))
+    return entries
+
+
+def _kfd(amd_gpus: Sequence[GpuSpec]) -> List[Entry]:
+    """The amdgpu driver's compute interface: /dev/kfd and the KFD topology."""
     entries: List[Entry] = [RootDevice("dev/kfd", "511:0")]
     topo = "sys/class/kfd/kfd/topology/nodes"
     # Node 0 is the CPU: KFD lists it with gfx_target_version 0.
@@ -196,17 +234,6 @@ def _amd(profile: HostProfile) -> List[Entry]:
                 "width 4096\nmem_clk_max 1600\n",
             ),
         ]
-    if profile.rocm:
-        entries.append(RootFile("opt/rocm/.info/version", f"{profile.rocm}-119\n"))
-        smi = {
-            "rocm": profile.rocm,
-            "gpus": [
-                {"name": g.model, "gfx": g.gfx, "memory_mib": g.memory_mib,
-                 "device_id": _DEVICE_IDS["amd"]}
-                for g in amd_gpus
-            ],
-        }  # fmt: skip
-        entries.append(RootFile("usr/bin/rocm-smi", rocm_smi.install_text(smi), 0o755))
     return entries
 
 
@@ -220,9 +247,12 @@ def _kfd_properties(
     )
 
 
-def _drm(profile: HostProfile) -> List[Entry]:
+def _drm(profile: HostProfile, unloaded: Sequence[str]) -> List[Entry]:
+    """DRM cards and nodes of the GPUs whose driver is loaded (a card keeps its number)."""
     entries: List[Entry] = []
     for i, gpu in enumerate(profile.gpus):
+        if gpu.vendor in unloaded:
+            continue
         card = f"sys/class/drm/card{i}/device"
         entries += [
             RootFile(f"{card}/vendor", VENDOR_IDS[gpu.vendor] + "\n"),
@@ -240,18 +270,43 @@ def _drm(profile: HostProfile) -> List[Entry]:
 
 
 def write_root(root: Path, entries: List[Entry]) -> None:
-    """Create the entries under `root`. Device stand-ins are char devices (1,3) when the
-    kernel lets us make them, else empty files: detection only needs them to exist."""
+    """Create the entries under `root` (files are rewritten, devices already there kept).
+    Device stand-ins are char devices (1,3) when the kernel lets us make them, else empty
+    files: detection only needs them to exist."""
     root.mkdir(parents=True, exist_ok=True)
     for entry in entries:
         path = root / entry.path
         path.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(entry, RootFile):
             data = entry.content.encode() if isinstance(entry.content, str) else entry.content
-            path.write_bytes(data)
-            path.chmod(entry.mode)
-        else:
+            # Whole or not at all: a live host's agent may run this program right now.
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_bytes(data)
+            tmp.chmod(entry.mode)
+            tmp.replace(path)
+        elif not os.path.lexists(path):
             try:
                 os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
             except PermissionError:
                 path.touch()
+
+
+def unloaded_entries(profile: HostProfile) -> List[Entry]:
+    """What the host's root holds only while its GPU drivers are loaded."""
+    left = {e.path for e in render_root(profile, driver_loaded=False)}
+    return [e for e in render_root(profile) if e.path not in left]
+
+
+def remove_root(root: Path, entries: List[Entry]) -> None:
+    """Remove the entries from `root`, and the directories that leaves empty (an unloaded
+    module leaves no /sys/module/nvidia, no KFD topology node behind)."""
+    for entry in entries:
+        path = root / entry.path
+        path.unlink(missing_ok=True)
+        for parent in path.parents:
+            if parent == root or root not in parent.parents:
+                break
+            try:
+                parent.rmdir()
+            except OSError:
+                break  # not empty: it holds something else

@@ -67,6 +67,25 @@ def set_link(veth: str, up: bool) -> None:
     run(["ip", "link", "set", veth, "up" if up else "down"])
 
 
+def link_is_up(veth: str) -> bool:
+    """Whether the controller's end of a host's link is up (`set_link` takes it down)."""
+    try:
+        flags = int(Path(f"/sys/class/net/{veth}/flags").read_text(), 16)
+    except (OSError, ValueError):
+        return False
+    return bool(flags & 0x1)  # IFF_UP
+
+
+def listening(netns: str, address: str, port: int) -> bool:
+    """Whether a TCP socket in the namespace listens on `address:port`."""
+    return bool(run(["ss", "-Hltn", "src", f"{address}:{port}"], check=False, netns=netns).strip())
+
+
+def netns_pids(netns: str) -> List[int]:
+    """Every process in the namespace: its daemons, their sessions, what cron started."""
+    return [int(p) for p in run(["ip", "netns", "pids", netns], check=False).split() if p.isdigit()]
+
+
 def make_loop_disk(image: Path, mountpoint: Path, size_mib: int) -> None:
     image.parent.mkdir(parents=True, exist_ok=True)
     mountpoint.mkdir(parents=True, exist_ok=True)

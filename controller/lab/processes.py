@@ -142,6 +142,25 @@ def kill_all(pids: Iterable[int]) -> None:
             time.sleep(0.05)
 
 
+def terminate_all(pids: Iterable[int], grace: float = 5.0) -> None:
+    """What a shutdown does to the processes left: SIGTERM, up to `grace` seconds for them
+    to exit, then SIGKILL."""
+    targets = [p for p in pids if p != os.getpid()]
+    for pid in targets:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        for pid in targets:
+            _reap(pid)
+        if not any(alive(pid) for pid in targets):
+            return
+        time.sleep(0.1)
+    kill_all([pid for pid in targets if alive(pid)])
+
+
 def kill_cgroups(prefix: str) -> None:
     """Kill every process in cgroups named `prefix*` (containers of a lab engine, which
     runs them under its own --cgroup-parent) and remove those cgroups."""

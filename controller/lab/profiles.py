@@ -78,6 +78,14 @@ class HostProfile:
     engine: bool = True
     cron: bool = True  # False: no cron daemon (the agent's cron entry is written, never run)
 
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> HostProfile:
+        """The profile back from its `dataclasses.asdict` form (the lab's state keeps that)."""
+        fields = dict(data)
+        fields["gpus"] = tuple(GpuSpec(**g) for g in fields.get("gpus") or ())
+        fields["jetson"] = JetsonSpec(**fields["jetson"]) if fields.get("jetson") else None
+        return cls(**fields)
+
     def describe(self) -> str:
         """A short human summary, e.g. '2x NVIDIA A100-SXM4-80GB, driver 550.54.15, toolkit'."""
         parts: List[str] = []

@@ -5,6 +5,10 @@ as ``nvidia-container-runtime-hook prestart`` with the OCI container state on
 stdin. Like the NVIDIA toolkit it leaves containers that asked for no GPU alone
 and otherwise makes the driver's user-space library visible in the rootfs, here
 as a marker file named like the real ``libcuda.so.<driver>`` plus its soname link.
+When the profile names a ``driver_file`` (relative to the host's root, where this
+program sits as ``<root>/usr/bin/nvidia-container-runtime-hook``) and that file is
+gone, the kernel module is not loaded: a container that asks for a GPU fails as
+with the real toolkit.
 
 Standalone on purpose: standard library only, Python 3.8, and no
 ``from __future__`` import, because the installer puts ``PROFILE = ...`` above
@@ -19,10 +23,18 @@ from typing import Any, Dict, Optional, Sequence, TextIO
 
 # Values of NVIDIA_VISIBLE_DEVICES that mean "no GPU" to the NVIDIA toolkit.
 NO_DEVICES = ("", "void", "none")
+# nvidia-container-cli's words when the kernel module is not loaded (NVIDIA/nvidia-docker#1393,
+# NVIDIA/nvidia-container-toolkit#1269); the engine's error adds ": unknown" (the gRPC code)
+# after the hook's stderr, as in "stderr: nvidia-container-cli: ... driver not loaded: unknown".
+DRIVER_NOT_LOADED = "nvidia-container-cli: initialization error: nvml error: driver not loaded"
 
 
 class StateError(Exception):
     """The container state or bundle config cannot be used (exit 1)."""
+
+
+class DriverNotLoaded(Exception):
+    """A container asks for a GPU and the kernel module is not loaded (exit 1)."""
 
 
 # ----------------------------------------------------------------------------- install
@@ -105,19 +117,31 @@ def install_driver_library(rootfs: str, driver: str, machine: Optional[str] = No
     return target
 
 
-def prestart(stream: TextIO, driver: str) -> None:
-    """The prestart hook: act on the container described on ``stream``."""
+def host_root() -> str:
+    """The hardware root this program is installed in (<root>/usr/bin/<this program>)."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
+
+
+def prestart(stream: TextIO, driver: str, driver_file: Optional[str] = None) -> None:
+    """The prestart hook: act on the container described on ``stream``; ``driver_file``
+    (a path) must exist for a container that asks for a GPU, when given."""
     bundle = read_state(stream)
     config = read_config(bundle)
     if not wants_gpu(visible_devices(config)):
         return
+    if driver_file is not None and not os.path.exists(driver_file):
+        raise DriverNotLoaded(DRIVER_NOT_LOADED)
     install_driver_library(rootfs_of(bundle, config), driver)
 
 
 def main(
-    argv: Sequence[str], profile: Optional[Dict[str, Any]] = None, stdin: Optional[TextIO] = None
+    argv: Sequence[str],
+    profile: Optional[Dict[str, Any]] = None,
+    stdin: Optional[TextIO] = None,
+    root: Optional[str] = None,
 ) -> int:
-    """Entry point: ``prestart`` does the work, every other stage is a no-op."""
+    """Entry point: ``prestart`` does the work, every other stage is a no-op. ``root`` is the
+    hardware root (default: the one this program is installed in)."""
     commands = [arg for arg in argv if not arg.startswith("-")]  # flags such as -debug
     if commands[:1] != ["prestart"]:
         return 0
@@ -125,8 +149,13 @@ def main(
     if not isinstance(profile, dict) or not profile.get("driver"):
         sys.stderr.write("nvidia-container-runtime-hook (lab stand-in): no driver in PROFILE\n")
         return 1
+    relative = profile.get("driver_file")
+    driver_file = os.path.join(root or host_root(), relative) if relative else None
     try:
-        prestart(stdin if stdin is not None else sys.stdin, str(profile["driver"]))
+        prestart(stdin if stdin is not None else sys.stdin, str(profile["driver"]), driver_file)
+    except DriverNotLoaded as error:
+        sys.stderr.write(f"{error}\n")
+        return 1
     except (StateError, OSError) as error:
         sys.stderr.write(f"nvidia-container-runtime-hook: {error}\n")
         return 1

@@ -414,6 +414,16 @@ def render_mismatch(profile: Dict[str, Any]) -> List[str]:
     return lines
 
 
+# What every call prints when the kernel module is not loaded (a kernel update without the
+# module rebuilt: GoogleCloudPlatform/compute-gpu-installation#18, NVIDIA/nvidia-docker#988);
+# stdout, exit 9, "NVIDIA driver is not loaded" in the return codes of nvidia-smi(1).
+NO_DRIVER = (
+    "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
+    "Make sure that the latest NVIDIA driver is installed and running."
+)
+NO_DRIVER_EXIT = 9
+
+
 def _hang() -> None:
     """Block like nvidia-smi on a wedged driver, until the caller kills us."""
     while True:
@@ -515,6 +525,9 @@ def main(argv: Sequence[str], profile: Optional[Dict[str, Any]] = None) -> int:
     if mode == "mismatch":
         _write(render_mismatch(profile))
         return 18
+    if mode == "no_driver":
+        _write([NO_DRIVER])
+        return NO_DRIVER_EXIT
     try:
         request = parse_args(argv)
         if request["action"] == "help":

@@ -330,6 +330,24 @@ def test_mismatch_mode_fails_every_call_with_exit_18(smi, driver, expected):
         assert (result.returncode, result.stdout.splitlines()) == (18, expected)
 
 
+NO_DRIVER = (
+    "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
+    "Make sure that the latest NVIDIA driver is installed and running.\n"
+)
+
+
+def test_no_driver_mode_prints_the_real_message_and_exits_9(capsys):
+    assert nvidia_smi.main([], nv_profile(mode="no_driver")) == 9
+    assert capsys.readouterr() == (NO_DRIVER, "")
+
+
+def test_no_driver_mode_fails_every_call_of_the_installed_program(smi):
+    path = smi(mode="no_driver")
+    for args in (["-L"], ["--query-gpu=index", "--format=csv,noheader,nounits"]):
+        result = run(path, *args)
+        assert (result.returncode, result.stdout, result.stderr) == (9, NO_DRIVER, "")
+
+
 def test_hang_mode_never_returns(smi):
     with pytest.raises(subprocess.TimeoutExpired):
         run(smi(mode="hang"), "--query-gpu=index", "--format=csv", timeout=2)
@@ -508,3 +526,49 @@ def test_hook_reads_pre_1_0_bundle_path_and_skips_flags(tmp_path):
     state = io.StringIO(json.dumps({"bundlePath": str(path)}))
     assert nvidia_hook.main(["-debug", "prestart"], {"driver": "470.182.03"}, state) == 0
     assert (libdir(path / "rootfs") / "libcuda.so.470.182.03").is_file()
+
+
+DRIVER_NOT_LOADED = "nvidia-container-cli: initialization error: nvml error: driver not loaded\n"
+HOOK_PROFILE = {"driver": "550.54.15", "driver_file": "proc/driver/nvidia/version"}
+
+
+def gpu_state(tmp_path: Path) -> io.StringIO:
+    return io.StringIO(
+        json.dumps({"bundle": str(bundle(tmp_path, ["NVIDIA_VISIBLE_DEVICES=all"]))})
+    )
+
+
+def test_hook_refuses_a_gpu_when_the_driver_is_not_loaded(tmp_path, capsys):
+    root = tmp_path / "root"
+    assert nvidia_hook.main(["prestart"], HOOK_PROFILE, gpu_state(tmp_path), str(root)) == 1
+    assert capsys.readouterr().err == DRIVER_NOT_LOADED
+    assert list((tmp_path / "bundle" / "rootfs").iterdir()) == []
+
+
+def test_hook_gives_a_gpu_when_the_driver_file_is_there(tmp_path):
+    root = tmp_path / "root"
+    (root / "proc/driver/nvidia").mkdir(parents=True)
+    (root / "proc/driver/nvidia/version").write_text("NVRM version: ...\n", encoding="utf-8")
+    assert nvidia_hook.main(["prestart"], HOOK_PROFILE, gpu_state(tmp_path), str(root)) == 0
+    assert (libdir(tmp_path / "bundle" / "rootfs") / "libcuda.so.550.54.15").is_file()
+
+
+def test_hook_without_the_driver_leaves_containers_without_gpus_alone(tmp_path):
+    state = io.StringIO(json.dumps({"bundle": str(bundle(tmp_path, []))}))
+    assert nvidia_hook.main(["prestart"], HOOK_PROFILE, state, str(tmp_path / "root")) == 0
+
+
+def test_installed_hook_finds_its_root_from_its_own_path(tmp_path):
+    """Installed as <root>/usr/bin/nvidia-container-runtime-hook, as the lab does."""
+    root = tmp_path / "root"
+    (root / "usr/bin").mkdir(parents=True)
+    hook = install(root / "usr/bin", nvidia_hook, HOOK_PROFILE, "nvidia-container-runtime-hook")
+    path = bundle(tmp_path, ["NVIDIA_VISIBLE_DEVICES=0"])
+    state = json.dumps({"bundle": str(path)})
+    result = run(hook, "prestart", stdin=state)
+    assert (result.returncode, result.stderr) == (1, DRIVER_NOT_LOADED)
+    (root / "proc/driver/nvidia").mkdir(parents=True)
+    (root / "proc/driver/nvidia/version").write_text("NVRM version: ...\n", encoding="utf-8")
+    result = run(hook, "prestart", stdin=state)
+    assert result.returncode == 0, result.stderr
+    assert (libdir(path / "rootfs") / "libcuda.so.550.54.15").is_file()
