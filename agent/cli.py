@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import platform
@@ -411,8 +412,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if hasattr(args, "agent_dir")
             else "its record"
         )
-        hint = "; free space on that filesystem" if "full" in str(exc) else ""
+        hint = (
+            "; free space on that filesystem"
+            if "full" in str(exc) or "disk I/O" in str(exc)
+            else ""
+        )
         print(f"mlfleet-agent: error: {where}: {exc}{hint}", file=sys.stderr)
+        return ExitCode.ERROR
+    except OSError as exc:  # a file of its own it cannot write (its reports on a full disk)
+        if args.debug or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"mlfleet-agent: error: {exc.filename}: {exc.strerror}; free space on that filesystem",
+              file=sys.stderr)  # fmt: skip
         return ExitCode.ERROR
 
 

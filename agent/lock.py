@@ -43,10 +43,15 @@ class HostLock:
                     fh.close()
                     raise AgentBusy(f"{self.holder()} holds {self.path}") from None
                 time.sleep(0.2)
-        fh.seek(0)
-        fh.truncate()
-        fh.write(json.dumps({"pid": os.getpid(), "command": self.command, "since": time.time()}))
-        fh.flush()
+        try:  # who holds it, for the next one's message: best effort (a full disk)
+            fh.seek(0)
+            fh.truncate()
+            fh.write(
+                json.dumps({"pid": os.getpid(), "command": self.command, "since": time.time()})
+            )
+            fh.flush()
+        except OSError:
+            pass
         self._fh = fh
 
     def release(self) -> None:

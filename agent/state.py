@@ -117,20 +117,40 @@ class StateStore:
     def __init__(self, path: str):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self.path = path
-        self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(_SCHEMA)
-        columns = {row[1] for row in self.db.execute("PRAGMA table_info(releases)")}
+        # Why the record can only be read (its filesystem is full), or None.
+        self.unwritable: Optional[str] = None
+        try:
+            self.db = self._open(path)
+        except sqlite3.OperationalError as exc:
+            if not os.path.exists(path):
+                raise
+            # SQLite cannot open a WAL database without room for its -shm and -wal files;
+            # the committed record is all in the main file after a clean close: read that.
+            self.db = sqlite3.connect(f"file:{path}?immutable=1", uri=True, isolation_level=None)
+            self.db.row_factory = sqlite3.Row
+            self.unwritable = str(exc)
+
+    @staticmethod
+    def _open(path: str) -> sqlite3.Connection:
+        db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(_SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(releases)")}
         if "activated_by" not in columns:  # a record from an agent before it existed
-            self.db.execute("ALTER TABLE releases ADD COLUMN activated_by TEXT")
+            db.execute("ALTER TABLE releases ADD COLUMN activated_by TEXT")
+        return db
 
     def close(self) -> None:
         self.db.close()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        if self.unwritable is not None:
+            raise sqlite3.OperationalError(
+                f"the record cannot be written ({self.unwritable}; is its disk full?)"
+            )
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db

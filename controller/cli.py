@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, TypeVar
 
 import click
 from rich.console import Console
@@ -19,6 +19,9 @@ from rich.table import Table
 from rich.text import Text
 
 from mlfleet.controller.errors import ConfigError, ExitCode, MlfleetError
+
+if TYPE_CHECKING:
+    from mlfleet.controller.outcomes import StatusRow
 
 # Logs and pipes get a wide table rather than rich's 80-column default.
 console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
@@ -477,10 +480,20 @@ def status_cmd(settings: Settings, as_json: bool) -> None:
             r.health,
             _when(r.since),
             _when(r.last_tick),
-            f"{r.last_action} {_when(r.last_action_at)}" if r.last_action else "-",
+            _last_did(r),
         )
     _emit({"hosts": [r.to_dict() for r in rows]}, as_json, table)
     _finish(exit_code((Outcome(r.health) for r in rows if not r.reached), ()))
+
+
+def _last_did(row: StatusRow) -> str:
+    """`blocked (port_taken) 2m ago`; the agent's own problems (a full disk) first."""
+    did = row.last_action or "-"
+    if row.last_action and row.last_action_cause:
+        did += f" ({row.last_action_cause})"
+    if row.last_action:
+        did += f" {_when(row.last_action_at)}"
+    return "; ".join([*row.problems, did])
 
 
 @cli.command("history")

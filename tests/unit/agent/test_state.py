@@ -3,6 +3,8 @@ reinstate, status changes checked against the state machine, health samples and 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Dict, List
@@ -196,3 +198,31 @@ def test_any_history_has_at_most_one_current_and_one_previous(steps: List[tuple]
             # A release that was rolled back is never brought back.
             assert all(r.status == "rolled_back" for r in releases if r.id in rolled_back)
         store.close()
+
+
+def test_a_record_that_cannot_be_opened_for_writing_is_still_read(tmp_path) -> None:
+    """On a full disk SQLite cannot make a WAL database's -shm and -wal files: the record
+    is read from its main file, and a write says why it cannot be made. The full disk is a
+    process whose files may not grow (RLIMIT_FSIZE 0: every write past the end fails)."""
+    path = tmp_path / "state.db"
+    store = StateStore(str(path))
+    store.event("succeeded", "v1 is serving", app="sentiment")
+    store.close()
+    script = f"""
+import resource, signal, sqlite3
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+from mlfleet.agent.state import StateStore
+store = StateStore({str(path)!r})
+print(store.unwritable is not None, [e["message"] for e in store.events("sentiment")])
+try:
+    store.event("repaired", "x", app="sentiment")
+except sqlite3.OperationalError as exc:
+    print(exc)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == "True ['v1 is serving']"
+    assert "cannot be written" in done.stdout.splitlines()[1]
