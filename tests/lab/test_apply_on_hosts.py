@@ -4,6 +4,8 @@ one healthy again, whatever fails. Each host is reached over SSH with the zipapp
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -418,3 +420,182 @@ def test_an_engine_that_lost_everything_is_rebuilt_by_the_tick(v1_everywhere):
     after = served(host)
     assert (after["tag"], after["variant"]) == (before["tag"], "rocm")
     assert after["prediction"] == before["prediction"]
+
+
+def _cron(host, line: str) -> None:
+    """Replace the host's crontab as `crontab` does for its busybox crond."""
+    (Path(host["cron_dir"]) / "root").write_text(line)
+    (Path(host["cron_dir"]) / "cron.update").write_text("root\n")
+
+
+def _wait_serving(host, timeout: float) -> Optional[Dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        answer = serving(host)
+        if answer is not None:
+            return answer
+        time.sleep(0.5)
+    return None
+
+
+def test_a_rebooted_host_serves_again_and_its_cron_runs_the_daemon_again(v1_everywhere):
+    """`mlfleet_tick_interval: 5`: cron runs the daemon for each minute. After a reboot the
+    engine brings the release back by its restart policy, and cron, back with the host,
+    runs the daemon again, which heals in seconds without the controller."""
+    lab, _ = v1_everywhere
+    host = lab["hosts_by_name"]["edge-a100"]
+    before = served(host)
+    env = " ".join(f"{k}={v}" for k, v in (
+        ("DOCKER_HOST", host["docker_host"]), ("MLFLEET_ROOT", host["root"]),
+        ("MLFLEET_DEVICE_ROOT", host["root"]), ("MLFLEET_AGENT_DIR", host["agent_dir"]),
+    ))  # fmt: skip
+    agent_dir = host["agent_dir"]
+    _cron(host, f"* * * * * {env} python3 {agent_dir}/mlfleet-agent.pyz daemon --interval 5 --for 60"
+                f" >> {agent_dir}/tick.log 2>&1\n")  # fmt: skip
+    try:
+        mlfleet("lab", "--name", TEST_LAB, "reboot", "edge-a100")
+        booted = time.time()
+        after = _wait_serving(host, 60)
+        assert after is not None and after["tag"] == before["tag"]
+        status = Path(agent_dir) / "status.json"
+        deadline = time.monotonic() + 90  # cron's next minute, then the daemon's first tick
+        while time.monotonic() < deadline:
+            if status.exists() and json.loads(status.read_text())["time"] > booted:
+                break
+            time.sleep(1)
+        assert json.loads(status.read_text())["time"] > booted, "no tick since the reboot"
+        code, _, err = ssh(host, f"docker rm -f {_status(host)['current']['container']}")
+        assert code == 0, err
+        assert serving(host) is None
+        healed = _wait_serving(host, 60)  # the daemon ticks every 5 s
+        assert healed is not None and healed["tag"] == before["tag"]
+        deadline = time.monotonic() + 60  # it answers before its checks pass and are recorded
+        while time.monotonic() < deadline and _status(host)["last_event"]["event"] != "repaired":
+            time.sleep(1)
+        assert _status(host)["last_event"]["event"] == "repaired"
+    finally:
+        _cron(host, "")
+        ssh(host, "pkill -f 'mlfleet-agent.pyz daemon'")
+
+
+def test_a_host_that_lost_its_gpu_serves_on_the_cpu_variant(v1_everywhere):
+    """The driver is not loaded after a reboot (a kernel update without the module): the
+    engine cannot start the CUDA container; the tick serves the release on the playbook's
+    CPU variant rather than nothing, and says why."""
+    lab, _ = v1_everywhere
+    host = lab["hosts_by_name"]["edge-t4"]
+    before = served(host)
+    assert before["variant"] == "cuda11"
+    try:
+        mlfleet("lab", "--name", TEST_LAB, "gpu", "edge-t4", "lost")
+        mlfleet("lab", "--name", TEST_LAB, "reboot", "edge-t4")
+        time.sleep(3)
+        assert serving(host) is None  # no driver: the CUDA container did not start at boot
+        status = _tick(host)
+        assert any("on variant cpu instead of cuda11" in a for a in status["actions"]), status
+        after = served(host)
+        assert (after["tag"], after["variant"]) == (before["tag"], "cpu")
+        assert after["prediction"] == pytest.approx(before["prediction"], abs=1e-4)
+        last = _status(host)["last_event"]
+        assert (last["event"], last["cause"]) == ("repaired", "gpu_lost"), last
+        prom = (Path(host["agent_dir"]) / "metrics" / "mlfleet.prom").read_text()
+        assert 'mlfleet_app_problem{app="sentiment",cause="gpu_lost"} 1' in prom
+    finally:
+        mlfleet("lab", "--name", TEST_LAB, "gpu", "edge-t4", "back")
+
+
+def test_a_container_of_someone_elses_on_the_port_is_reported_and_not_fought(
+    v1_everywhere, tmp_path
+):
+    lab, _ = v1_everywhere
+    host = lab["hosts_by_name"]["edge-4090"]
+    before = served(host)
+    current = _status(host)["current"]
+    code, _, err = ssh(host, f"docker rm -f {current['container']} && docker run -d --name debug-server"
+                             f" -p 8080:8080 --entrypoint python3 {current['image']} -m http.server 8080")  # fmt: skip
+    assert code == 0, err
+    try:
+        _tick(host)
+        last = _status(host)["last_event"]
+        assert (last["event"], last["cause"]) == ("blocked", "port_taken"), last
+        assert "held by container debug-server" in last["message"]
+        _, running, _ = ssh(host, "docker inspect -f '{{.State.Running}}' debug-server")
+        assert running.strip() == "true"  # theirs, left alone
+        playbook = Path(__file__).parents[2] / "playbooks" / "sentiment.yml"
+        proc = mlfleet("-i", str(lab["inventory"]), "-p", str(playbook), "--state",
+                       str(tmp_path / "state.db"), "--limit", "edge-4090", "status", "--json",
+                       check=False)  # fmt: skip
+        row = json.loads(proc.stdout)["hosts"][0]
+        assert (row["last_action"], row["last_action_cause"]) == ("blocked", "port_taken"), row
+    finally:
+        ssh(host, "docker rm -f debug-server")
+        _cron(host, "")  # the controller's contact put the agent's cron entry in place
+    status = _tick(host)
+    assert any(f"recreated {before['tag']}" in a for a in status["actions"]), status
+    assert served(host)["tag"] == before["tag"]
+
+
+def test_a_vanished_mount_source_is_reported_and_the_release_returns_with_it(v1_everywhere):
+    lab, _ = v1_everywhere
+    host = lab["hosts_by_name"]["edge-cpu"]
+    before = served(host)
+    data = Path(host["data_dir"])
+    away = data.with_name(data.name + ".away")
+    ssh(host, f"docker rm -f {_status(host)['current']['container']}")
+    data.rename(away)  # moved by someone; never deleted by mlfleet
+    try:
+        _tick(host)
+        last = _status(host)["last_event"]
+        assert (last["event"], last["cause"]) == ("blocked", "mount_missing"), last
+        assert str(data) in last["message"] and serving(host) is None
+    finally:
+        away.rename(data)
+    status = _tick(host)
+    assert any(f"recreated {before['tag']}" in a for a in status["actions"]), status
+    assert served(host)["tag"] == before["tag"]
+
+
+def test_a_full_disk_under_the_agent_dir_is_one_line_and_the_model_keeps_serving(
+    v1_everywhere, tmp_path
+):
+    """The filesystem of the agent's own directory fills up (here a small tmpfs over it):
+    the tick still brings a stopped release back, says in one line what is wrong, status
+    reports it, and once there is space again nothing of the history is lost."""
+    lab, _ = v1_everywhere
+    host = lab["hosts_by_name"]["edge-mi210"]
+    before = served(host)
+    agent_dir = Path(host["agent_dir"])
+    _, history, _ = agent(host, "history --json --limit 100000")
+    saved = tmp_path / "agent"
+    shutil.copytree(agent_dir, saved, symlinks=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(agent_dir)], check=True)
+    try:
+        shutil.copytree(saved, agent_dir, symlinks=True, dirs_exist_ok=True)
+        fill = agent_dir / "fill"
+        with fill.open("wb") as fh:
+            try:
+                while True:
+                    fh.write(b"\0" * (1 << 20))
+                    fh.flush()
+            except OSError:
+                pass
+        ssh(host, f"docker stop {_status(host)['current']['container']}")
+        code, _, err = agent(host, "tick")
+        errors = [line for line in err.splitlines() if not line.startswith("{")]  # progress
+        assert code != 0 and len(errors) == 1 and "free space" in errors[0], err
+        assert served(host)["tag"] == before["tag"]  # brought back all the same
+        code, out, err = agent(host, "status --json")
+        assert code == 0, err
+        assert any("is full" in p for p in json.loads(out)["problems"])
+        fill.unlink()
+        _tick(host)
+        _, after, _ = agent(host, "history --json --limit 100000")
+        old, new = json.loads(history), json.loads(after)
+        assert [r["id"] for r in new["releases"]] == [r["id"] for r in old["releases"]]
+        assert {e["id"] for e in old["events"]} <= {e["id"] for e in new["events"]}
+    finally:
+        (agent_dir / "fill").unlink(missing_ok=True)
+        kept = tmp_path / "kept"
+        shutil.copytree(agent_dir, kept, symlinks=True)
+        subprocess.run(["umount", str(agent_dir)], check=True)
+        shutil.copytree(kept, agent_dir, symlinks=True, dirs_exist_ok=True)
