@@ -599,3 +599,41 @@ def test_a_full_disk_under_the_agent_dir_is_one_line_and_the_model_keeps_serving
         shutil.copytree(agent_dir, kept, symlinks=True)
         subprocess.run(["umount", str(agent_dir)], check=True)
         shutil.copytree(kept, agent_dir, symlinks=True, dirs_exist_ok=True)
+
+
+def test_an_engine_restarted_mid_apply_ends_with_a_healthy_release(v1_everywhere):
+    """The engine restarts (an upgrade, a crash) while an apply proves its new release:
+    the apply ends one way or the other, and with the tick the host serves a healthy
+    release; no history row is lost."""
+    lab, _ = v1_everywhere
+    host = lab["hosts_by_name"]["edge-t4"]
+    old = served(host)["tag"]
+    new = "v2" if old != "v2" else "v3"
+    _, history, _ = agent(host, "history --json --limit 100000")
+    path = put(host, json.dumps(desired(lab, host, new)).encode(), f"desired-{new}.json")
+    ssh(host, f'nohup python3 "$MLFLEET_AGENT_DIR/mlfleet-agent.pyz" apply {path}'
+              f' > "$MLFLEET_AGENT_DIR/apply-{new}.out" 2>&1 &')  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        _, out, _ = ssh(host, f"docker ps -a --filter label=io.mlfleet.tag={new} -q")
+        if out.strip():
+            break
+        time.sleep(0.2)
+    mlfleet("lab", "--name", TEST_LAB, "engine", "edge-t4", "restart")
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        code, _, _ = ssh(host, "pgrep -f 'mlfleet-agent.pyz apply'")
+        if code != 0:
+            break
+        time.sleep(1)
+    for _ in range(3):  # what the next ticks do, without waiting a minute for each
+        if _tick(host)["apps"][0]["healthy"]:
+            break
+    app = _status(host)
+    assert app["healthy"] and served(host)["tag"] == app["current"]["tag"] in (old, new), app
+    _, after, _ = agent(host, "history --json --limit 100000")
+    before_ids = {r["id"] for r in json.loads(history)["releases"]}
+    assert before_ids <= {r["id"] for r in json.loads(after)["releases"]}
+    assert {e["id"] for e in json.loads(history)["events"]} <= {
+        e["id"] for e in json.loads(after)["events"]
+    }
