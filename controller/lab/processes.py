@@ -72,29 +72,10 @@ def cmdline(pid: int) -> str:
 
 
 def stop_pid(pid: Optional[int], *, expect: str, timeout: float = 20.0) -> None:
-    """SIGTERM, wait, then SIGKILL. `expect` must occur in the process's command line, so a
-    pid recycled by an unrelated process is never signalled."""
-    if not pid or not alive(pid) or expect not in cmdline(pid):
-        return
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        _reap(pid)
-        if not alive(pid):
-            return
-        time.sleep(0.1)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    for _ in range(50):
-        _reap(pid)
-        if not alive(pid):
-            return
-        time.sleep(0.1)
+    """SIGTERM, up to `timeout` seconds, then SIGKILL. `expect` must occur in the process's
+    command line, so a pid recycled by an unrelated process is never signalled."""
+    if pid and alive(pid) and expect in cmdline(pid):
+        terminate_all([pid], grace=timeout)
 
 
 def _all_pids() -> List[int]:
