@@ -16,6 +16,7 @@ import pytest
 # (name "lab", 10.77.0.0/24) can stay up while the suite runs.
 TEST_LAB = "t"
 TEST_SUBNET = "10.79.0.0/24"
+LAB_TESTS = Path(__file__).resolve().parent / "lab"
 
 
 def mlfleet(*args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -77,5 +78,5 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dict[str, Any]]:
 def pytest_collection_modifyitems(items: list) -> None:
     # Lab tests live under tests/lab/; mark them so `-m "not lab"` runs the rest alone.
     for item in items:
-        if Path(str(item.fspath)).parent.name == "lab":
+        if Path(str(item.fspath)).parent == LAB_TESTS:  # not tests/unit/controller/lab
             item.add_marker(pytest.mark.lab)
