@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import errno
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 from mlfleet.agent import health
 from mlfleet.agent.container_config import LABEL
 from mlfleet.agent.desired import DesiredState
 from mlfleet.agent.engine_api import EngineError, EngineUnreachable
+from mlfleet.agent.facts import HostFacts
 from mlfleet.agent.host import (
     AgentHost,
     MissingInput,
@@ -67,20 +68,29 @@ def find_obstacle(host: AgentHost, release: Release) -> Optional[Obstacle]:
     facts, its mount sources and who holds its host ports; changes nothing."""
     desired = DesiredState.from_dict(release.spec)
     facts = host.facts()
-    if not facts.docker or not facts.docker.reachable:
-        return Obstacle(Cause.ENGINE_DOWN, "the Docker engine does not answer")
-    variant = _variant(desired, release)
-    fits = select_variant([variant], facts)
-    if fits.variant is None:
-        reasons = "; ".join(r.reason for r in fits.rejected)
-        other = select_variant(desired.parsed_variants(), facts).variant
-        return Obstacle(Cause.GPU_LOST, f"variant {variant.name} no longer fits this host: {reasons}", other)  # fmt: skip
+    unfit = _unfit(_variant(desired, release), facts)
+    if unfit is not None and unfit.cause is Cause.GPU_LOST:
+        return replace(unfit, fallback=select_variant(desired.parsed_variants(), facts).variant)
+    if unfit is not None:
+        return unfit
     try:
         read_inputs(desired)
     except MissingInput as exc:
         return Obstacle(Cause.MOUNT_MISSING, str(exc))
     holder = port_holder(host, desired, release.app)
     return Obstacle(Cause.PORT_TAKEN, holder) if holder else None
+
+
+def _unfit(variant: Variant, facts: HostFacts) -> Optional[Obstacle]:
+    """Why the variant cannot run on a host with these facts now (its engine away, its GPU
+    gone), or None."""
+    if not facts.docker or not facts.docker.reachable:
+        return Obstacle(Cause.ENGINE_DOWN, "the Docker engine does not answer")
+    fits = select_variant([variant], facts)
+    if fits.variant is None:
+        reasons = "; ".join(r.reason for r in fits.rejected)
+        return Obstacle(Cause.GPU_LOST, f"variant {variant.name} no longer fits this host: {reasons}")  # fmt: skip
+    return None
 
 
 def port_holder(host: AgentHost, desired: DesiredState, app: str) -> Optional[str]:
@@ -122,16 +132,10 @@ def recreate(host: AgentHost, release: Release, on_variant: Optional[str] = None
         release.variant, release.image, release.digest = fallback.name, fallback.image, None
     variant = _variant(desired, release)
     facts = host.facts()
-    if not facts.docker or not facts.docker.reachable:
-        raise RepairFailed(
-            "the Docker engine does not answer", waiting=True, cause=Cause.ENGINE_DOWN
-        )
-    fits = select_variant([variant], facts)
-    if fits.variant is None:
-        reasons = "; ".join(r.reason for r in fits.rejected)
-        raise RepairFailed(
-            f"variant {variant.name} no longer fits this host: {reasons}", cause=Cause.GPU_LOST
-        )
+    unfit = _unfit(variant, facts)
+    if unfit is not None:  # an engine away may come back: waited for; a lost GPU is not
+        raise RepairFailed(unfit.detail, waiting=unfit.cause is Cause.ENGINE_DOWN, cause=unfit.cause)  # fmt: skip
+    assert facts.docker is not None  # _unfit refuses a host without an engine
     try:
         env_file = read_inputs(desired)
     except MissingInput as exc:

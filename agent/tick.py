@@ -309,7 +309,7 @@ def _observe(host: AgentHost, current: Release) -> Tuple[Observation, str]:
     info = host.engine.container_inspect(current.container_id) if current.container_id else None
     repair = _repair_record(host, current)
     obstacle = None if info and info["State"]["Running"] else _obstacle(host, current)
-    last = _last_event(host, current.app)
+    last = _last_event(host, current.app) if obstacle else None  # only then: each tick reads it
     reported = bool(
         obstacle and last and last.kind is EventKind.BLOCKED and last.cause is obstacle.cause
     )
