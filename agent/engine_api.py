@@ -12,8 +12,10 @@ import json
 import os
 import socket
 import struct
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 from urllib.parse import quote, urlencode, urlparse
+
+from mlfleet.agent.credential import RegistryCredential
 
 API = "/v1.41"  # Docker 20.10; newer engines accept older API versions
 
@@ -93,16 +95,17 @@ class EngineAPI:
         params: Optional[Dict[str, Any]],
         body: Any,
         timeout: Optional[float],
+        headers: Optional[Mapping[str, str]] = None,
     ) -> Tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         url = API + path + ("?" + urlencode(params) if params else "")
-        headers = {"Host": "docker"}
+        sent = {"Host": "docker", **(headers or {})}
         data = None
         if body is not None:
             data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
+            sent["Content-Type"] = "application/json"
         conn = self._connection(timeout)
         try:
-            conn.request(method, url, body=data, headers=headers)
+            conn.request(method, url, body=data, headers=sent)
             return conn, conn.getresponse()
         except OSError as exc:
             conn.close()
@@ -163,10 +166,19 @@ class EngineAPI:
     def images(self) -> List[Dict[str, Any]]:
         return self.get("/images/json")
 
-    def pull(self, repository: str, tag: str, timeout: float = 900.0) -> Iterator[Dict[str, Any]]:
-        """Pull, yielding the engine's progress messages; EngineError on a failed pull."""
+    def pull(
+        self,
+        repository: str,
+        tag: str,
+        timeout: float = 900.0,
+        auth: Optional[RegistryCredential] = None,
+    ) -> Iterator[Dict[str, Any]]:
+        """Pull, yielding the engine's progress messages; EngineError on a failed pull.
+        With `auth`, the engine answers the registry's challenge with it (the header's value
+        is a secret: no message here carries it)."""
+        headers = {"X-Registry-Auth": auth.x_registry_auth()} if auth is not None else None
         conn, resp = self._open(
-            "POST", "/images/create", {"fromImage": repository, "tag": tag}, None, timeout
+            "POST", "/images/create", {"fromImage": repository, "tag": tag}, None, timeout, headers
         )
         try:
             if resp.status >= 400:
