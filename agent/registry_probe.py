@@ -1,5 +1,6 @@
 """Ask an image's registry what a pull would fetch (layer digests and compressed sizes),
-before the engine pulls anything, so preflight can refuse a host without the disk room."""
+before the engine pulls anything, so preflight can refuse a host without the disk room, or
+one the registry will not serve (credentials, an untrusted certificate: registry_auth)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ import ipaddress
 import json
 import platform
 import socket
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
+from mlfleet.agent.credential import RegistryCredential
 from mlfleet.agent.imageref import ImageRef, split_host_port
+from mlfleet.agent.registry_auth import CERTS_DIR, RegistrySession
 
 _ACCEPT = ", ".join([
     "application/vnd.docker.distribution.manifest.v2+json",
@@ -54,45 +55,100 @@ def plain_http(registry: str, engine_info: Dict[str, Any]) -> bool:
     )
 
 
-def _get(url: str, accept: str, timeout: float) -> bytes:
-    req = urllib.request.Request(url, headers={"Accept": accept})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return resp.read()
+@dataclass(frozen=True)
+class Platform:
+    """What an image index entry must be for this host (the OCI platform fields)."""
+
+    architecture: str
+    variant: str = ""
+    os: str = "linux"
+
+
+# uname -m (and the engine's `Architecture`) -> the OCI platform; the Go names map to
+# themselves, so `arch` may be given either way.
+_PLATFORMS = {
+    "x86_64": Platform("amd64"),
+    "amd64": Platform("amd64"),
+    "aarch64": Platform("arm64", "v8"),
+    "arm64": Platform("arm64", "v8"),
+    "armv7l": Platform("arm", "v7"),
+    "armv6l": Platform("arm", "v6"),
+    "i686": Platform("386"),
+    "i386": Platform("386"),
+}
+
+
+def host_platform(machine: str) -> Platform:
+    """`x86_64` -> linux/amd64, `aarch64` -> linux/arm64/v8, `armv7l` -> linux/arm/v7; also
+    `arm/v7` and other OCI names as written."""
+    if machine in _PLATFORMS:
+        return _PLATFORMS[machine]
+    architecture, _, variant = machine.partition("/")
+    return Platform(architecture, variant)
+
+
+def _rank(entry: Dict[str, Any], want: Platform) -> Optional[int]:
+    """How well an index entry fits (0 best), None when this host cannot run it. arm64
+    has only v8, written or not; an arm/vN host runs vN, an unmarked entry, then older
+    variants (containerd's platform matcher)."""
+    platform_ = entry.get("platform") or {}
+    if platform_.get("os") != want.os or platform_.get("architecture") != want.architecture:
+        return None  # also attestations, whose platform is unknown/unknown
+    variant = platform_.get("variant") or ""
+    if variant == want.variant or (want.architecture == "arm64" and variant in ("", "v8")):
+        return 0
+    if not variant:
+        return 1
+    if want.architecture == "arm" and variant[1:].isdigit() and want.variant[1:].isdigit():
+        older = int(want.variant[1:]) - int(variant[1:])
+        return 1 + older if older > 0 else None
+    return None if want.variant else 1
+
+
+def pick_platform(entries: List[Dict[str, Any]], want: Platform) -> Optional[Dict[str, Any]]:
+    """The index entry the engine would pull on a `want` host (pure), None when none fits."""
+    ranks = [_rank(entry, want) for entry in entries]
+    ranked = [(rank, i) for i, rank in enumerate(ranks) if rank is not None]
+    return entries[min(ranked)[1]] if ranked else None
 
 
 def remote_image(
-    reference: str, engine_info: Dict[str, Any], timeout: float = 10.0
+    reference: str,
+    engine_info: Dict[str, Any],
+    timeout: float = 10.0,
+    credential: Optional[RegistryCredential] = None,
+    arch: Optional[str] = None,
+    certs_dir: str = CERTS_DIR,
 ) -> Optional[RemoteImage]:
-    """The layers a pull of `reference` fetches, or None when the registry cannot be asked
-    (authentication, no route): the pull itself is then the only judge."""
+    """The layers a pull of `reference` fetches, for a host of `arch` (the engine's
+    architecture when not given), trusting the registry and answering its challenges with
+    `credential` as the engine would. None when the registry cannot be asked (no route,
+    timeout, an odd answer): the pull itself is then the only judge. RegistryAuthError or
+    RegistryTrustError (from registry_auth) when it refuses this host: the pull would too,
+    so apply says why before pulling."""
     try:
         registry, repo, tag = split_reference(reference)
     except ValueError:
         return None
-    base = f"{'http' if plain_http(registry, engine_info) else 'https'}://{registry}/v2/{repo}"
+    plain = plain_http(registry, engine_info)
+    want = host_platform(arch or engine_info.get("Architecture") or platform.machine())
+    base = f"{'http' if plain else 'https'}://{registry}/v2/{repo}"
     try:
-        body = _get(f"{base}/manifests/{tag}", _ACCEPT, timeout)
-        manifest = json.loads(body)
-        if "manifests" in manifest:  # a list: pick this platform's entry
-            arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(
-                platform.machine(), platform.machine()
-            )
-            entry = next(
-                (
-                    m
-                    for m in manifest["manifests"]
-                    if (m.get("platform") or {}).get("architecture") == arch
-                ),
-                None,
-            )
+        session = RegistrySession(
+            registry, credential, plain_http=plain, timeout=timeout, certs_dir=certs_dir
+        )
+
+        def get_json(path: str, accept: str) -> Any:
+            return json.loads(session.get(f"{base}/{path}", accept, repo))
+
+        manifest = get_json(f"manifests/{tag}", _ACCEPT)
+        if "manifests" in manifest:  # an index: this platform's entry
+            entry = pick_platform(manifest["manifests"], want)
             if entry is None:
                 return None
-            body = _get(f"{base}/manifests/{entry['digest']}", _ACCEPT, timeout)
-            manifest = json.loads(body)
-        config = _get(f"{base}/blobs/{manifest['config']['digest']}", "*/*", timeout)
-        diff_ids = json.loads(config)["rootfs"]["diff_ids"]
-    except (OSError, urllib.error.URLError, ValueError, KeyError):
+            manifest = get_json(f"manifests/{entry['digest']}", _ACCEPT)
+        config = get_json(f"blobs/{manifest['config']['digest']}", "*/*")
+        layers = [(layer["digest"], int(layer["size"])) for layer in manifest["layers"]]
+        return RemoteImage(layers, list(config["rootfs"]["diff_ids"]))
+    except (OSError, ValueError, KeyError, TypeError):  # urllib's errors are OSErrors
         return None
-    return RemoteImage(
-        [(layer["digest"], int(layer["size"])) for layer in manifest["layers"]], diff_ids
-    )
