@@ -13,6 +13,7 @@ from mlfleet.agent import health
 from mlfleet.agent.container_config import (
     runs_as_root,
 )
+from mlfleet.agent.credential import RegistryCredential
 from mlfleet.agent.desired import DesiredState
 from mlfleet.agent.engine_api import EngineError, EngineUnreachable
 from mlfleet.agent.facts import HostFacts
@@ -26,6 +27,14 @@ from mlfleet.agent.host import (
 )
 from mlfleet.agent.imageref import ImageRef
 from mlfleet.agent.protocol import ApplyResult, ApplyStatus, EventKind, Phase, Strategy
+from mlfleet.agent.registry_auth import (
+    RegistryAuthError,
+    RegistryTrustError,
+    forget_credential,
+)
+from mlfleet.agent.registry_auth import (
+    store_credential as store_on_host,
+)
 from mlfleet.agent.registry_probe import RemoteImage, remote_image
 from mlfleet.agent.repair import RepairFailed, recreate
 from mlfleet.agent.selection import select_variant
@@ -49,9 +58,13 @@ class ApplyFailed(Exception):
 # --- apply -------------------------------------------------------------------------------
 
 
-def apply(host: AgentHost, desired: DesiredState, pull_via: Optional[str] = None) -> ApplyResult:
+def apply(host: AgentHost, desired: DesiredState, pull_via: Optional[str] = None,
+          credential: Optional[RegistryCredential] = None,
+          store_credential: bool = False) -> ApplyResult:  # fmt: skip
     """Apply `desired`. `pull_via`: a registry mirror (host:port) to pull the image from
-    instead of its own registry; the image is then tagged under its canonical name."""
+    instead of its own registry; the image is then tagged under its canonical name.
+    `credential`: for the image's registry, handed to the engine for the pull only (kept on
+    the host, for self-healing re-pulls, only with `store_credential`: the operator's opt-in)."""
     started = time.monotonic()
     result = ApplyResult(
         status=ApplyStatus.FAILED, app=desired.app, tag=desired.tag, deployment=desired.deployment
@@ -83,7 +96,14 @@ def apply(host: AgentHost, desired: DesiredState, pull_via: Optional[str] = None
             )
             return result
         t = time.monotonic()
-        image_info, user, env_file = _preflight(host, desired, variant, facts, result, pull_via)
+        keep_credential(host, variant, credential, store_credential)
+        if credential is None and not pull_via:  # by hand on a host with a `docker login`
+            credential = host.placed_credential(
+                ImageRef.parse(variant.image or "").registry_address
+            )
+        image_info, user, env_file = _preflight(
+            host, desired, variant, facts, result, pull_via, credential
+        )
         timings["preflight_s"] = _since(t)
         release = host.store.new_release(
             desired.app,
@@ -177,7 +197,8 @@ def _spec_key(spec: Dict[str, Any]) -> str:
 
 
 def _preflight(host: AgentHost, desired: DesiredState, variant: Variant, facts: HostFacts,
-               result: ApplyResult, pull_via: Optional[str]) -> tuple:  # fmt: skip
+               result: ApplyResult, pull_via: Optional[str],
+               credential: Optional[RegistryCredential]) -> tuple:  # fmt: skip
     """Everything that can be checked before anything running is touched."""
     spec = desired.container
     try:
@@ -188,8 +209,8 @@ def _preflight(host: AgentHost, desired: DesiredState, variant: Variant, facts: 
     image_info = host.engine.image_inspect(variant.image)
     if image_info is None:
         source = _pull_source(variant.image, pull_via)
-        remote = _check_disk(host, source, facts)
-        result.bytes_pulled = _pull_with_retries(host, source, remote)
+        remote = _check_disk(host, source, facts, credential)
+        result.bytes_pulled = _pull_with_retries(host, source, remote, credential)
         digest = _adopt(host, source, variant.image) if source != variant.image else None
         image_info = host.engine.image_inspect(variant.image)
         if image_info is None:
@@ -209,13 +230,31 @@ def _preflight(host: AgentHost, desired: DesiredState, variant: Variant, facts: 
     return image_info, spec.user, env_file
 
 
-def _check_disk(host: AgentHost, image: str, facts: HostFacts) -> Optional[RemoteImage]:
-    """Refuse when the missing layers will not fit; returns what the registry said."""
+def keep_credential(host: AgentHost, variant: Variant, credential: Optional[RegistryCredential],
+                    store: bool) -> None:  # fmt: skip
+    """The operator's opt-in (`mlfleet_store_pull_credentials`): keep the credential on the
+    host (0600, agent/registry_auth.py) so self-healing can pull again with no controller;
+    without it, a credential a deployment kept before is forgotten."""
+    if credential is None:
+        return  # nothing came with this apply (by hand, or an open registry): nothing changes
+    if store:
+        store_on_host(host.agent_dir, credential)
+    else:
+        forget_credential(host.agent_dir, ImageRef.parse(variant.image or "").registry_address)
+
+
+def _check_disk(host: AgentHost, image: str, facts: HostFacts,
+                credential: Optional[RegistryCredential]) -> Optional[RemoteImage]:  # fmt: skip
+    """Refuse when the missing layers will not fit; returns what the registry said. A
+    registry that refuses the credential, or whose certificate is not trusted, is refused
+    here, in one line, before the engine pulls anything."""
     free = facts.docker.free_disk_mib if facts.docker else None
     try:
-        remote = remote_image(image, host.engine.info())
+        remote = remote_image(image, host.engine.info(), credential=credential, arch=facts.arch)
     except EngineUnreachable as exc:
         raise ApplyFailed(Phase.PREFLIGHT, str(exc)) from None
+    except (RegistryAuthError, RegistryTrustError) as exc:
+        raise ApplyFailed(Phase.PREFLIGHT, f"image {image}: {exc}") from None
     if remote is None or free is None:
         return remote  # the registry cannot be asked ahead: the pull decides
     local: Set[str] = set()
@@ -260,18 +299,29 @@ def _adopt(host: AgentHost, source: str, image: str) -> Optional[str]:
 PULL_ATTEMPTS = 4
 
 
-def _pull_with_retries(host: AgentHost, image: str, remote: Optional[RemoteImage]) -> int:
+# A pull that fails with these words will fail the same way again: not retried.
+_FINAL_PULL_ERRORS = (
+    "manifest unknown",
+    "not found",
+    "unauthorized",
+    "authentication required",
+    "no basic auth credentials",
+    "denied",
+    "x509",
+)
+
+
+def _pull_with_retries(host: AgentHost, image: str, remote: Optional[RemoteImage],
+                       credential: Optional[RegistryCredential]) -> int:  # fmt: skip
     """A link that drops mid-pull gets bounded retries with backoff; layers already
-    complete are not fetched again (the engine keeps them). A missing image is not retried."""
+    complete are not fetched again (the engine keeps them). A missing image, refused
+    credentials or an untrusted certificate are not retried."""
     for attempt in range(1, PULL_ATTEMPTS + 1):
         try:
-            return _pull(host, image, remote)
+            return _pull(host, image, remote, credential)
         except ApplyFailed as exc:
-            if (
-                attempt == PULL_ATTEMPTS
-                or "manifest unknown" in exc.reason
-                or "not found" in exc.reason
-            ):
+            reason = exc.reason.lower()
+            if attempt == PULL_ATTEMPTS or any(w in reason for w in _FINAL_PULL_ERRORS):
                 raise
             host.say(
                 EventKind.PULL_RETRY, f"pull attempt {attempt} failed ({exc.reason}); retrying"
@@ -280,7 +330,8 @@ def _pull_with_retries(host: AgentHost, image: str, remote: Optional[RemoteImage
     raise AssertionError("unreachable")
 
 
-def _pull(host: AgentHost, image: str, remote: Optional[RemoteImage]) -> int:
+def _pull(host: AgentHost, image: str, remote: Optional[RemoteImage],
+          credential: Optional[RegistryCredential] = None) -> int:  # fmt: skip
     """Pull through the engine (only missing layers travel); returns the bytes fetched:
     the registry's sizes of the layers the engine fetched (its progress ids are the first
     12 hex digits of the layer digests), else the sizes its progress reported."""
@@ -289,7 +340,7 @@ def _pull(host: AgentHost, image: str, remote: Optional[RemoteImage]) -> int:
     fetched = set()
     host.say(EventKind.PULL, f"pulling {image}")
     try:
-        for msg in host.engine.pull(repository, tag):
+        for msg in host.engine.pull(repository, tag, auth=credential):
             layer, status = msg.get("id"), msg.get("status", "")
             if not layer:
                 continue

@@ -169,15 +169,20 @@ def _locked(args: argparse.Namespace, command: str, wait_s: float) -> Any:
 
 def _apply(args: argparse.Namespace) -> int:
     from mlfleet.agent.apply import apply
-    from mlfleet.agent.desired import DesiredState
+    from mlfleet.agent.protocol import ApplyRequest
 
     text = sys.stdin.read() if args.file in (None, "-") else _read(args.file)
     try:
-        desired = DesiredState.from_dict(json.loads(text))
-    except ValueError as exc:  # JSON errors and DesiredStateError alike
-        raise AgentError(f"desired state: {exc}", ExitCode.USAGE) from None
+        request = ApplyRequest.from_dict(json.loads(text))
+    except ValueError as exc:  # JSON errors, ProtocolError and DesiredStateError alike
+        said = str(exc)
+        if not said.startswith(("desired state", "apply request")):
+            said = f"desired state: {said}"
+        raise AgentError(said, ExitCode.USAGE) from None
     with _locked(args, "apply", args.wait):
-        result = apply(_open_host(args), desired, pull_via=args.pull_via)
+        result = apply(_open_host(args), request.desired, pull_via=args.pull_via,
+                       credential=request.credential,
+                       store_credential=request.store_credential)  # fmt: skip
     _answer(result.to_dict())
     return ExitCode.OK if result.status.ok else ExitCode.ERROR
 

@@ -17,11 +17,13 @@ from mlfleet.agent.container_config import (
     labels,
     parse_env_file,
 )
+from mlfleet.agent.credential import CredentialError, RegistryCredential
 from mlfleet.agent.desired import DesiredState
 from mlfleet.agent.detect.host_facts import detect_host_facts
 from mlfleet.agent.engine_api import EngineAPI
 from mlfleet.agent.facts import HostFacts
 from mlfleet.agent.protocol import Cause, Event, EventKind
+from mlfleet.agent.registry_auth import host_credential
 from mlfleet.agent.state import StateStore
 from mlfleet.agent.variants import Variant
 
@@ -42,6 +44,17 @@ class AgentHost:
 
     def facts(self) -> HostFacts:
         return detect_host_facts(self.root, self.docker_host)
+
+    def placed_credential(self, registry: str) -> Optional[RegistryCredential]:
+        """The credential an operator placed on this host for `registry`: the agent's opt-in
+        store, else the Docker config a `docker login` here left in the agent user's home
+        (under `root`: a lab host's files live there). None when there is none or it cannot
+        be read: the registry's refusal then says what is missing."""
+        home = os.path.join(self.root, os.path.expanduser("~").lstrip("/"))
+        try:
+            return host_credential(registry, self.agent_dir, home=home)
+        except CredentialError:
+            return None
 
     def event(
         self,

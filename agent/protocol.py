@@ -7,7 +7,7 @@ wire, with the schema version) and `from_dict` (checks the version and the shape
 | message | record | direction |
 |---|---|---|
 | host facts (`detect --json`) | `HostFacts` (defined in agent/facts.py) | agent -> controller |
-| desired state (`apply` stdin) | `DesiredState` (defined in agent/desired.py) | controller -> agent |
+| desired state (`apply` stdin) | `ApplyRequest`: a `DesiredState` (agent/desired.py) and the pull credential (agent/credential.py) | controller -> agent |
 | variants to choose from (`select` stdin) | `SelectRequest` | controller -> agent |
 | the choice (`select --json`) | `Selection` (defined in agent/selection.py) | agent -> controller |
 | apply and rollback result | `ApplyResult` | agent -> controller |
@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 from typing import Any, Dict, List, Mapping, Optional
 
+from mlfleet.agent.credential import CredentialError, RegistryCredential
 from mlfleet.agent.desired import DesiredState, DesiredStateError
 from mlfleet.agent.facts import HostFacts
 from mlfleet.agent.selection import Rejection, Selection
@@ -134,6 +135,7 @@ class Cause(str, Enum):
     MOUNT_MISSING = "mount_missing"  # a mount source (or env file) the operator placed is gone
     REGISTRY_AWAY = "registry_away"  # its image is gone and its registry does not answer
     ENGINE_DOWN = "engine_down"  # the host's Docker engine does not answer
+    NEEDS_CREDENTIALS = "needs_credentials"  # its registry wants credentials the host lacks
 
     @classmethod
     def read(cls, value: Any) -> Optional[Cause]:
@@ -275,6 +277,43 @@ def desired_from_dict(data: Any) -> DesiredState:
         return DesiredState.from_dict(dict(data))
     except DesiredStateError as exc:
         raise ProtocolError(f"desired state: {exc}") from None
+
+
+@dataclass(frozen=True)
+class ApplyRequest:
+    """`apply -` stdin: the desired state, and the credential for its images' registry.
+
+    The credential lives only in this message: the agent hands it to its engine for the
+    pull and keeps it nowhere, unless `store_credential` (the operator's explicit opt-in,
+    `mlfleet_store_pull_credentials`) asks it to keep it for self-healing re-pulls."""
+
+    desired: DesiredState
+    credential: Optional[RegistryCredential] = None
+    store_credential: bool = False
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "desired": self.desired.to_dict(),
+            "credential": self.credential.to_dict() if self.credential else None,
+            "store_credential": self.store_credential,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ApplyRequest:
+        """Also reads a bare desired state (`mlfleet-agent apply desired.json` by hand)."""
+        if isinstance(data, Mapping) and "desired" not in data:
+            return cls(desired_from_dict(data))
+        d = check_schema(data, "apply request")
+        raw = d.get("credential")
+        try:
+            credential = RegistryCredential.from_dict(raw) if raw is not None else None
+        except CredentialError as exc:
+            raise ProtocolError(f"apply request: {exc}") from None
+        store = d.get("store_credential", False)
+        if not isinstance(store, bool):
+            raise ProtocolError("apply request: `store_credential` must be true or false")
+        return cls(desired_from_dict(d.get("desired")), credential, store)
 
 
 @dataclass(frozen=True)
@@ -648,6 +687,7 @@ __all__ = [
     "SCHEMA",
     "AgentPlace",
     "AppStatus",
+    "ApplyRequest",
     "ApplyResult",
     "ApplyStatus",
     "Cause",

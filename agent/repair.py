@@ -43,6 +43,11 @@ _UNREACHED = ("connection refused", "no such host", "i/o timeout", "timeout", "d
               "network is unreachable", "no route to host", "tls handshake")  # fmt: skip
 
 
+# Words in a failed pull that mean the registry wants credentials it did not get.
+_UNAUTHORIZED = ("unauthorized", "authentication required", "no basic auth credentials",
+                 "denied")  # fmt: skip
+
+
 class RepairFailed(Exception):
     """The release cannot be brought back now. `waiting`: only because something outside
     the host is away (its registry, its engine), so trying again later may work."""
@@ -179,15 +184,30 @@ def ensure_image(host: AgentHost, image: str, digest: Optional[str]) -> None:
         return
     source = digest if digest and "@" in digest else image
     name, reference = ImageRef.parse(source).engine_name_and_tag()
+    registry = ImageRef.parse(source).registry_address
+    credential = host.placed_credential(registry)
     host.say(EventKind.PULL, f"pulling {source} again (the image was gone)")
     try:
-        for _ in host.engine.pull(name, reference):
+        for _ in host.engine.pull(name, reference, auth=credential):
             pass
     except EngineUnreachable as exc:
         raise RepairFailed(str(exc), waiting=True, cause=Cause.ENGINE_DOWN) from None
     except EngineError as exc:
-        registry = ImageRef.parse(source).registry_address
-        if any(word in exc.message.lower() for word in _UNREACHED):
+        said = exc.message.lower()
+        if any(word in said for word in _UNAUTHORIZED):
+            fix = (
+                "the credential placed on this host was refused: log in again there"
+                if credential
+                else f"place one (docker login {registry} on this host) or opt in to keeping"
+                " the deployment's (mlfleet_store_pull_credentials: true), then the next tick"
+                " pulls it"
+            )
+            raise RepairFailed(
+                f"{source} needs registry credentials to be pulled again ({exc.message}); {fix}",
+                waiting=True,
+                cause=Cause.NEEDS_CREDENTIALS,
+            ) from None
+        if any(word in said for word in _UNREACHED):
             raise RepairFailed(
                 f"waiting for registry {registry} to pull {source} again ({exc.message}); a host"
                 " that reaches no registry needs the controller: mlfleet deploy",

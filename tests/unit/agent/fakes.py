@@ -10,9 +10,10 @@ import http.client
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple
 
 from mlfleet.agent.apply import apply
+from mlfleet.agent.credential import RegistryCredential
 from mlfleet.agent.desired import DesiredState
 from mlfleet.agent.engine_api import EngineAPI, EngineError
 from mlfleet.agent.facts import SCHEMA as FACTS_SCHEMA
@@ -60,6 +61,7 @@ class FakeEngine(EngineAPI):
     broken_images: Set[str] = field(default_factory=set)  # their containers exit at once
     removed_images: List[str] = field(default_factory=list)
     registry_down: bool = False  # pulls fail as they do when the registry is not reached
+    registry_password: Optional[str] = None  # set: pulls need a credential with it
     pulled: List[str] = field(default_factory=list)  # what was pulled, `name:tag` or digest
     image_user: str = "app"
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
@@ -109,7 +111,17 @@ class FakeEngine(EngineAPI):
     def images(self) -> List[Dict[str, Any]]:
         return []
 
-    def pull(self, repository: str, tag: str, timeout: float = 900.0) -> Iterator[Dict[str, Any]]:
+    def pull(self, repository: str, tag: str, timeout: float = 900.0,
+             auth: Optional[RegistryCredential] = None) -> Iterator[Dict[str, Any]]:  # fmt: skip
+        if self.registry_password is not None and (
+            auth is None or auth.password != self.registry_password
+        ):
+            said = (
+                "no basic auth credentials"
+                if auth is None
+                else "unauthorized: authentication required"
+            )
+            raise EngineError(500, f"Head https://{repository.split('/')[0]}/v2/: {said}")
         if self.registry_down:
             raise EngineError(
                 500, f"Get https://{repository.split('/')[0]}/v2/: dial tcp: connection refused"
@@ -233,6 +245,7 @@ class FakeEngine(EngineAPI):
         params: Optional[Dict[str, Any]],
         body: Any,
         timeout: Optional[float],
+        headers: Optional[Mapping[str, str]] = None,
     ) -> Tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         # What EngineAPI sends without `request` (a pull): there is no engine to send it to.
         raise NotImplementedError(f"the fake engine does not answer {method} {path}")

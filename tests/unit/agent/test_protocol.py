@@ -221,3 +221,41 @@ def test_every_command_line_the_controller_builds_is_the_agents(place: AgentPlac
     assert parse(protocol.daemon_args(place, 30)).for_s is None
     version = parse(protocol.version_args())
     assert (version.command, version.json) == ("version", True)
+
+
+def _sample(tmp_path: Any) -> Dict[str, Any]:
+    from mlfleet.controller.lab.model_data import write_model
+    from mlfleet.controller.lab.sample_release import sentiment_desired
+
+    write_model(tmp_path)
+    return sentiment_desired("reg.example:5000", str(tmp_path), "v3")
+
+
+def test_an_apply_request_carries_the_credential_and_never_shows_it(tmp_path: Any) -> None:
+    from mlfleet.agent.credential import RegistryCredential
+
+    desired = protocol.desired_from_dict(_sample(tmp_path))
+    credential = RegistryCredential("reg.example:5000", "robot", "hunter2-secret")
+    request = protocol.ApplyRequest(desired, credential, store_credential=True)
+    back = protocol.ApplyRequest.from_dict(json.loads(json.dumps(request.to_dict())))
+    assert back == request
+    assert "hunter2-secret" not in repr(request)
+    # A desired state alone (an operator's `mlfleet-agent apply desired.json`) still reads.
+    bare = protocol.ApplyRequest.from_dict(desired.to_dict())
+    assert bare.desired == desired and bare.credential is None and not bare.store_credential
+
+
+@pytest.mark.parametrize(
+    "credential, said",
+    [
+        ({"serveraddress": "r:5000", "username": "u"}, "neither a password nor a token"),
+        ({"serveraddress": "r:5000", "password": 5}, "`password` must be a string"),
+        ([], "must be a JSON object"),
+    ],
+)
+def test_a_malformed_credential_is_a_protocol_error_without_the_secret(
+    credential: Any, said: str, tmp_path: Any
+) -> None:
+    data = {"schema": 1, "desired": _sample(tmp_path), "credential": credential}
+    with pytest.raises(ProtocolError, match=said):
+        protocol.ApplyRequest.from_dict(data)
