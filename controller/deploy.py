@@ -11,6 +11,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from mlfleet.agent.imageref import ImageRef
 from mlfleet.agent.protocol import (
+    ApplyRequest,
     DesiredState,
     Event,
     HostFacts,
@@ -26,7 +27,7 @@ from mlfleet.controller.hostops import AgentFailed
 from mlfleet.controller.hosts import Host
 from mlfleet.controller.outcomes import OUTCOME_OF_APPLY, DeployReport, HostResult, Outcome
 from mlfleet.controller.playbook import Playbook
-from mlfleet.controller.registry import Registry, RegistryError
+from mlfleet.controller.registry import Registry, RegistryAccess
 from mlfleet.controller.relay import Relay
 from mlfleet.controller.rollout import (
     PER_VARIANT,
@@ -132,24 +133,21 @@ def check_images(
     deployment before any host is touched. A host with stored facts needs only the variant
     it will select (hosts whose hardware changed since are still safe: their agent's pull
     fails in preflight, before anything running is touched). Returns the references checked."""
-    refs: Dict[str, List[str]] = {}
-    https: Dict[str, bool] = {}
+    # Each image is checked with each credential that will pull it (hosts or groups may
+    # have their own): a credential that may not read it fails here, before any host.
+    refs: Dict[Tuple[str, RegistryAccess], List[str]] = {}
     for host in session.hosts:
         for ref, needed in needed_images(playbook, host, tag, variant_of).items():
-            users = refs.setdefault(ref, [])
-            https.setdefault(ref, host.registry_https)
+            access = session.registry_access(host, ImageRef.parse(ref).registry_address)
+            users = refs.setdefault((ref, access), [])
             if needed:
                 users.append(host.name)
     missing, unused = [], []
-    for ref, users in refs.items():
+    clients: Dict[RegistryAccess, Registry] = {}
+    for (ref, access), users in refs.items():
         image = ImageRef.parse(ref)
-        registry = Registry(image.registry_address, https=https[ref], timeout=10)
-        try:
-            found = registry.get_manifest(image.api_repository, image.reference)
-        except RegistryError as exc:
-            raise MlfleetError(
-                f"cannot check images: {exc}", hint="is the registry reachable from here?"
-            ) from None
+        registry = clients.setdefault(access, access.client(timeout=10))
+        found = registry.get_manifest(image.api_repository, image.reference)
         if found is None and users:
             missing.append(
                 f"{ref} (needed by {', '.join(users[:3])}{' ...' if len(users) > 3 else ''})"
@@ -166,7 +164,7 @@ def check_images(
         session.progress(
             "*", f"not in the registry, and no host's stored facts select them: {', '.join(unused)}"
         )
-    return sorted(refs)
+    return sorted({ref for ref, _ in refs})
 
 
 # --- the deployment ----------------------------------------------------------------------------
@@ -271,18 +269,20 @@ def _deploy_host(
         if mode is TransferMode.AUTO:
             mode = TransferMode.PULL if _reaches(transport, registry) else TransferMode.RELAY
         relay_bytes: Optional[int] = None
+        access = session.registry_access(host, f"{registry[0]}:{registry[1]}")
+        request = ApplyRequest(desired, access.credential, host.store_pull_credentials)
         if mode is TransferMode.RELAY:
-            source = session.relay_source(host, registry, host.registry_https)
+            source = session.relay_source(host, registry)
             with Relay(transport, source, host.bwlimit_kbit) as relay:
                 session.progress(
                     host.name, f"relay: the host pulls through {relay.address} (SSH tunnel)"
                 )
                 outcome = hostops.apply(
-                    transport, session.bundle(), desired, pull_via=relay.address, on_event=event
+                    transport, session.bundle(), request, pull_via=relay.address, on_event=event
                 )
             relay_bytes = relay.bytes_to_host
         else:
-            outcome = hostops.apply(transport, session.bundle(), desired, on_event=event)
+            outcome = hostops.apply(transport, session.bundle(), request, on_event=event)
         result = HostResult(
             host.name,
             OUTCOME_OF_APPLY[outcome.status],

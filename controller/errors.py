@@ -16,6 +16,7 @@ class ExitCode(IntEnum):
     LOCKED = 4  # the fleet lock is held by another deployment
     UNREACHABLE = 5  # hosts could not be reached (the others were done)
     AGENT_FAILED = 6  # hosts answered, but their agent could not run (Python, cron, protocol)
+    REGISTRY = 7  # the registry: credentials missing or refused, certificate untrusted, away
 
 
 class MlfleetError(Exception):

@@ -13,8 +13,8 @@ from mlfleet.agent import protocol
 from mlfleet.agent.bundle import AgentBundle
 from mlfleet.agent.protocol import (
     AgentPlace,
+    ApplyRequest,
     ApplyResult,
-    DesiredState,
     Event,
     HostFacts,
     HostStatus,
@@ -262,10 +262,11 @@ def select(conn: Transport, bundle: AgentBundle, variants: List[Dict[str, Any]])
     return _read(conn, result, "agent select", protocol.selection_from_dict)
 
 
-def apply(conn: Transport, bundle: AgentBundle, desired: DesiredState, *, pull_via: Optional[str] = None,
+def apply(conn: Transport, bundle: AgentBundle, request: ApplyRequest, *, pull_via: Optional[str] = None,
           on_event: Optional[Callable[[Event], None]] = None, timeout: float = 1800.0) -> ApplyResult:  # fmt: skip
-    """Run the agent's apply with the desired state on stdin; its progress events (JSON
-    lines on stderr) go to `on_event`; returns its result."""
+    """Run the agent's apply with the request (desired state and pull credential) on stdin,
+    the only place the credential travels; its progress events (JSON lines on stderr) go to
+    `on_event`; returns its result."""
 
     def line(text: str) -> None:
         if on_event is None or not text.startswith("{"):
@@ -276,7 +277,7 @@ def apply(conn: Transport, bundle: AgentBundle, desired: DesiredState, *, pull_v
             pass  # progress is best effort; the result says what happened
 
     argv = agent_argv(conn.host, protocol.apply_args(place(conn.host), pull_via))
-    stdin = json.dumps(desired.to_dict()).encode()
+    stdin = json.dumps(request.to_dict()).encode()
     result, _ = run_agent(conn, bundle, argv, stdin=stdin, timeout=timeout, on_stderr_line=line)
     return _read(conn, result, "agent apply", ApplyResult.from_dict)
 

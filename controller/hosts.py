@@ -93,7 +93,10 @@ class Host:
     def become(self) -> bool:
         """Use sudo for what needs root when the user is not root (`mlfleet_become`,
         `ansible_become`; default false)."""
-        var, value = self._get("mlfleet_become", "ansible_become")
+        return self._bool("mlfleet_become", "ansible_become")
+
+    def _bool(self, *names: str) -> bool:
+        var, value = self._get(*names)
         if var is None:
             return False
         if isinstance(value, bool):
@@ -175,6 +178,27 @@ class Host:
         return self.registry_scheme == "https"
 
     @property
+    def registry_auth_file(self) -> Optional[str]:
+        """A Docker client config (`config.json`, the file `docker login` writes) with this
+        host's or group's registry credentials (`mlfleet_registry_auth_file`); None: the
+        controller's own, found as the docker CLI finds it ($DOCKER_CONFIG, ~/.docker)."""
+        return self._local_path("mlfleet_registry_auth_file")
+
+    @property
+    def registry_ca(self) -> Optional[str]:
+        """A PEM file with the CA that signed the registry's certificate
+        (`mlfleet_registry_ca`), for the controller's own registry requests; None: the
+        engine's place for it (/etc/docker/certs.d/HOST:PORT/ca.crt), else the system's."""
+        return self._local_path("mlfleet_registry_ca")
+
+    @property
+    def store_pull_credentials(self) -> bool:
+        """Keep the pull credential on the host (0600, in the agent's directory) so its
+        agent can pull again with no controller (`mlfleet_store_pull_credentials`, default
+        false: the credential then lives only in the deployment's SSH session)."""
+        return self._bool("mlfleet_store_pull_credentials")
+
+    @property
     def transfer(self) -> str:
         """How images reach the host: pull, relay or auto (default pull)."""
         text = self._text("mlfleet_transfer") or "pull"
@@ -189,13 +213,15 @@ class Host:
 
     @property
     def relay_registry(self) -> Optional[str]:
-        """Where the relay's tunnel leads on the controller's side: None for the registry
-        named in the image (`upstream`, the default), `cache` for a pull-through cache that
-        mlfleet runs on the controller's loopback, or a registry's `host:port`."""
+        """Where the relay's tunnel leads on the controller's side: `upstream` (the registry
+        named in the image, raw TCP: plain HTTP registries only), `cache` (a pull-through
+        cache mlfleet runs on the controller's loopback; it holds the TLS session and the
+        credentials), or a registry's `host:port`. None (unset): upstream for a plain HTTP
+        registry, the cache for a TLS one."""
         text = self._text("mlfleet_relay_registry")
-        if text in (None, "upstream"):
+        if text is None:
             return None
-        if text == "cache" or _HOST_PORT.match(text):
+        if text in ("upstream", "cache") or _HOST_PORT.match(text):
             return text
         raise self._error(
             "mlfleet_relay_registry", "upstream, cache or a registry's host:port", text
@@ -278,7 +304,7 @@ class Host:
 _SETTINGS = (
     "address", "port", "user", "ssh_key", "known_hosts", "jump_host", "become", "python",
     "agent_dir", "docker_host", "root", "device_root", "cron_dir", "tick_interval", "registry",
-    "registry_scheme",
+    "registry_scheme", "registry_auth_file", "registry_ca", "store_pull_credentials",
     "transfer", "bwlimit_kbit", "relay_registry",
 )  # fmt: skip
 

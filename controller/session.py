@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 from mlfleet.agent.bundle import AgentBundle, build_zipapp
+from mlfleet.controller.credentials import Credentials
+from mlfleet.controller.errors import ConfigError
 from mlfleet.controller.hosts import Host
+from mlfleet.controller.registry import RegistryAccess, trusted_ca
 from mlfleet.controller.relay_cache import RelayCache
 from mlfleet.controller.state import ControllerState
 from mlfleet.controller.transport import Connection, Transport
@@ -54,6 +57,7 @@ class FleetSession:
         self._bundle = bundle
         self._build_dir: Optional[str] = None
         self._caches: Dict[str, RelayCache] = {}
+        self._credentials = Credentials()
         self._lock = threading.Lock()
 
     def __enter__(self) -> FleetSession:
@@ -78,20 +82,46 @@ class FleetSession:
                 self._bundle = build_zipapp(Path(self._build_dir))
             return self._bundle
 
-    def relay_source(self, host: Host, upstream: Tuple[str, int], https: bool) -> Tuple[str, int]:
-        """Where the host's relay tunnel connects: the upstream registry, a registry the
-        inventory names, or the pull-through cache mlfleet runs (one per upstream, shared by
-        the session's hosts)."""
-        choice = host.relay_registry
-        if choice is None:
+    def registry_access(self, host: Host, address: str) -> RegistryAccess:
+        """How this host's deployment reaches the registry at `address`: its scheme, the CA
+        that verifies it and the credential for it (from the host's credentials file or the
+        controller's Docker config)."""
+        with self._lock:
+            credential = self._credentials.for_registry(address, host.registry_auth_file)
+        return RegistryAccess(
+            address,
+            https=host.registry_https,
+            ca_file=trusted_ca(address, host.registry_ca) if host.registry_https else None,
+            credential=credential,
+        )
+
+    def relay_source(self, host: Host, upstream: Tuple[str, int]) -> Tuple[str, int]:
+        """Where the host's relay tunnel connects: the upstream registry (plain HTTP only), a
+        registry the inventory names, or the pull-through cache mlfleet runs (one per
+        upstream, shared by the session's hosts, holding the upstream's TLS session and
+        credential; the default for a TLS registry)."""
+        choice = host.relay_registry or ("cache" if host.registry_https else "upstream")
+        key = f"{upstream[0]}:{upstream[1]}"
+        if choice == "upstream":
+            if host.registry_https:
+                # The host's engine speaks plain HTTP to its loopback end of the tunnel; a
+                # TLS registry behind it would answer every request with 400.
+                raise ConfigError(
+                    f"host {host.name!r}: the relay cannot forward raw TCP to {key}, which speaks"
+                    " TLS (its engine pulls plain HTTP over the tunnel)",
+                    hint="set mlfleet_relay_registry: cache (a pull-through cache on the"
+                    " controller holds the TLS session and the credentials)",
+                )
             return upstream
         if choice != "cache":
             name, _, port = choice.rpartition(":")
             return (name, int(port))
-        key = f"{upstream[0]}:{upstream[1]}"
+        access = self.registry_access(host, key)
         with self._lock:
             if key not in self._caches:
-                cache = self._caches[key] = RelayCache(key, https).start()
+                cache = self._caches[key] = RelayCache(
+                    key, access.https, credential=access.credential, ca_file=access.ca_file
+                ).start()
                 self.progress(
                     "*",
                     f"relay cache of {key} on {cache.address[0]}:{cache.address[1]} ({cache.dir})",

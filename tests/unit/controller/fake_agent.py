@@ -16,8 +16,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Set
 
 from mlfleet.agent.bundle import AgentBundle
 from mlfleet.agent.cli import build_parser
+from mlfleet.agent.credential import RegistryCredential
 from mlfleet.agent.desired import DesiredState
 from mlfleet.agent.protocol import (
+    ApplyRequest,
     ApplyResult,
     ApplyStatus,
     AppStatus,
@@ -29,7 +31,6 @@ from mlfleet.agent.protocol import (
     ReleaseStatus,
     ReleaseView,
     VersionInfo,
-    desired_from_dict,
     selection_to_dict,
 )
 from mlfleet.agent.selection import select_variant
@@ -61,6 +62,8 @@ class FakeHost:
     applied: List[str] = field(default_factory=list)  # tags applied, in order
     files: Dict[str, bytes] = field(default_factory=dict)
     crontab: str = ""
+    # The pull credential each apply received on its stdin (None: none was sent).
+    credentials: List[Optional[RegistryCredential]] = field(default_factory=list)
 
     def serving(self) -> Optional[str]:
         return f"{self.current.tag}/{self.current.variant}" if self.current else None
@@ -142,7 +145,9 @@ class FakeTransport:
                 status = self._status().to_dict()
                 return _json(dict(status, schema=2) if self.fake.newer_schema else status)
             if ns.command == "apply":
-                result = self._apply(desired_from_dict(json.loads(stdin or b"{}")), say)
+                request = ApplyRequest.from_dict(json.loads(stdin or b"{}"))
+                self.fake.credentials.append(request.credential)
+                result = self._apply(request.desired, say)
                 if self.fake.unreachable_after_apply:
                     self.fake.reachable = False
                 return _json(result.to_dict(), 0 if result.status.ok else 1)

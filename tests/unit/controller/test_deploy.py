@@ -264,6 +264,46 @@ def test_a_tag_missing_from_the_registry_stops_before_any_host(fleet: Fleet) -> 
     assert fleet.state.lock_status() is None
 
 
+def test_each_host_gets_the_credential_of_its_own_registry_auth_file(
+    fleet: Fleet, registry: str, tmp_path: Path
+) -> None:
+    """A group's credentials file wins over the controller's Docker config; the credential
+    goes to the host on the apply's stdin, and is kept there only where the operator opted
+    in; the deployment's records never hold it."""
+    import base64
+    import json
+
+    files = {}
+    for who in ("robot-a", "robot-b"):
+        auth = base64.b64encode(f"{who}:pw-of-{who}".encode()).decode()
+        files[who] = tmp_path / f"{who}.json"
+        files[who].write_text(json.dumps({"auths": {registry: {"auth": auth}}}))
+    fleet.hosts = [
+        Host(h.name, dict(h.vars, mlfleet_registry_auth_file=str(files["robot-b" if h.name == "edge-cpu" else "robot-a"]),
+                          mlfleet_store_pull_credentials=h.name == "edge-cpu"))
+        for h in fleet.hosts
+    ]  # fmt: skip
+    report = fleet.deploy("v1", canary=0, batch="100%")
+    assert report.status == "succeeded"
+    got = {name: fake.credentials[-1] for name, fake in fleet.fakes.items()}
+    assert {n: (c.username, c.password) for n, c in got.items() if c} == {
+        "edge-a100": ("robot-a", "pw-of-robot-a"), "edge-t4": ("robot-a", "pw-of-robot-a"),
+        "edge-mi210": ("robot-a", "pw-of-robot-a"), "edge-cpu": ("robot-b", "pw-of-robot-b"),
+    }  # fmt: skip
+    assert (fleet.state.path.read_bytes().find(b"pw-of-robot")) == -1
+
+
+def test_a_relay_of_raw_tcp_to_a_tls_registry_is_refused_not_hung(fleet: Fleet) -> None:
+    extra = {
+        "mlfleet_transfer": "relay",
+        "mlfleet_registry_scheme": "https",
+        "mlfleet_relay_registry": "upstream",
+    }
+    fleet.hosts = [Host(h.name, dict(h.vars, **extra)) for h in fleet.hosts]
+    with fleet.session() as session, pytest.raises(ConfigError, match="relay_registry: cache"):
+        session.relay_source(fleet.hosts[0], ("127.0.0.1", 5000))
+
+
 def test_a_per_variant_canary_holds_one_host_of_each_variant_the_plan_selects(
     tmp_path: Path, registry: str
 ) -> None:

@@ -544,7 +544,7 @@ def test_missing_file_and_bad_vars_file(tmp_path: Path):
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("", None), ("mlfleet_relay_registry: upstream", None), ("mlfleet_relay_registry: cache", "cache"),
+    [("", None), ("mlfleet_relay_registry: upstream", "upstream"), ("mlfleet_relay_registry: cache", "cache"),
      ("mlfleet_relay_registry: 'mirror.site.lan:5000'", "mirror.site.lan:5000")],
 )  # fmt: skip
 def test_relay_registry_forms(value: str, expected):
