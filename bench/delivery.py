@@ -187,7 +187,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         profiles = work / "profiles.yml"
-        profiles.write_text(f"subnet: {SUBNET}\nhosts:\n  src: {{}}\n  edge: {{}}\n"
+        # Open registry: this compares delivery methods (bench/registry_auth.py the cost of
+        # TLS and credentials), and `docker save` needs the source engine to pull anonymously.
+        profiles.write_text(f"subnet: {SUBNET}\nregistry: open\nhosts:\n  src: {{}}\n  edge: {{}}\n"
                             f"  cell: {{link_kbit: {args.link_kbit}}}\n")  # fmt: skip
         inventory = work / "inventory.yml"
         cli("lab", "--name", NAME, "up", "--profiles", str(profiles), "--inventory", str(inventory))

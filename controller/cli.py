@@ -656,6 +656,20 @@ def lab_gpu(layout: Any, host: str, state: str) -> None:
     _progress(f"{host}: GPU driver {'loaded' if state == 'back' else 'not loaded'}")
 
 
+@lab.command("login")
+@click.argument("host")
+@click.option("--logout", is_flag=True, help="remove the login again")
+@click.pass_obj
+def lab_login(layout: Any, host: str, logout: bool) -> None:
+    """Place the lab registry's login in HOST's own Docker config (root's
+    ~/.docker/config.json on that host, 0600), as an operator's `docker login` there would:
+    its agent can then pull again with no controller."""
+    from mlfleet.controller.lab import fleet
+
+    path = fleet.login(layout, host, not logout)
+    _progress(f"{host}: {'logged out of' if logout else 'logged in to'} the lab registry ({path})")
+
+
 @lab.command("reboot")
 @click.argument("host")
 @click.pass_obj

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from mlfleet.controller.errors import LabError
-from mlfleet.controller.lab import images, network
+from mlfleet.controller.lab import images, lab_registry, network, registry_tls
 from mlfleet.controller.lab.hardware import (
     driver_vendors,
     remove_root,
@@ -44,9 +44,8 @@ from mlfleet.controller.lab.processes import (
     wait_until,
 )
 from mlfleet.controller.lab.profiles import HostProfile, LabSpec
-from mlfleet.controller.registry import Registry
 
-REGISTRY_PORT = 5000
+REGISTRY_PORT = lab_registry.REGISTRY_PORT
 SSH_USER = "root"
 Progress = Callable[[str], None]
 
@@ -86,7 +85,12 @@ def check_system() -> None:
 
 def _fingerprint(spec: LabSpec) -> str:
     return json.dumps(
-        {"subnet": str(spec.subnet), "hosts": [asdict(h) for h in spec.hosts]}, sort_keys=True
+        {
+            "subnet": str(spec.subnet),
+            "registry": spec.registry,
+            "hosts": [asdict(h) for h in spec.hosts],
+        },
+        sort_keys=True,
     )
 
 
@@ -195,8 +199,8 @@ def _create(layout: LabLayout, spec: LabSpec, progress: Progress) -> Dict[str, A
     (layout.ssh_dir / "authorized_keys").write_text(layout.ssh_key.with_suffix(".pub").read_text())
     ctrl = spec.controller_address
     network.create_bridge(layout.bridge, ctrl, spec.subnet.prefixlen)
-    registry_pid = _start_registry(layout, ctrl)
-    registry = Registry(f"{ctrl}:{REGISTRY_PORT}")
+    registry_state = lab_registry.start(layout, ctrl, secure=spec.registry == "secure")
+    registry = lab_registry.client(registry_state)
     wait_until(registry.ping, 15, f"registry at {registry.address}")
 
     progress(f"starting {len(spec.hosts)} hosts (sshd, dockerd, crond each)")
@@ -214,7 +218,7 @@ def _create(layout: LabLayout, spec: LabSpec, progress: Progress) -> Dict[str, A
         "profiles": spec.source,
         "subnet": str(spec.subnet),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "registry": {"address": registry.address, "pid": registry_pid, "images": refs},
+        "registry": dict(registry_state, images=refs),
         "ssh_key": str(layout.ssh_key),
         "known_hosts": str(layout.known_hosts),
         "hosts": hosts,
@@ -224,20 +228,6 @@ def _create(layout: LabLayout, spec: LabSpec, progress: Progress) -> Dict[str, A
 def _keygen(path: Path, comment: str) -> None:
     if not path.exists():
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
-
-
-def _start_registry(layout: LabLayout, address: str) -> int:
-    config = layout.registry_dir / "config.yml"
-    config.write_text(
-        "version: 0.1\n"
-        "log: {level: warn}\n"
-        f"storage: {{filesystem: {{rootdirectory: {layout.registry_dir / 'data'}}}, "
-        "delete: {enabled: true}}\n"
-        f"http: {{addr: '{address}:{REGISTRY_PORT}'}}\n"
-    )
-    return start_daemon(
-        ["docker-registry", "serve", str(config)], layout.registry_dir / "registry.log"
-    )
 
 
 def _create_host(
@@ -323,7 +313,10 @@ def _write_daemon_json(layout: LabLayout, spec: LabSpec, profile: HostProfile) -
         "exec-root": str(hrun / "exec"),
         "hosts": [layout.docker_host(name)],
         "pidfile": str(hrun / "dockerd.pid"),
-        "insecure-registries": [f"{spec.controller_address}:{REGISTRY_PORT}"],
+        # An open lab registry speaks plain HTTP; a secure one is trusted through certs.d.
+        "insecure-registries": (
+            [f"{spec.controller_address}:{REGISTRY_PORT}"] if spec.registry == "open" else []
+        ),
         # Each engine its own identity (the default key lives in the shared /etc/docker).
         "deprecated-key-path": str(hdir / "docker-key.json"),
         "cgroup-parent": f"/{layout.cgroup_prefix}{name}",
@@ -452,6 +445,7 @@ def _down(layout: LabLayout) -> None:
         for daemon in ("sshd", "crond"):
             stop_pid(host["pids"].get(daemon), expect=daemon, timeout=5)
     stop_pid(state.get("registry", {}).get("pid"), expect="docker-registry", timeout=5)
+    lab_registry.remove_trust(state.get("registry", {}))
     kill_all(pids_mentioning([str(layout.base) + "/", str(layout.run) + "/"]))
     kill_cgroups(layout.cgroup_prefix)
     # Deleting our end of each veth pair takes the host's end with it, even when something
@@ -516,6 +510,25 @@ def link(layout: LabLayout, name: str, up_: bool) -> None:
     """Cut or restore a host's network link."""
     host = find_host(require_state(layout), name)
     network.set_link(host["veth"], up_)
+
+
+def login(layout: LabLayout, name: str, logged_in: bool) -> Path:
+    """Place (or remove) the lab registry's login in a host's own Docker config, the file an
+    operator's `docker login` on that host writes: root's ~/.docker/config.json under the
+    host's root. Returns its path."""
+    state = require_state(layout)
+    find_host(state, name)
+    path = layout.root(name) / "root/.docker/config.json"
+    if not logged_in:
+        path.unlink(missing_ok=True)
+        return path
+    source = state["registry"].get("docker_config")
+    if not source:
+        raise LabError(f"lab {layout.name!r} has an open registry: there is no login to place")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    registry_tls.write_private(path, Path(source).read_text())
+    return path
 
 
 def gpu(layout: LabLayout, name: str, loaded: bool) -> None:
@@ -619,6 +632,9 @@ def status(layout: LabLayout) -> Dict[str, Any]:
         "created": state["created"],
         "registry": {
             "address": registry_address,
+            "https": bool(state["registry"].get("https")),
+            "ca": state["registry"].get("ca"),
+            "docker_config": state["registry"].get("docker_config"),
             "running": alive(state["registry"].get("pid")),
             "images": state["registry"].get("images", []),
         },

@@ -56,8 +56,7 @@ def render_inventory(status: Dict[str, Any]) -> str:
                 "ansible_ssh_private_key_file": first.get("ssh_key"),
                 "mlfleet_known_hosts": first.get("known_hosts"),
                 "mlfleet_registry": status["registry"]["address"],
-                # The lab's registry speaks plain HTTP (the hosts' engines list it as insecure).
-                "mlfleet_registry_scheme": "http",
+                **_registry_vars(status["registry"]),
             },
             "children": groups,
         }
@@ -66,3 +65,16 @@ def render_inventory(status: Dict[str, Any]) -> str:
         name=status["name"], count=len(status["hosts"]), profiles=status["profiles"]
     )
     return header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
+
+
+def _registry_vars(registry: Dict[str, Any]) -> Dict[str, Any]:
+    """How the controller reaches the lab's registry: a secure one with its CA and the
+    Docker config `lab up` wrote (its login); an open one over plain HTTP (the hosts'
+    engines list it as insecure)."""
+    if not registry.get("https"):
+        return {"mlfleet_registry_scheme": "http"}
+    return {
+        "mlfleet_registry_scheme": "https",
+        "mlfleet_registry_ca": registry["ca"],
+        "mlfleet_registry_auth_file": registry["docker_config"],
+    }

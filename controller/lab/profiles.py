@@ -116,11 +116,17 @@ class HostProfile:
         return ", ".join(parts)
 
 
+REGISTRY_KINDS = ("secure", "open")
+
+
 @dataclass(frozen=True)
 class LabSpec:
     subnet: ipaddress.IPv4Network
     hosts: Tuple[HostProfile, ...]
     source: str = "<built-in>"
+    # secure: TLS with the lab's own CA and credentials required, like a real private
+    # registry; open: plain HTTP, anonymous (for a test that needs one).
+    registry: str = "secure"
     # host name -> file:line of its entry, for messages about a host
     where: Dict[str, str] = field(default_factory=dict, compare=False)
 
@@ -152,8 +158,13 @@ def parse_profiles(doc: Any) -> LabSpec:
     """Validate a parsed profiles document; every error names the file:line and the key."""
     if not isinstance(doc, LocatedDict):
         raise ConfigError("expected a mapping with a `hosts:` key", where=_where(doc))
-    _no_unknown(doc, {"hosts", "subnet"}, "the top level")
+    _no_unknown(doc, {"hosts", "subnet", "registry"}, "the top level")
     subnet = _subnet(doc)
+    registry = str(doc.get("registry", "secure"))
+    if registry not in REGISTRY_KINDS:
+        raise ConfigError(
+            f"`registry` must be secure or open, not {registry!r}", where=doc.where("registry")
+        )
     hosts_doc = doc.get("hosts")
     if not isinstance(hosts_doc, LocatedDict) or not hosts_doc:
         raise ConfigError(
@@ -185,7 +196,9 @@ def parse_profiles(doc: Any) -> LabSpec:
             where=doc.where("hosts"),
             hint="use a larger `subnet:`",
         )
-    return LabSpec(subnet=subnet, hosts=tuple(hosts), source=doc.source, where=where)
+    return LabSpec(
+        subnet=subnet, hosts=tuple(hosts), source=doc.source, where=where, registry=registry
+    )
 
 
 def _subnet(doc: LocatedDict) -> ipaddress.IPv4Network:

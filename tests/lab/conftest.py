@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Tuple
 import pytest
 
 from mlfleet.agent.bundle import build_zipapp
+from mlfleet.controller.lab import lab_registry
 from tests.lab.sshrun import connect, ssh
 
 ENGINE_HOSTS = [
@@ -44,9 +45,22 @@ def put(host: Dict[str, Any], data: bytes, name: str) -> str:
     return path
 
 
-def agent(host: Dict[str, Any], args: str, timeout: float = 300) -> Tuple[int, str, str]:
+def agent(
+    host: Dict[str, Any], args: str, timeout: float = 300, stdin: bytes | None = None
+) -> Tuple[int, str, str]:
     """Run the zipapp on the host, as the controller will: python3 + the pyz, over SSH."""
-    return ssh(host, f'python3 "$MLFLEET_AGENT_DIR/mlfleet-agent.pyz" {args}', timeout=timeout)
+    command = f'python3 "$MLFLEET_AGENT_DIR/mlfleet-agent.pyz" {args}'
+    return ssh(host, command, timeout=timeout, stdin=stdin)
+
+
+def apply_request(lab: Dict[str, Any], desired: Dict[str, Any]) -> bytes:
+    """`apply -`'s stdin as the controller sends it: the desired state and the lab
+    registry's credential (on the SSH session only, never in a file on the host)."""
+    request = {"schema": 1, "desired": desired, "credential": None}
+    credential = lab_registry.credential(lab["registry"])
+    if credential is not None:
+        request["credential"] = credential.to_dict()
+    return json.dumps(request).encode()
 
 
 def events(stderr: str) -> List[Dict[str, Any]]:

@@ -18,11 +18,17 @@ def connect(host: Dict[str, Any], known_hosts: str | None = None) -> paramiko.SS
     return client
 
 
-def ssh(host: Dict[str, Any], command: str, timeout: float = 180) -> Tuple[int, str, str]:
-    """Run `command` on the host; (exit status, stdout, stderr)."""
+def ssh(
+    host: Dict[str, Any], command: str, timeout: float = 180, stdin: bytes | None = None
+) -> Tuple[int, str, str]:
+    """Run `command` on the host, `stdin` on its standard input; (exit status, stdout,
+    stderr)."""
     client = connect(host)
     try:
-        _, stdout, stderr = client.exec_command(command, timeout=timeout)
+        to, stdout, stderr = client.exec_command(command, timeout=timeout)
+        if stdin is not None:
+            to.write(stdin)
+            to.channel.shutdown_write()
         out = stdout.read().decode()
         err = stderr.read().decode()
         return stdout.channel.recv_exit_status(), out, err

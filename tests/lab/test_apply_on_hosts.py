@@ -17,7 +17,7 @@ import pytest
 from mlfleet.controller.lab.model_data import score
 from mlfleet.controller.lab.sample_release import SAMPLE_TEXT, sentiment_desired
 from tests.conftest import TEST_LAB, mlfleet
-from tests.lab.conftest import agent, events, put
+from tests.lab.conftest import agent, apply_request, events, put
 from tests.lab.sshrun import ssh
 
 TEXT = SAMPLE_TEXT
@@ -32,8 +32,8 @@ def desired(lab: Dict[str, Any], host: Dict[str, Any], tag: str, **over: Any) ->
 
 def apply(lab, name: str, tag: str, **over: Any):
     host = lab["hosts_by_name"][name]
-    path = put(host, json.dumps(desired(lab, host, tag, **over)).encode(), f"desired-{tag}.json")
-    code, out, err = agent(host, f"apply {path}")
+    stdin = apply_request(lab, desired(lab, host, tag, **over))
+    code, out, err = agent(host, "apply -", stdin=stdin)
     assert out.strip(), f"{name}: no result; stderr: {err[-2000:]}"
     return code, json.loads(out), events(err)
 

@@ -294,11 +294,12 @@ def test_on_failure_rollback_returns_updated_hosts_to_their_previous_release(ctl
 
 
 def test_hosts_with_stored_facts_need_only_the_image_of_their_variant(ctl, tmp_path):
+    from mlfleet.controller.lab import lab_registry
     from mlfleet.controller.lab.images import REPOSITORY
-    from mlfleet.controller.registry import MANIFEST_V2, Registry
+    from mlfleet.controller.registry import MANIFEST_V2
 
     # A tag built for the CPU variant alone (a team that has no GPU image of it yet).
-    registry = Registry(ctl.lab["registry"]["address"])
+    registry = lab_registry.client(ctl.lab["registry"])
     found = registry.get_manifest(REPOSITORY, "v3-cpu")
     assert found is not None, "the lab registry has no v3-cpu"
     manifest, _ = found

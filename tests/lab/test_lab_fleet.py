@@ -13,9 +13,9 @@ from pathlib import Path
 import paramiko
 import pytest
 
+from mlfleet.controller.lab import lab_registry
 from mlfleet.controller.lab.images import REPOSITORY, TAGS, VARIANTS
 from mlfleet.controller.lab.model_data import score
-from mlfleet.controller.registry import Registry
 from tests.conftest import TEST_LAB, mlfleet
 from tests.lab.sshrun import connect, ssh
 
@@ -104,7 +104,7 @@ def test_each_host_runs_its_own_docker_engine(lab):
 
 
 def test_lab_images_are_in_the_registry(lab):
-    registry = Registry(lab["registry"]["address"])
+    registry = lab_registry.client(lab["registry"])
     expected = {f"{t}-{v}" for t in TAGS for v in VARIANTS}
     # Every tag x variant the lab builds (tests of delivery push tags of their own as well).
     missing = expected - set(registry.tags(REPOSITORY))

@@ -15,10 +15,10 @@ from typing import Optional
 
 import yaml
 
+from mlfleet.controller.lab import lab_registry
 from mlfleet.controller.lab.images import REPOSITORY, push_payload_image
 from mlfleet.controller.lab.layout import LabLayout
 from mlfleet.controller.lab.processes import pids_mentioning
-from mlfleet.controller.registry import Registry
 from mlfleet.controller.state import ControllerState
 from tests.conftest import TEST_LAB, mlfleet
 
@@ -41,7 +41,7 @@ def deploy(lab, state: Path, tag: str, *extra: str, env: Optional[dict] = None, 
 
 
 def layer_bytes(lab, tag: str) -> list:
-    found = Registry(lab["registry"]["address"]).get_manifest(REPOSITORY, f"{tag}-cpu")
+    found = lab_registry.client(lab["registry"]).get_manifest(REPOSITORY, f"{tag}-cpu")
     assert found is not None, f"the lab registry has no {tag}-cpu"
     manifest, _ = found
     return [layer["size"] for layer in manifest["layers"]]
@@ -82,7 +82,7 @@ def with_host_vars(lab, tmp_path: Path, host: str, **hostvars) -> Path:
 
 
 def payload_image(lab, tag: str, mib: int) -> list:
-    registry = Registry(lab["registry"]["address"])
+    registry = lab_registry.client(lab["registry"])
     return push_payload_image(registry, LabLayout(TEST_LAB).cache, tag, mib)
 
 
@@ -174,7 +174,7 @@ def test_link_cut_during_a_large_layer_old_release_serves_throughout(agent_hosts
     assert after == sorted(after), seen
     if air["result"] == "updated":
         # Completed after the link came back: the whole image, verified, serving.
-        found = Registry(lab["registry"]["address"]).get_manifest(REPOSITORY, "cut-cpu")
+        found = lab_registry.client(lab["registry"]).get_manifest(REPOSITORY, "cut-cpu")
         assert found is not None, "the lab registry has no cut-cpu"
         _, digest = found
         assert air["digest"] == f"{air['image'].rsplit(':', 1)[0]}@{digest}", air
