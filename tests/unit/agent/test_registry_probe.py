@@ -1,6 +1,7 @@
 """What a pull would fetch, asked of a real local HTTPS registry stand-in (see
-test_registry_auth): the platform an image index offers this host, the registry's trust
-and challenges, and None when the registry cannot be asked at all."""
+test_registry_auth): the image an index offers this host (the rule itself is agent/platforms.py,
+tested in test_platforms), the registry's trust and challenges, and None when the registry
+cannot be asked at all."""
 
 from __future__ import annotations
 
@@ -12,14 +13,7 @@ import pytest
 
 from mlfleet.agent.credential import RegistryCredential
 from mlfleet.agent.registry_auth import RegistryAuthError, RegistryTrustError
-from mlfleet.agent.registry_probe import (
-    Platform,
-    RemoteImage,
-    host_platform,
-    pick_platform,
-    plain_http,
-    remote_image,
-)
+from mlfleet.agent.registry_probe import RemoteImage, plain_http, remote_image
 from tests.unit.agent.test_registry_auth import (
     PASSWORD,
     USER,
@@ -81,41 +75,7 @@ def sizes(image: Optional[RemoteImage]) -> List[int]:
     return [size for _, size in image.layers]
 
 
-# --- the platform (pure) -----------------------------------------------------------------
-
-
-def test_host_platform_from_uname_or_oci_names() -> None:
-    assert host_platform("x86_64") == Platform("amd64")
-    assert host_platform("aarch64") == host_platform("arm64") == Platform("arm64", "v8")
-    assert host_platform("armv7l") == Platform("arm", "v7")
-    assert host_platform("arm/v6") == Platform("arm", "v6")
-    assert host_platform("riscv64") == Platform("riscv64")
-
-
-def entry(arch: str, variant: str = "", os: str = "linux") -> Dict[str, Any]:
-    platform = {"architecture": arch, "os": os}
-    if variant:
-        platform["variant"] = variant
-    return {"digest": f"{os}/{arch}/{variant}", "platform": platform}
-
-
-def test_pick_platform_skips_attestations_and_other_architectures() -> None:
-    entries = [entry("unknown", os="unknown"), entry("arm64", "v8"), entry("amd64")]
-    assert pick_platform(entries, Platform("amd64")) == entries[2]
-    assert pick_platform(entries[:1], Platform("amd64")) is None
-    assert pick_platform([entry("amd64", os="windows")], Platform("amd64")) is None
-
-
-def test_pick_platform_arm64_matches_v8_written_or_not() -> None:
-    assert pick_platform([entry("arm64")], Platform("arm64", "v8")) == entry("arm64")
-    assert pick_platform([entry("arm64", "v8")], Platform("arm64", "v8")) == entry("arm64", "v8")
-
-
-def test_pick_platform_arm_prefers_its_variant_then_older_ones() -> None:
-    entries = [entry("arm", "v6"), entry("arm", "v8"), entry("arm", "v7")]
-    assert pick_platform(entries, Platform("arm", "v7")) == entry("arm", "v7")
-    assert pick_platform(entries[:2], Platform("arm", "v7")) == entry("arm", "v6")
-    assert pick_platform([entry("arm", "v8")], Platform("arm", "v7")) is None
+# --- TLS or plain HTTP, as the engine decides -------------------------------------------
 
 
 def test_plain_http_still_follows_the_engine() -> None:
@@ -133,6 +93,7 @@ def test_index_picks_the_host_architecture(standin: RegistryStandIn, certs_dir: 
     assert sizes(probe(standin, certs_dir, arch="aarch64")) == SIZES["arm64/v8"]
     assert sizes(probe(standin, certs_dir, arch="armv7l")) == SIZES["arm/v7"]
     assert probe(standin, certs_dir, arch="riscv64") is None  # not offered: the pull decides
+    assert probe(standin, certs_dir, arch="sparc64") is None  # a machine of no known platform
 
 
 def test_arch_defaults_to_the_engines(standin: RegistryStandIn, certs_dir: Path) -> None:
@@ -143,6 +104,8 @@ def test_arch_defaults_to_the_engines(standin: RegistryStandIn, certs_dir: Path)
 
 def test_a_single_manifest(standin: RegistryStandIn, certs_dir: Path) -> None:
     assert sizes(probe(standin, certs_dir, tag="amd64-only")) == [5]
+    # Nothing to choose from: the machine does not matter.
+    assert sizes(probe(standin, certs_dir, tag="amd64-only", arch="sparc64")) == [5]
 
 
 def test_unknown_tag_is_none(standin: RegistryStandIn, certs_dir: Path) -> None:

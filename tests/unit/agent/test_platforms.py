@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mlfleet.controller.platforms import (
+from mlfleet.agent.platforms import (
     DOCKER_MANIFEST_LIST,
     OCI_INDEX,
     Platform,
@@ -353,6 +353,36 @@ def test_choose_over_an_index_of_attestations_only() -> None:
 def test_an_arm_v6_host_cannot_run_an_arm_v7_image() -> None:
     with pytest.raises(PlatformMissing, match="has no linux/arm/v6 image"):
         choose(OCI_WITH_ATTESTATION, Platform.from_machine("armv6l"))
+
+
+def test_an_arm_v7_host_takes_an_older_arm_image_never_a_newer_one() -> None:
+    armv7l = Platform.from_machine("armv7l")
+    index = _index("linux/arm/v6", "linux/arm/v8", "linux/arm/v7")
+    assert choose(index, armv7l) == _digest("linux/arm/v7")
+    index["manifests"].pop()
+    assert choose(index, armv7l) == _digest("linux/arm/v6")
+    with pytest.raises(PlatformMissing, match=r"has no linux/arm/v7 image \(it has linux/arm/v8\)"):
+        choose(_index("linux/arm/v8"), armv7l)
+
+
+def test_an_image_for_another_os_is_never_chosen() -> None:
+    with pytest.raises(PlatformMissing, match=r"\(it has windows/amd64\)"):
+        choose(_index("windows/amd64"), Platform.from_machine("x86_64"))
+
+
+def test_an_attestation_is_skipped_even_ahead_of_its_image() -> None:
+    # Its annotation names a real platform; an engine never pulls it.
+    index = _index("linux/arm64/v8", "linux/amd64")
+    attestation = {
+        "digest": _digest("attestation"),
+        "annotations": {"vnd.docker.reference.type": "attestation-manifest"},
+        "platform": {"os": "linux", "architecture": "amd64"},
+    }
+    index["manifests"].insert(0, attestation)
+    index["manifests"].insert(
+        0, {**attestation, "platform": {"os": "unknown", "architecture": "unknown"}}
+    )
+    assert choose(index, Platform.from_machine("x86_64")) == _digest("linux/amd64")
 
 
 @pytest.mark.parametrize(

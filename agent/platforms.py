@@ -4,7 +4,8 @@ A multi-arch image is an index (OCI `application/vnd.oci.image.index.v1+json`, o
 older `application/vnd.docker.distribution.manifest.list.v2+json`) whose entries each name a
 platform (`os`, `architecture`, optional `variant`) and the digest of that platform's image.
 The engine picks one entry for its own platform; knowing which one in advance is what lets
-the controller tell "this image has no arm64 build" before a host fails to pull it.
+the controller tell "this image has no arm64 build" before a host fails to pull it, and the
+agent's registry probe size the very image its engine will pull.
 
 The rules are containerd's `platforms` package (which the Docker engine uses to pick):
 
@@ -24,7 +25,7 @@ Entries without a platform and attestation entries (BuildKit's provenance and SB
 platform `unknown/unknown`, annotation `vnd.docker.reference.type: attestation-manifest`) are
 never chosen. `os.version` and `os.features` (Windows only) are not considered.
 
-Standard library only, Python 3.8, so the agent could use it as well.
+Standard library only, Python 3.8: the one home of this rule, for the agent and the controller.
 """
 
 from __future__ import annotations
