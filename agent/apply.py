@@ -25,16 +25,11 @@ from mlfleet.agent.host import (
     read_inputs,
     serve_after_reboot,
 )
+from mlfleet.agent.host_credentials import forget_credential
+from mlfleet.agent.host_credentials import store_credential as store_on_host
 from mlfleet.agent.imageref import ImageRef
 from mlfleet.agent.protocol import ApplyResult, ApplyStatus, EventKind, Phase, Strategy
-from mlfleet.agent.registry_auth import (
-    RegistryAuthError,
-    RegistryTrustError,
-    forget_credential,
-)
-from mlfleet.agent.registry_auth import (
-    store_credential as store_on_host,
-)
+from mlfleet.agent.registry_auth import RegistryAuthError, RegistryTrustError
 from mlfleet.agent.registry_probe import RemoteImage, remote_image
 from mlfleet.agent.repair import RepairFailed, recreate
 from mlfleet.agent.selection import select_variant

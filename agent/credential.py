@@ -4,7 +4,7 @@ sides use for it (standard library only, Python 3.8).
 It travels only on the SSH session's stdin (`protocol.ApplyRequest`) and reaches the engine
 only as the `X-Registry-Auth` header of a pull. Its `repr` hides the secret, and nothing
 writes it to a file, a log, a state database or a process's arguments or environment,
-except the host store an operator opts into (agent/registry_auth.py).
+except the host store an operator opts into (agent/host_credentials.py).
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ from mlfleet.agent.desired import DesiredState
 from mlfleet.agent.detect.host_facts import detect_host_facts
 from mlfleet.agent.engine_api import EngineAPI
 from mlfleet.agent.facts import HostFacts
+from mlfleet.agent.host_credentials import host_credential
 from mlfleet.agent.protocol import Cause, Event, EventKind
-from mlfleet.agent.registry_auth import host_credential
 from mlfleet.agent.state import StateStore
 from mlfleet.agent.variants import Variant
 
