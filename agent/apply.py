@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import AbstractSet, Any, Dict, List, Optional, Set, Tuple
 
 from mlfleet.agent import health
@@ -108,7 +108,7 @@ def apply(host: AgentHost, desired: DesiredState, pull_via: Optional[str] = None
             variant.image,
             desired.to_dict(),
         )
-        result.digest = (image_info.get("RepoDigests") or [None])[0]
+        result.digest = _digest_of(variant, image_info)
         host.store.update(release.id, digest=result.digest)
         t = time.monotonic()
         container_id = _start(
@@ -186,6 +186,14 @@ def _unchanged(host: AgentHost, current: Release, desired: DesiredState, variant
     return all(p.ok for p in health.probe_once(target, DesiredState.from_dict(current.spec).health))
 
 
+def _digest_of(variant: Variant, image_info: Dict[str, Any]) -> Optional[str]:
+    """`repository@sha256:...` of the image the release runs: its pin, else what the engine
+    recorded."""
+    if variant.digest and variant.image:
+        return f"{_repository_and_tag(variant.image)[0]}@{variant.digest}"
+    return (image_info.get("RepoDigests") or [None])[0]
+
+
 def _spec_key(spec: Dict[str, Any]) -> str:
     keep = {k: v for k, v in spec.items() if k != "deployment"}
     return json.dumps(keep, sort_keys=True)
@@ -201,12 +209,16 @@ def _preflight(host: AgentHost, desired: DesiredState, variant: Variant, facts: 
     except MissingInput as exc:
         raise ApplyFailed(Phase.PREFLIGHT, str(exc)) from None
     assert variant.image is not None
-    image_info = host.engine.image_inspect(variant.image)
+    image_info = _local_image(host, variant)
     if image_info is None:
-        source = _pull_source(variant.image, pull_via)
+        source = _pull_source(variant.image, pull_via, variant.digest)
         remote = _check_disk(host, source, facts, credential)
         result.bytes_pulled = _pull_with_retries(host, source, remote, credential)
-        digest = _adopt(host, source, variant.image) if source != variant.image else None
+        digest = (
+            _adopt(host, source, variant.image, mirror=bool(pull_via))
+            if source != variant.image
+            else None
+        )
         image_info = host.engine.image_inspect(variant.image)
         if image_info is None:
             raise ApplyFailed(
@@ -269,11 +281,32 @@ def _check_disk(host: AgentHost, image: str, facts: HostFacts,
     return remote
 
 
-def _pull_source(image: str, pull_via: Optional[str]) -> str:
-    """The reference to pull: the image itself, or the same repository and tag on a mirror."""
-    if not pull_via:
-        return image
-    return str(ImageRef.parse(image).with_registry(pull_via))
+def _local_image(host: AgentHost, variant: Variant) -> Optional[Dict[str, Any]]:
+    """The engine's image for the variant: the one its name tags, when that is the pinned
+    digest (or nothing is pinned); else the pinned bits held under no name (tagged now);
+    None when they must be pulled (the tag moved to other bits since this host pulled it)."""
+    assert variant.image is not None
+    info = host.engine.image_inspect(variant.image)
+    if info is None or not variant.digest:
+        return info
+    if any(d.endswith("@" + variant.digest) for d in info.get("RepoDigests") or ()):
+        return info
+    pinned = str(replace(ImageRef.parse(variant.image), tag=None, digest=variant.digest))
+    if host.engine.image_inspect(pinned) is None:
+        return None
+    host.engine.image_tag(pinned, *_repository_and_tag(variant.image))
+    return host.engine.image_inspect(variant.image)
+
+
+def _pull_source(image: str, pull_via: Optional[str], digest: Optional[str] = None) -> str:
+    """The reference to pull: the image itself, or by its pinned digest (the bits its tag
+    named when the deployment started), from its registry or a mirror."""
+    ref = ImageRef.parse(image)
+    if digest:
+        ref = replace(ref, tag=None, digest=digest)
+    if pull_via:
+        ref = ref.with_registry(pull_via)
+    return str(ref)
 
 
 def _repository_and_tag(image: str) -> Tuple[str, str]:
@@ -281,13 +314,15 @@ def _repository_and_tag(image: str) -> Tuple[str, str]:
     return ImageRef.parse(image).engine_name_and_tag()
 
 
-def _adopt(host: AgentHost, source: str, image: str) -> Optional[str]:
-    """Tag an image pulled from a mirror under its canonical name; drop the mirror's name.
-    Returns the manifest digest the mirror served (the engine forgets it with the name)."""
+def _adopt(host: AgentHost, source: str, image: str, mirror: bool = True) -> Optional[str]:
+    """Tag an image pulled by digest or from a mirror under its canonical name (a mirror's
+    name is dropped). Returns the manifest digest it was pulled by (the engine forgets a
+    mirror's with the name)."""
     info = host.engine.image_inspect(source) or {}
     digests = [d.split("@", 1)[1] for d in info.get("RepoDigests") or () if "@" in d]
     host.engine.image_tag(source, *_repository_and_tag(image))
-    host.engine.image_remove(source)  # only untags: the canonical name still holds the image
+    if mirror:
+        host.engine.image_remove(source)  # only untags: the canonical name holds the image
     return digests[0] if digests else None
 
 

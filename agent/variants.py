@@ -8,6 +8,9 @@ Keys (a YAML/JSON mapping per list item):
 
 - `name` (required): `^[a-z0-9][a-z0-9._-]{0,62}$`, unique within the list.
 - `image`: the image reference or tag suffix; carried along, not interpreted here.
+- `digest`: the manifest digest (`sha256:` and 64 hex digits) the image's tag named when the
+  deployment started: the controller pins it, and hosts pull these bits whatever the tag
+  names later (a playbook may pin one itself).
 - `gpu`: `nvidia` | `amd` | `intel` | `none` (absent: `none`, a CPU image that runs anywhere).
 - `platform` (gpu nvidia): `dgpu` (absent: a discrete-GPU/server image) or `jetson` (an L4T
   image). A dGPU image never fits a Jetson and vice versa.
@@ -50,8 +53,9 @@ _CC = re.compile(r"^\d+\.\d$")
 
 _KEYS = (
     "name", "image", "gpu", "platform", "cuda", "cuda_minor_compat", "min_compute_capability",
-    "min_gpu_memory_mib", "min_gpus", "arch", "l4t", "rocm", "gfx",
+    "min_gpu_memory_mib", "min_gpus", "arch", "l4t", "rocm", "gfx", "digest",
 )  # fmt: skip
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
 
 
 class VariantError(ValueError):
@@ -75,6 +79,7 @@ class Variant:
     l4t: Optional[str] = None  # nvidia jetson: "36.4"
     rocm: Optional[str] = None  # amd: "6.0"
     gfx: Tuple[str, ...] = ()  # amd; empty: any target
+    digest: Optional[str] = None  # the pinned manifest digest of `image`
 
     @property
     def is_gpu(self) -> bool:
@@ -109,6 +114,8 @@ class Variant:
             out["arch"] = list(self.arch)
         if self.gfx:
             out["gfx"] = list(self.gfx)
+        if self.digest is not None:
+            out["digest"] = self.digest
         return out
 
 
@@ -214,7 +221,14 @@ def _parse(data: Any, index: Optional[int]) -> Variant:
         l4t=l4t,
         rocm=get("rocm", _version_string(_RELEASE, '"6.0"')),
         gfx=get("gfx", _gfx_list) or (),
+        digest=get("digest", _digest),
     )
+
+
+def _digest(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not _DIGEST.match(value):
+        raise VariantError(f"{what} must be sha256: and 64 lowercase hex digits; got {value!r}")
+    return value
 
 
 def _choice(options: Sequence[str]) -> Callable[[Any, str], str]:

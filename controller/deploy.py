@@ -6,7 +6,7 @@ functions of controller/rollout.py; this module carries them out through a sessi
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from mlfleet.agent.imageref import ImageRef
@@ -128,11 +128,13 @@ def needed_images(
 
 def check_images(
     session: FleetSession, playbook: Playbook, tag: str, variant_of: Mapping[str, Optional[str]]
-) -> List[str]:
+) -> Dict[str, str]:
     """Every image the deployment needs must be in its registry: one missing stops the
     deployment before any host is touched. A host with stored facts needs only the variant
     it will select (hosts whose hardware changed since are still safe: their agent's pull
-    fails in preflight, before anything running is touched). Returns the references checked."""
+    fails in preflight, before anything running is touched). Returns each image's manifest
+    digest: the deployment pins it, so every host runs the same bits even when the tag is
+    pushed again while the rollout goes on."""
     # Each image is checked with each credential that will pull it (hosts or groups may
     # have their own): a credential that may not read it fails here, before any host.
     refs: Dict[Tuple[str, RegistryAccess], List[str]] = {}
@@ -143,16 +145,19 @@ def check_images(
             if needed:
                 users.append(host.name)
     missing, unused = [], []
+    digests: Dict[str, str] = {}
     clients: Dict[RegistryAccess, Registry] = {}
     for (ref, access), users in refs.items():
         image = ImageRef.parse(ref)
         registry = clients.setdefault(access, access.client(timeout=10))
-        found = registry.get_manifest(image.api_repository, image.reference)
-        if found is None and users:
+        found = registry.get_manifest_bytes(image.api_repository, image.reference)
+        if found is not None:
+            digests.setdefault(ref, image.digest or found[2])
+        elif users:
             missing.append(
                 f"{ref} (needed by {', '.join(users[:3])}{' ...' if len(users) > 3 else ''})"
             )
-        elif found is None:
+        else:
             unused.append(ref)
     if missing:
         raise ConfigError(
@@ -164,7 +169,19 @@ def check_images(
         session.progress(
             "*", f"not in the registry, and no host's stored facts select them: {', '.join(unused)}"
         )
-    return sorted({ref for ref, _ in refs})
+    return digests
+
+
+def pin_digests(desired: DesiredState, digests: Mapping[str, str]) -> DesiredState:
+    """The desired state with each variant's image pinned to the digest its tag named when
+    the deployment started (pure)."""
+    variants = [
+        replace(v, digest=digests[v.image])
+        if v.image is not None and v.image in digests and v.digest is None
+        else v
+        for v in desired.parsed_variants()
+    ]
+    return replace(desired, variants=[v.to_dict() for v in variants])
 
 
 # --- the deployment ----------------------------------------------------------------------------
@@ -183,7 +200,7 @@ def deploy(
     or roll back the hosts this deployment updated. Hosts of waves not run are `skipped`."""
     variant_of = expected_variants(session, playbook)
     waves, _ = plan_rollout([h.name for h in session.hosts], options, variant_of)
-    check_images(session, playbook, tag, variant_of)
+    digests = check_images(session, playbook, tag, variant_of)
     state = session.state
     state.acquire_lock(f"deploy {playbook.app} {tag}")
     try:
@@ -197,7 +214,7 @@ def deploy(
         )  # fmt: skip
         try:
             status, reason, results = _run_waves(
-                session, playbook, tag, options, waves, deployment_id
+                session, playbook, tag, options, waves, deployment_id, Pins(digests, variant_of)
             )
         except BaseException as exc:
             state.finish_deployment(deployment_id, "interrupted", f"{type(exc).__name__}: {exc}")
@@ -216,6 +233,7 @@ def _run_waves(
     options: RolloutOptions,
     waves: List[Wave],
     deployment_id: int,
+    pins: Pins,
 ) -> Tuple[str, str, Dict[str, HostResult]]:
     by_name = {h.name: h for h in session.hosts}
     results: Dict[str, HostResult] = {}
@@ -223,7 +241,9 @@ def _run_waves(
     for i, wave in enumerate(waves):
         session.progress("*", f"{wave.name}: {', '.join(wave.hosts)}")
         done = session.each(
-            lambda h, w=wave: _deploy_host(session, playbook, h, tag, deployment_id, w, options),  # type: ignore[misc]
+            lambda h, w=wave: _deploy_host(
+                session, playbook, h, tag, deployment_id, w, options, pins
+            ),  # type: ignore[misc]
             [by_name[n] for n in wave.hosts],
         )
         results.update(done)
@@ -254,6 +274,7 @@ def _deploy_host(
     deployment_id: int,
     wave: Wave,
     options: RolloutOptions,
+    pins: Optional[Pins] = None,
 ) -> HostResult:
     started = time.time()
 
@@ -264,6 +285,8 @@ def _deploy_host(
     try:
         transport = session.transport(host)
         desired = playbook.desired_state(host.vars, host.name, tag, str(deployment_id))
+        if pins is not None:
+            desired = pin_digests(desired, pins.digests)
         registry = _registry_of(desired)
         mode = options.transfer or TransferMode(host.transfer)
         if mode is TransferMode.AUTO:
@@ -273,6 +296,8 @@ def _deploy_host(
         request = ApplyRequest(desired, access.credential, host.store_pull_credentials)
         if mode is TransferMode.RELAY:
             source = session.relay_source(host, registry)
+            if source == session.cache_address(registry):
+                _fill_relay_cache(session, host, registry, desired, pins)
             with Relay(transport, source, host.bwlimit_kbit) as relay:
                 session.progress(
                     host.name, f"relay: the host pulls through {relay.address} (SSH tunnel)"
@@ -315,6 +340,34 @@ def _deploy_host(
 
 
 _REACH = "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), 3)"
+
+
+@dataclass(frozen=True)
+class Pins:
+    """What the deployment resolved before touching any host: each image's digest, and the
+    variant each host with stored facts will select."""
+
+    digests: Mapping[str, str]
+    variant_of: Mapping[str, Optional[str]]
+
+
+def _fill_relay_cache(session: FleetSession, host: Host, registry: Tuple[str, int],
+                      desired: DesiredState, pins: Optional[Pins]) -> None:  # fmt: skip
+    """Copy into the relay cache what the host will pull: its expected variant's image when
+    its stored facts tell, else every variant's (its agent picks one)."""
+    chosen = pins.variant_of.get(host.name) if pins and host.name in pins.variant_of else None
+    for variant in desired.parsed_variants():
+        if variant.image is None or (chosen is not None and variant.name != chosen):
+            continue
+        image = ImageRef.parse(variant.image)
+        reference = variant.digest or image.reference
+        stats = session.fill_relay_cache(registry, image.api_repository, reference)
+        if stats is not None and stats.blobs:
+            session.progress(
+                host.name,
+                f"relay cache: fetched {stats.blobs} blob(s), {stats.bytes / 1048576:.1f} MiB,"
+                f" of {image} from {registry[0]}:{registry[1]}",
+            )
 
 
 def _registry_of(desired: DesiredState) -> Tuple[str, int]:

@@ -21,7 +21,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import requests
 
@@ -216,8 +216,10 @@ class Registry:
         resp = self._request("HEAD", f"{self.base}/{repo}/blobs/{digest}", repo=repo)
         return resp.status_code == 200
 
-    def push_blob(self, repo: str, digest: str, data: Union[bytes, Path]) -> bool:
-        """Upload a blob unless the repository already has it; True when bytes were sent."""
+    def push_blob(self, repo: str, digest: str, data: Union[bytes, Path, Iterable[bytes]]) -> bool:
+        """Upload a blob unless the repository already has it; True when bytes were sent.
+        `data` may be an iterable of chunks (sent chunked: a multi-GB layer is streamed, never
+        held); the registry checks the bytes against `digest`."""
         if self.has_blob(repo, digest):
             return False
         resp = self._request("POST", f"{self.base}/{repo}/blobs/uploads/", repo=repo)
@@ -240,6 +242,14 @@ class Registry:
         self._check(resp, f"upload {digest[:19]} to {repo}", (201,))
         return True
 
+    def blob_chunks(self, repo: str, digest: str, chunk: int = 1 << 20) -> Iterator[bytes]:
+        """A blob's bytes, streamed (redirects to a storage backend are followed; requests
+        drops the Authorization header when the host changes)."""
+        resp = self._request("GET", f"{self.base}/{repo}/blobs/{digest}", repo=repo, stream=True)
+        with resp:
+            self._check(resp, f"blob {digest[:19]} of {repo}", (200,))
+            yield from resp.iter_content(chunk)
+
     def put_manifest(self, repo: str, reference: str, manifest: bytes, media_type: str) -> str:
         resp = self._request(
             "PUT",
@@ -253,6 +263,17 @@ class Registry:
 
     def get_manifest(self, repo: str, reference: str) -> Optional[Tuple[Dict[str, Any], str]]:
         """(manifest, digest), or None when the registry does not have that reference."""
+        found = self.get_manifest_bytes(repo, reference)
+        if found is None:
+            return None
+        raw, _, digest = found
+        return json.loads(raw), digest
+
+    def get_manifest_bytes(self, repo: str, reference: str) -> Optional[Tuple[bytes, str, str]]:
+        """(the manifest's bytes exactly as stored, its media type, its digest), or None when
+        the registry does not have that reference. The digest is the one of the bytes (a
+        registry's header is checked against them: a pin must name these bits)."""
+        sep = "@" if reference.startswith("sha256:") else ":"
         resp = self._request(
             "GET",
             f"{self.base}/{repo}/manifests/{reference}",
@@ -261,9 +282,17 @@ class Registry:
         )
         if resp.status_code == 404:
             return None
-        self._check(resp, f"manifest {repo}:{reference}", (200,))
-        digest = resp.headers.get("Docker-Content-Digest") or sha256_digest(resp.content)
-        return json.loads(resp.content), digest
+        self._check(resp, f"manifest {repo}{sep}{reference}", (200,))
+        raw = resp.content
+        digest = sha256_digest(raw)
+        said = resp.headers.get("Docker-Content-Digest")
+        if said and said.startswith("sha256:") and said != digest:
+            raise RegistryError(
+                f"registry {self.address}: manifest {repo}{sep}{reference} does not match its"
+                f" digest ({said[:19]}... said, {digest[:19]}... received)"
+            )
+        media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
+        return raw, media_type or json.loads(raw).get("mediaType", MANIFEST_V2), digest
 
     def tags(self, repo: str) -> List[str]:
         resp = self._request("GET", f"{self.base}/{repo}/tags/list", repo=repo)

@@ -1,16 +1,18 @@
-"""The relay's registry on the controller's side: a pull-through cache of the upstream
-registry, run by mlfleet from the Distribution registry binary, bound to loopback.
+"""The relay's registry on the controller's side: a registry on the controller's loopback,
+run by mlfleet from the Distribution registry binary, that the controller fills with the
+images its relay hosts will pull.
 
-With `mlfleet_relay_registry: cache`, the relay tunnels of one deployment connect to it
-instead of to the upstream: a layer crosses the upstream link once, however many relay
-hosts need it, and the cache (in ~/.cache/mlfleet/relay/) serves later deployments too.
-The registry re-checks tags upstream on every manifest request, so a re-pushed tag is seen.
+With `mlfleet_relay_registry: cache` (the default for a TLS registry), before a relay host
+applies, the controller copies the image it will pull from the upstream into this registry
+(image_copy: by its pinned digest, only the blobs the cache lacks); the host's tunnel then
+connects here. A layer crosses the upstream link once, however many relay hosts need it,
+and the cache (in ~/.cache/mlfleet/relay/) serves later deployments too.
 
-An upstream that wants credentials gets them from the cache (Distribution's `proxy.username`
-and `proxy.password`): the hosts pull from the cache on their loopback with none. The
-configuration, credential included, reaches the registry process on a pipe (its stdin), so
-the secret is never in a file, its arguments or its environment; an upstream signed by a
-private CA is trusted through SSL_CERT_FILE (a path, no secret).
+The upstream's TLS session and credential stay in the controller process: the registry
+process has neither (Distribution's own pull-through mode answers only Bearer challenges,
+distribution/distribution#3153, so an htpasswd or ECR registry could not be proxied, and
+it would have to hold the secret). Hosts pull by digest, so what a local user might push to
+the cache's loopback port cannot change what they run.
 """
 
 from __future__ import annotations
@@ -19,16 +21,18 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import yaml
 
-from mlfleet.agent.credential import RegistryCredential
 from mlfleet.controller.errors import ConfigError, MlfleetError
+from mlfleet.controller.image_copy import CopyStats, copy_image
+from mlfleet.controller.registry import Registry
 
 BINARIES = ("docker-registry", "registry")  # Debian's package name, upstream's binary name
 
@@ -49,22 +53,18 @@ def registry_binary() -> str:
     )
 
 
-def config_text(upstream: str, https: bool, port: int, storage: Path,
-                credential: Optional[RegistryCredential] = None) -> str:  # fmt: skip
-    """The registry's configuration: loopback only, filesystem storage, proxy mode."""
-    proxy = {"remoteurl": f"{'https' if https else 'http'}://{upstream}"}
-    if credential is not None:
-        proxy["username"] = credential.username or "<token>"
-        proxy["password"] = credential.password or credential.identitytoken
+def config_text(port: int, storage: Path) -> str:
+    """The registry's configuration: loopback only, filesystem storage, no proxy, no
+    secret."""
     config = {
         "version": 0.1,
         "log": {"level": "error", "accesslog": {"disabled": True}},
         "storage": {
             "filesystem": {"rootdirectory": str(storage)},
             "cache": {"blobdescriptor": "inmemory"},
+            "delete": {"enabled": False},
         },
         "http": {"addr": f"127.0.0.1:{port}"},
-        "proxy": proxy,
     }
     return yaml.safe_dump(config, sort_keys=False)
 
@@ -76,34 +76,44 @@ def _free_port() -> int:
 
 
 class RelayCache:
-    """One pull-through cache of one upstream registry, for the length of a deployment."""
+    """The registry of one upstream's relay, for the length of a deployment; `fill` copies
+    into it what a host will pull."""
 
-    def __init__(self, upstream: str, https: bool, root: Optional[Path] = None,
-                 credential: Optional[RegistryCredential] = None,
-                 ca_file: Optional[str] = None):  # fmt: skip
+    def __init__(self, upstream: Registry, root: Optional[Path] = None):
         self.upstream = upstream
-        self.https = https
-        self.credential = credential
-        self.ca_file = ca_file
-        self.dir = (root or cache_root()) / upstream.replace(":", "_").replace("/", "_")
+        self.dir = (root or cache_root()) / upstream.address.replace(":", "_").replace("/", "_")
         self.port = 0
         self._proc: Optional[subprocess.Popen] = None
+        self._lock = threading.Lock()
+        self._filling: Dict[str, threading.Lock] = {}
+        self._filled: Dict[str, CopyStats] = {}
 
     @property
     def address(self) -> Tuple[str, int]:
         return ("127.0.0.1", self.port)
+
+    def local(self) -> Registry:
+        return Registry(f"127.0.0.1:{self.port}", timeout=120)
+
+    def fill(self, repo: str, reference: str) -> Optional[CopyStats]:
+        """Copy `repo` at `reference` (a digest or a tag) from the upstream, once per
+        deployment; the stats of the copy that fetched it, None when an earlier call did."""
+        key = f"{repo}@{reference}"
+        with self._lock:
+            lock = self._filling.setdefault(key, threading.Lock())
+        with lock:
+            if key in self._filled:
+                return None
+            stats = self._filled[key] = copy_image(self.upstream, self.local(), repo, reference)
+            return stats
 
     def start(self) -> RelayCache:
         binary = registry_binary()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = _free_port()
         (self.dir / "config.yml").unlink(missing_ok=True)  # older mlfleet kept it here
-        config = config_text(
-            self.upstream, self.https, self.port, self.dir / "data", self.credential
-        )
+        config = config_text(self.port, self.dir / "data")
         env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-        if self.ca_file:
-            env["SSL_CERT_FILE"] = self.ca_file
         log = (self.dir / "registry.log").open("ab")
         self._proc = subprocess.Popen([binary, "serve", "/dev/stdin"], stdout=log, stderr=log,
                                       stdin=subprocess.PIPE, env=env)  # fmt: skip
@@ -116,7 +126,7 @@ class RelayCache:
             if self._proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise MlfleetError(
-                    f"the relay cache for {self.upstream} did not start",
+                    f"the relay cache for {self.upstream.address} did not start",
                     hint=f"see {self.dir / 'registry.log'}",
                 )
             time.sleep(0.05)

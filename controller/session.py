@@ -16,6 +16,7 @@ from mlfleet.agent.bundle import AgentBundle, build_zipapp
 from mlfleet.controller.credentials import Credentials
 from mlfleet.controller.errors import ConfigError
 from mlfleet.controller.hosts import Host
+from mlfleet.controller.image_copy import CopyStats
 from mlfleet.controller.registry import RegistryAccess, trusted_ca
 from mlfleet.controller.relay_cache import RelayCache
 from mlfleet.controller.state import ControllerState
@@ -97,9 +98,9 @@ class FleetSession:
 
     def relay_source(self, host: Host, upstream: Tuple[str, int]) -> Tuple[str, int]:
         """Where the host's relay tunnel connects: the upstream registry (plain HTTP only), a
-        registry the inventory names, or the pull-through cache mlfleet runs (one per
-        upstream, shared by the session's hosts, holding the upstream's TLS session and
-        credential; the default for a TLS registry)."""
+        registry the inventory names, or the relay cache mlfleet runs on the controller's
+        loopback (one per upstream, shared by the session's hosts; the controller fills it
+        with the upstream's TLS session and credential; the default for a TLS registry)."""
         choice = host.relay_registry or ("cache" if host.registry_https else "upstream")
         key = f"{upstream[0]}:{upstream[1]}"
         if choice == "upstream":
@@ -109,8 +110,8 @@ class FleetSession:
                 raise ConfigError(
                     f"host {host.name!r}: the relay cannot forward raw TCP to {key}, which speaks"
                     " TLS (its engine pulls plain HTTP over the tunnel)",
-                    hint="set mlfleet_relay_registry: cache (a pull-through cache on the"
-                    " controller holds the TLS session and the credentials)",
+                    hint="set mlfleet_relay_registry: cache (a registry on the controller that it"
+                    " fills with the TLS session and the credentials)",
                 )
             return upstream
         if choice != "cache":
@@ -119,14 +120,28 @@ class FleetSession:
         access = self.registry_access(host, key)
         with self._lock:
             if key not in self._caches:
-                cache = self._caches[key] = RelayCache(
-                    key, access.https, credential=access.credential, ca_file=access.ca_file
-                ).start()
+                cache = self._caches[key] = RelayCache(access.client(timeout=120)).start()
                 self.progress(
                     "*",
                     f"relay cache of {key} on {cache.address[0]}:{cache.address[1]} ({cache.dir})",
                 )
             return self._caches[key].address
+
+    def cache_address(self, upstream: Tuple[str, int]) -> Optional[Tuple[str, int]]:
+        """The loopback address of the relay cache of `upstream`, when one runs."""
+        with self._lock:
+            cache = self._caches.get(f"{upstream[0]}:{upstream[1]}")
+        return cache.address if cache else None
+
+    def fill_relay_cache(
+        self, upstream: Tuple[str, int], repo: str, reference: str
+    ) -> Optional[CopyStats]:
+        """Copy `repo` at `reference` into the relay cache of `upstream`. (Hosts with
+        credentials of their own, per-group auth files, had each image they need checked
+        with their credential by deploy.check_images before any host was touched.)"""
+        with self._lock:
+            cache = self._caches[f"{upstream[0]}:{upstream[1]}"]
+        return cache.fill(repo, reference)
 
     def each(self, fn: Callable[[Host], T], hosts: Optional[Sequence[Host]] = None) -> Dict[str, T]:
         """fn on every host in parallel (bounded by forks); one slow or dead host never

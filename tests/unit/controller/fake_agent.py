@@ -175,8 +175,11 @@ class FakeTransport:
         if chosen is None:
             result.phase, result.reason = Phase.SELECT, "no variant fits this host"
             return result
-        image = next(v.image for v in variants if v.name == chosen) or ""
+        picked = next(v for v in variants if v.name == chosen)
+        image = picked.image or ""
         result.variant, result.image = chosen, image
+        # What a real agent pulls: the pinned digest (the tag may have moved since).
+        result.digest = f"{image.rsplit(':', 1)[0]}@{picked.digest}" if picked.digest else None
         result.previous_tag = self.fake.current.tag if self.fake.current else None
         if self.fake.current and (self.fake.current.tag, self.fake.current.variant) == (
             desired.tag,

@@ -5,6 +5,7 @@ each host serves, each host's result, the deployment's status and the exit code.
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import os
 import threading
@@ -38,9 +39,11 @@ VARIANTS = ("cuda12", "cuda11", "rocm", "cpu")
 
 
 class _Registry(http.server.BaseHTTPRequestHandler):
-    """Answers manifest requests: 200 for the tags it holds, 404 for others."""
+    """Answers manifest requests: 200 for the tags it holds, 404 for others. `pushes` counts
+    pushes of every tag: a new count is new bits under the same names."""
 
     tags: Set[str] = set()
+    pushes = 1
 
     def do_HEAD(self) -> None:
         self._answer()
@@ -51,10 +54,13 @@ class _Registry(http.server.BaseHTTPRequestHandler):
     def _answer(self) -> None:
         tag = self.path.rsplit("/", 1)[-1]
         found = tag in self.tags
-        body = b'{"schemaVersion": 2, "layers": [], "config": {"digest": "sha256:0", "size": 0}}'
+        body = (
+            b'{"schemaVersion": 2, "layers": [], "config": {"digest": "sha256:%d", "size": 0}}'
+            % (self.pushes)
+        )
         self.send_response(200 if found else 404)
         self.send_header("Content-Type", "application/vnd.docker.distribution.manifest.v2+json")
-        self.send_header("Docker-Content-Digest", "sha256:" + "0" * 64)
+        self.send_header("Docker-Content-Digest", "sha256:" + hashlib.sha256(body).hexdigest())
         self.send_header("Content-Length", str(len(body) if found else 0))
         self.end_headers()
         if found and self.command == "GET":
@@ -137,6 +143,35 @@ def test_every_host_gets_the_variant_its_hardware_runs(fleet: Fleet) -> None:
     assert sorted(waves) == ["batch 1", "batch 2", "batch 3", "canary"]
     again = fleet.deploy("v3")
     assert {h.outcome for h in again.hosts} == {Outcome.UNCHANGED}
+
+
+def test_a_tag_pushed_again_mid_rollout_does_not_reach_the_later_waves(fleet: Fleet) -> None:
+    """The digests are resolved once, before the canary: hosts of later waves get the bits
+    the canary was proven on, not what the tag names by the time their wave comes."""
+
+    def repush_after_the_canary(host: str, message: str) -> None:
+        fleet.progress.append((host, message))
+        if message.startswith("batch 1:") and _Registry.pushes == before:
+            _Registry.pushes += 1  # as the batch starts
+
+    before = _Registry.pushes
+    with fleet.session() as session:
+        session.progress = repush_after_the_canary
+        options = RolloutOptions(1, "50%", parse_budget(0), Action("pause"))
+        report = deploy(session, PLAYBOOK, "v2", options)
+    assert _Registry.pushes == before + 1  # the tag did move, after the canary
+    assert [h.wave for h in report.hosts].count("canary") == 1
+    for h in report.hosts:
+        repository = (h.image or "").rsplit(":", 1)[0]
+        assert h.digest == f"{repository}@{_digest_at(before)}", (h.host, h.wave)
+    assert _digest_at(before) != _digest_at(before + 1)
+
+
+def _digest_at(pushes: int) -> str:
+    body = b'{"schemaVersion": 2, "layers": [], "config": {"digest": "sha256:%d", "size": 0}}' % (
+        pushes
+    )
+    return "sha256:" + hashlib.sha256(body).hexdigest()
 
 
 def test_a_failing_canary_halts_and_no_other_host_is_touched(fleet: Fleet) -> None:

@@ -17,7 +17,7 @@ from tests.paths import REPO
 # Their string keys are their own formats.
 OWN_FORMATS = {"lab", "state.py", "inventory.py", "playbook.py", "hosts.py", "yamlcheck.py",
                "yamlsource.py", "registry.py", "relay_cache.py", "hostrange.py",
-               "credentials.py"}  # fmt: skip
+               "credentials.py", "image_copy.py"}  # fmt: skip
 # Functions of cli.py that render those own formats (history rows, the lab's status).
 OWN_RENDERERS = {"history_cmd", "_print_status", "inventory_cmd", "lock_status"}
 

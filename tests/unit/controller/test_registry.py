@@ -25,6 +25,7 @@ from mlfleet.controller.registry import (
     RegistryAuthError,
     RegistryError,
     RegistryTrustError,
+    sha256_digest,
 )
 
 PASSWORD = "pa55-w0rd-9"
@@ -45,7 +46,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._challenge(repo)
         if url.path == "/v2/":
             return self._send(200, b"{}")
-        self._send(200, MANIFEST, {"Docker-Content-Digest": "sha256:" + "a" * 64,
+        self._send(200, MANIFEST, {"Docker-Content-Digest": sha256_digest(MANIFEST),
                                    "Content-Type": MANIFEST_V2})  # fmt: skip
 
     def _basic_ok(self) -> bool:
@@ -117,7 +118,7 @@ def _cred(address: str, password: str = PASSWORD) -> RegistryCredential:
 
 def test_basic_auth_with_the_right_password_reads_the_manifest(basic: str):
     found = Registry(basic, credential=_cred(basic)).get_manifest("team/model", "v1")
-    assert found is not None and found[1] == "sha256:" + "a" * 64
+    assert found is not None and found[1] == sha256_digest(MANIFEST)
 
 
 def test_a_wrong_password_is_one_line_naming_the_user_never_the_password(basic: str):
