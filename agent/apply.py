@@ -28,6 +28,7 @@ from mlfleet.agent.host import (
 from mlfleet.agent.host_credentials import forget_credential
 from mlfleet.agent.host_credentials import store_credential as store_on_host
 from mlfleet.agent.imageref import ImageRef
+from mlfleet.agent.platforms import PlatformMissing
 from mlfleet.agent.protocol import ApplyResult, ApplyStatus, EventKind, Phase, Strategy
 from mlfleet.agent.registry_auth import RegistryAuthError, RegistryTrustError
 from mlfleet.agent.registry_probe import RemoteImage, remote_image
@@ -262,6 +263,12 @@ def _check_disk(host: AgentHost, image: str, facts: HostFacts,
         raise ApplyFailed(Phase.PREFLIGHT, str(exc)) from None
     except (RegistryAuthError, RegistryTrustError) as exc:
         raise ApplyFailed(Phase.PREFLIGHT, f"image {image}: {exc}") from None
+    except PlatformMissing as exc:
+        raise ApplyFailed(
+            Phase.PREFLIGHT,
+            f"image {image} {exc}: push an image for this host's platform under the tag, or"
+            " give the host a variant that has one",
+        ) from None
     if remote is None or free is None:
         return remote  # the registry cannot be asked ahead: the pull decides
     local: Set[str] = set()
@@ -437,9 +444,11 @@ def _start(host: AgentHost, desired: DesiredState, variant: Variant, release: Re
         try:
             host.engine.container_stop(current.container_id)
         except EngineError as exc:
-            raise ApplyFailed(
-                Phase.START, f"could not stop the old release: {exc.message}"
-            ) from None
+            # 404: someone removed it (`docker rm`); it holds no port, a rollback recreates it.
+            if exc.status != 404:
+                raise ApplyFailed(
+                    Phase.START, f"could not stop the old release: {exc.message}"
+                ) from None
     name = f"{desired.app}.r{release.id}"
     gpu_support = facts.docker.gpu_support if facts.docker else []
     try:

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from mlfleet.agent.credential import RegistryCredential
 from mlfleet.agent.imageref import ImageRef, split_host_port
-from mlfleet.agent.platforms import Platform, choose, is_index
+from mlfleet.agent.platforms import Platform, PlatformMissing, choose, is_index
 from mlfleet.agent.registry_auth import CERTS_DIR, RegistrySession
 
 _ACCEPT = ", ".join([
@@ -68,8 +68,8 @@ def remote_image(
     engine's architecture when not given; an index entry chosen as the engine would, see
     agent/platforms.py), trusting the registry and answering its challenges with
     `credential` as the engine would. None when the registry cannot be asked (no route,
-    timeout, an odd answer) or its index has no image for this host: the pull itself is
-    then the only judge. RegistryAuthError or RegistryTrustError (from registry_auth) when
+    timeout, an odd answer): the pull itself is then the only judge. PlatformMissing when
+    its index has no image for this host (naming the platforms it has). RegistryAuthError or RegistryTrustError (from registry_auth) when
     it refuses this host: the pull would too, so apply says why before pulling."""
     try:
         registry, repo, tag = split_reference(reference)
@@ -95,5 +95,7 @@ def remote_image(
         config = get_json(f"blobs/{manifest['config']['digest']}", "*/*")
         layers = [(layer["digest"], int(layer["size"])) for layer in manifest["layers"]]
         return RemoteImage(layers, list(config["rootfs"]["diff_ids"]))
+    except PlatformMissing:
+        raise  # the engine's pull would fail the same way, in words less clear
     except (OSError, ValueError, KeyError, TypeError):  # urllib's errors are OSErrors
         return None

@@ -5,11 +5,13 @@ functions of controller/rollout.py; this module carries them out through a sessi
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, replace
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from mlfleet.agent.imageref import ImageRef
+from mlfleet.agent.platforms import Platform, PlatformError, PlatformMissing, choose, is_index
 from mlfleet.agent.protocol import (
     ApplyRequest,
     DesiredState,
@@ -144,15 +146,17 @@ def check_images(
             users = refs.setdefault((ref, access), [])
             if needed:
                 users.append(host.name)
-    missing, unused = [], []
+    missing, unused, unfit = [], [], []
     digests: Dict[str, str] = {}
     clients: Dict[RegistryAccess, Registry] = {}
+    arch_of = {h.name: f.arch for h in session.hosts for f in [stored_facts(session, h)] if f}
     for (ref, access), users in refs.items():
         image = ImageRef.parse(ref)
         registry = clients.setdefault(access, access.client(timeout=10))
         found = registry.get_manifest_bytes(image.api_repository, image.reference)
         if found is not None:
             digests.setdefault(ref, image.digest or found[2])
+            unfit.extend(_platform_misses(ref, found[0], users, arch_of))
         elif users:
             missing.append(
                 f"{ref} (needed by {', '.join(users[:3])}{' ...' if len(users) > 3 else ''})"
@@ -165,11 +169,43 @@ def check_images(
             hint=f"push tag {tag} for these variants, or run `mlfleet facts` so hosts need only the"
             " variant they select",
         )
+    if unfit:
+        raise ConfigError(
+            "; ".join(unfit),
+            hint="push an image for those platforms under the tag (a multi-platform index), or"
+            " give those hosts a variant that has one",
+        )
     if unused:
         session.progress(
             "*", f"not in the registry, and no host's stored facts select them: {', '.join(unused)}"
         )
     return digests
+
+
+def _platform_misses(ref: str, raw: bytes, users: Sequence[str],
+                     arch_of: Mapping[str, str]) -> List[str]:  # fmt: skip
+    """For an image index: each platform that hosts needing it run (their stored facts'
+    architecture) and it has no image for, in words (pure)."""
+    try:
+        index = json.loads(raw)
+    except ValueError:
+        return []
+    if not isinstance(index, dict) or not is_index(index):
+        return []
+    lacking: Dict[str, Tuple[PlatformMissing, List[str]]] = {}
+    for host in users:
+        if host not in arch_of:
+            continue
+        try:
+            choose(index, Platform.from_machine(arch_of[host]))
+        except PlatformMissing as exc:
+            lacking.setdefault(str(exc.want), (exc, []))[1].append(host)
+        except PlatformError:
+            continue  # a machine the platform table does not know: its engine decides
+    return [
+        f"image {ref} {exc} (needed by {', '.join(hosts[:3])}{' ...' if len(hosts) > 3 else ''})"
+        for exc, hosts in lacking.values()
+    ]
 
 
 def pin_digests(desired: DesiredState, digests: Mapping[str, str]) -> DesiredState:

@@ -115,6 +115,16 @@ def test_same_port_stops_the_old_release_first(host: FakeHost) -> None:
     assert kinds.index(EventKind.STOP) < kinds.index(EventKind.STARTED)
 
 
+def test_an_old_release_someone_removed_does_not_block_the_update(host: FakeHost) -> None:
+    """`docker rm -f` of the serving container: the update's stop-first finds nothing to
+    stop (it holds no port) and goes on."""
+    deploy(host, make_desired("v1"))
+    host.engine.container_remove(serving_container(host))
+    result = apply(host, make_desired("v2"))
+    assert result.status is ApplyStatus.SUCCEEDED, result.reason
+    assert host.engine.running_tags() == ["v2"] and _current(host) == "v2"
+
+
 def test_other_port_starts_the_new_release_first(host: FakeHost) -> None:
     deploy(host, make_desired("v1"))
     events: List[Event] = []

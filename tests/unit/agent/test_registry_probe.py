@@ -12,6 +12,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import pytest
 
 from mlfleet.agent.credential import RegistryCredential
+from mlfleet.agent.platforms import PlatformMissing
 from mlfleet.agent.registry_auth import RegistryAuthError, RegistryTrustError
 from mlfleet.agent.registry_probe import RemoteImage, plain_http, remote_image
 from tests.unit.agent.test_registry_auth import (
@@ -92,7 +93,8 @@ def test_index_picks_the_host_architecture(standin: RegistryStandIn, certs_dir: 
     assert sizes(probe(standin, certs_dir, arch="x86_64")) == SIZES["amd64"]
     assert sizes(probe(standin, certs_dir, arch="aarch64")) == SIZES["arm64/v8"]
     assert sizes(probe(standin, certs_dir, arch="armv7l")) == SIZES["arm/v7"]
-    assert probe(standin, certs_dir, arch="riscv64") is None  # not offered: the pull decides
+    with pytest.raises(PlatformMissing, match=r"has no linux/riscv64 image \(it has linux/amd64, "):
+        probe(standin, certs_dir, arch="riscv64")  # not offered: refused, with what it has
     assert probe(standin, certs_dir, arch="sparc64") is None  # a machine of no known platform
 
 

@@ -3,10 +3,12 @@ the variant the host's agent will select, without them every variant."""
 
 from __future__ import annotations
 
+import json
 from typing import Dict, Optional
 
 from mlfleet.agent.protocol import HostFacts
 from mlfleet.controller.deploy import (
+    _platform_misses,
     expected_variant,
     needed_images,
     playbook_variants,
@@ -53,3 +55,22 @@ def test_without_usable_facts_every_variant_is_needed(tmp_path):
     for facts in ({}, {"schema": 99}, {"schema": 1, "hostname": "x"}):
         state.save_facts(EDGE.name, facts)
         assert stored_facts(session, EDGE) is None, facts
+
+
+INDEX = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+    "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "size": 1,
+                   "digest": "sha256:" + "a" * 64, "platform": {"os": "linux", "architecture": "amd64"}}],
+}).encode()  # fmt: skip
+
+
+def test_an_index_without_a_hosts_platform_is_refused_naming_both():
+    arch_of = {"jetson-1": "aarch64", "jetson-2": "aarch64", "srv-1": "x86_64"}
+    users = ["srv-1", "jetson-1", "jetson-2", "unknown-facts"]
+    said = _platform_misses("reg:5000/m:v1-cpu", INDEX, users, arch_of)
+    assert said == [
+        "image reg:5000/m:v1-cpu has no linux/arm64/v8 image (it has linux/amd64)"
+        " (needed by jetson-1, jetson-2)"
+    ]
+    assert _platform_misses("reg:5000/m:v1-cpu", INDEX, ["srv-1"], arch_of) == []
+    single = json.dumps({"schemaVersion": 2, "layers": []}).encode()
+    assert _platform_misses("reg:5000/m:v1-cpu", single, users, arch_of) == []
