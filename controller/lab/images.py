@@ -27,7 +27,14 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from mlfleet.agent.cuda import min_driver_for_cuda
 from mlfleet.controller.errors import LabError
-from mlfleet.controller.registry import CONFIG_V1, LAYER_GZIP, MANIFEST_V2, Registry, sha256_digest
+from mlfleet.controller.registry import (
+    CONFIG_V1,
+    LAYER_GZIP,
+    MANIFEST_LIST,
+    MANIFEST_V2,
+    Registry,
+    sha256_digest,
+)
 
 REPOSITORY = "mlfleet-lab/sentiment"
 TAGS = ("v1", "v2", "v3", "v4", "v5")
@@ -332,3 +339,47 @@ def push_payload_image(registry: Registry, cache: Path, tag: str, payload_mib: i
         if variant == "cpu":
             pushed = layers
     return pushed
+
+
+PLATFORMS = {"amd64": ("amd64", ""), "arm64": ("arm64", "v8")}
+
+
+def push_index_image(registry: Registry, tag: str, platforms: Tuple[str, ...],
+                     source_tag: str = "v1") -> List[str]:  # fmt: skip
+    """Push `{tag}-{variant}` for every variant as a multi-platform image index, with an
+    entry for each of `platforms` (`amd64`, `arm64`). Each entry is the lab's `source_tag`
+    image with its config's architecture set: the amd64 one runs on the lab's hosts, the
+    others only name their platform (the lab has no arm64 machine; nothing pulls them). For
+    the tests of platform choice and of refusals naming the platforms an index has. Returns
+    the index digests."""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,40}", tag) or tag in TAGS:
+        raise LabError(f"index image tag {tag!r}: lower-case letters, digits, . _ -; not {TAGS}")
+    digests = []
+    for variant in VARIANTS:
+        found = registry.get_manifest(REPOSITORY, f"{source_tag}-{variant}")
+        if found is None:
+            raise LabError(f"the lab registry has no {source_tag}-{variant} to build {tag} from")
+        source, _ = found
+        config = json.loads(b"".join(registry.blob_chunks(REPOSITORY, source["config"]["digest"])))
+        entries = []
+        for name in platforms:
+            arch, arm_variant = PLATFORMS[name]
+            config = dict(config, architecture=arch)
+            config.pop("variant", None)
+            if arm_variant:
+                config["variant"] = arm_variant
+            blob = json.dumps(config).encode()
+            registry.push_blob(REPOSITORY, sha256_digest(blob), blob)
+            raw = json.dumps(dict(source, config=dict(
+                source["config"], digest=sha256_digest(blob), size=len(blob)))).encode()  # fmt: skip
+            digest = registry.put_manifest(REPOSITORY, sha256_digest(raw), raw, MANIFEST_V2)
+            platform_ = {"architecture": arch, "os": "linux"}
+            if arm_variant:
+                platform_["variant"] = arm_variant
+            entries.append({"mediaType": MANIFEST_V2, "size": len(raw), "digest": digest,
+                            "platform": platform_})  # fmt: skip
+        index = json.dumps({"schemaVersion": 2, "mediaType": MANIFEST_LIST, "manifests": entries})
+        digests.append(
+            registry.put_manifest(REPOSITORY, f"{tag}-{variant}", index.encode(), MANIFEST_LIST)
+        )
+    return digests

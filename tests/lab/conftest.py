@@ -53,6 +53,20 @@ def agent(
     return ssh(host, command, timeout=timeout, stdin=stdin)
 
 
+def engine_pull(lab: Dict[str, Any], host: Dict[str, Any], image: str) -> None:
+    """Pull `image` on a host's engine with the lab's login, through the engine's API (its
+    socket is on this machine), as `docker login` + `docker pull` would: no login is left on
+    the host."""
+    from mlfleet.agent.engine_api import EngineAPI
+    from mlfleet.agent.imageref import ImageRef
+
+    name, tag = ImageRef.parse(image).engine_name_and_tag()
+    for _ in EngineAPI(host["docker_host"]).pull(
+        name, tag, auth=lab_registry.credential(lab["registry"])
+    ):
+        pass
+
+
 def apply_request(lab: Dict[str, Any], desired: Dict[str, Any]) -> bytes:
     """`apply -`'s stdin as the controller sends it: the desired state and the lab
     registry's credential (on the SSH session only, never in a file on the host)."""

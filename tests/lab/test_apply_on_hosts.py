@@ -17,7 +17,7 @@ import pytest
 from mlfleet.controller.lab.model_data import score
 from mlfleet.controller.lab.sample_release import SAMPLE_TEXT, sentiment_desired
 from tests.conftest import TEST_LAB, mlfleet
-from tests.lab.conftest import agent, apply_request, events, put
+from tests.lab.conftest import agent, apply_request, engine_pull, events, put
 from tests.lab.sshrun import ssh
 
 TEXT = SAMPLE_TEXT
@@ -28,6 +28,15 @@ EXPECTED_VARIANT = {
 
 def desired(lab: Dict[str, Any], host: Dict[str, Any], tag: str, **over: Any) -> Dict[str, Any]:
     return sentiment_desired(lab["registry"]["address"], host["data_dir"], tag, **over)
+
+
+def put_desired(lab, host, tag: str) -> str:
+    """The desired state as a file on the host, for an `apply PATH` run in the background;
+    its images pulled ahead with the lab's login (a file on the host never holds it)."""
+    state = desired(lab, host, tag)
+    for variant in state["variants"]:
+        engine_pull(lab, host, variant["image"])
+    return put(host, json.dumps(state).encode(), f"desired-{tag}.json")
 
 
 def apply(lab, name: str, tag: str, **over: Any):
@@ -193,7 +202,7 @@ def test_tick_restarts_a_killed_container_and_survives_an_engine_restart(v1_ever
 def test_an_agent_killed_mid_apply_is_repaired_by_the_next_tick(v1_everywhere):
     lab, _ = v1_everywhere
     host = lab["hosts_by_name"]["edge-t4"]
-    path = put(host, json.dumps(desired(lab, host, "v2")).encode(), "desired-v2.json")
+    path = put_desired(lab, host, "v2")
     # Start the apply in the background, kill -9 it once the new container exists.
     ssh(
         host,
@@ -359,7 +368,11 @@ def test_a_removed_image_is_pulled_again_by_its_digest(v1_everywhere):
     ssh(host, f"docker rm -f {current['container']} && docker rmi -f {current['image']}")
     _, out, _ = ssh(host, f"docker image inspect {current['image']} >/dev/null 2>&1; echo $?")
     assert out.strip() != "0"  # gone
-    status = _tick(host)
+    mlfleet("lab", "--name", TEST_LAB, "login", "edge-4090")  # its operator's login
+    try:
+        status = _tick(host)
+    finally:
+        mlfleet("lab", "--name", TEST_LAB, "login", "edge-4090", "--logout")
     assert any(f"recreated {before['tag']}" in a for a in status["actions"]), status
     assert served(host)["tag"] == before["tag"]
     _, digests, _ = ssh(
@@ -377,7 +390,7 @@ def test_a_controller_cut_off_during_the_commit_leaves_the_new_release_serving(v
     host = lab["hosts_by_name"]["edge-cpu"]
     old = served(host)["tag"]
     new = "v3" if old != "v3" else "v2"
-    path = put(host, json.dumps(desired(lab, host, new)).encode(), f"desired-{new}.json")
+    path = put_desired(lab, host, new)
     started = time.time()
     client = connect(host)
     try:
@@ -403,7 +416,8 @@ def test_a_controller_cut_off_during_the_commit_leaves_the_new_release_serving(v
 
 def test_an_engine_that_lost_everything_is_rebuilt_by_the_tick(v1_everywhere):
     """Every container and image gone (a wiped data root, a careless prune) and the engine
-    restarted: the next tick brings the recorded release back, GPU wiring included."""
+    restarted: the next tick brings the recorded release back, GPU wiring included, once
+    the host has what the private registry asks of it (its operator's login)."""
     lab, _ = v1_everywhere
     host = lab["hosts_by_name"]["edge-mi210"]
     before = served(host)
@@ -415,7 +429,18 @@ def test_an_engine_that_lost_everything_is_rebuilt_by_the_tick(v1_everywhere):
     assert images.strip() == ""
     mlfleet("lab", "--name", TEST_LAB, "engine", "edge-mi210", "restart")
     assert serving(host) is None
+    # The registry wants credentials and none are on the host: the tick says so, and waits.
     status = _tick(host)
+    assert serving(host) is None
+    last = _status(host)["last_event"]
+    assert last["cause"] == "needs_credentials", last
+    assert "docker login" in last["message"] and "mlfleet_store_pull_credentials" in last["message"]
+    # The operator logs in on the host: the next tick pulls with that login and rebuilds.
+    mlfleet("lab", "--name", TEST_LAB, "login", "edge-mi210")
+    try:
+        status = _tick(host)
+    finally:
+        mlfleet("lab", "--name", TEST_LAB, "login", "edge-mi210", "--logout")
     assert any(f"recreated {before['tag']}" in a for a in status["actions"]), status
     after = served(host)
     assert (after["tag"], after["variant"]) == (before["tag"], "rocm")
@@ -487,6 +512,8 @@ def test_a_host_that_lost_its_gpu_serves_on_the_cpu_variant(v1_everywhere):
     before = served(host)
     assert before["variant"] == "cuda11"
     try:
+        # Its operator's login: the CPU variant's image must be pulled with no controller.
+        mlfleet("lab", "--name", TEST_LAB, "login", "edge-t4")
         mlfleet("lab", "--name", TEST_LAB, "gpu", "edge-t4", "lost")
         mlfleet("lab", "--name", TEST_LAB, "reboot", "edge-t4")
         time.sleep(3)
@@ -502,6 +529,7 @@ def test_a_host_that_lost_its_gpu_serves_on_the_cpu_variant(v1_everywhere):
         assert 'mlfleet_app_problem{app="sentiment",cause="gpu_lost"} 1' in prom
     finally:
         mlfleet("lab", "--name", TEST_LAB, "gpu", "edge-t4", "back")
+        mlfleet("lab", "--name", TEST_LAB, "login", "edge-t4", "--logout")
 
 
 def test_a_container_of_someone_elses_on_the_port_is_reported_and_not_fought(
@@ -610,7 +638,7 @@ def test_an_engine_restarted_mid_apply_ends_with_a_healthy_release(v1_everywhere
     old = served(host)["tag"]
     new = "v2" if old != "v2" else "v3"
     _, history, _ = agent(host, "history --json --limit 100000")
-    path = put(host, json.dumps(desired(lab, host, new)).encode(), f"desired-{new}.json")
+    path = put_desired(lab, host, new)
     ssh(host, f'nohup python3 "$MLFLEET_AGENT_DIR/mlfleet-agent.pyz" apply {path}'
               f' > "$MLFLEET_AGENT_DIR/apply-{new}.out" 2>&1 &')  # fmt: skip
     deadline = time.monotonic() + 60

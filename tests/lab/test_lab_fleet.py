@@ -17,6 +17,7 @@ from mlfleet.controller.lab import lab_registry
 from mlfleet.controller.lab.images import REPOSITORY, TAGS, VARIANTS
 from mlfleet.controller.lab.model_data import score
 from tests.conftest import TEST_LAB, mlfleet
+from tests.lab.conftest import engine_pull
 from tests.lab.sshrun import connect, ssh
 
 DEFAULT_HOSTS = ["edge-a100", "edge-t4", "edge-4090", "edge-mi210", "edge-cpu"]
@@ -52,14 +53,27 @@ def wait_http(url: str, timeout: float = 30):
 def pulled(lab):
     """v1-cpu pulled on every host with an engine that reaches the registry."""
 
-    def pull(name: str):
-        return name, ssh(lab["hosts_by_name"][name], f"docker pull -q {image(lab, 'v1', 'cpu')}")
+    def pull(name: str) -> None:
+        engine_pull(lab, lab["hosts_by_name"][name], image(lab, "v1", "cpu"))
 
     with ThreadPoolExecutor(max_workers=5) as pool:
-        results = dict(pool.map(pull, DEFAULT_HOSTS))
-    for name, (code, _, err) in results.items():
-        assert code == 0, f"{name}: {err}"
+        list(pool.map(pull, DEFAULT_HOSTS))
     return lab
+
+
+def test_the_registry_is_tls_and_refuses_anonymous_pulls(lab):
+    """Like a real private registry: its CA trusted by the engines through certs.d (no
+    insecure-registries), and a pull without credentials refused."""
+    host = lab["hosts_by_name"]["edge-cpu"]
+    code, out, _ = ssh(host, "docker info -f '{{json .RegistryConfig.IndexConfigs}}'")
+    assert lab["registry"]["address"] not in out  # not listed as insecure
+    code, _, err = ssh(host, f"docker pull -q {image(lab, 'v1', 'cpu')}")
+    assert code != 0 and "no basic auth credentials" in err, err
+    engine_pull(lab, host, image(lab, "v1", "cpu"))  # with the lab's login it pulls
+    assert (
+        Path(f"/etc/docker/certs.d/{lab['registry']['address']}/ca.crt").read_bytes()
+        == Path(lab["registry"]["ca"]).read_bytes()
+    )
 
 
 def test_every_host_answers_ssh_with_strict_host_key_checking(lab):
@@ -223,8 +237,7 @@ def test_cuda_images_need_a_gpu_and_a_new_enough_driver(pulled):
     lab = pulled
     a100, t4 = lab["hosts_by_name"]["edge-a100"], lab["hosts_by_name"]["edge-t4"]
     for host in (a100, t4):
-        code, _, err = ssh(host, f"docker pull -q {image(lab, 'v1', 'cuda12')}")
-        assert code == 0, err
+        engine_pull(lab, host, image(lab, "v1", "cuda12"))
     # Built for CUDA 12.2: runs on 550 with the GPU wired in ...
     _run_model(a100, lab, "v1", "cuda12", a100["data_dir"], extra="--gpus all")
     try:
@@ -239,7 +252,7 @@ def test_cuda_images_need_a_gpu_and_a_new_enough_driver(pulled):
     ):
         _run_model(host, lab, "v1", "cuda12", host["data_dir"], extra=extra)
         try:
-            code, out, _ = ssh(host, "docker wait model-v1; docker logs model-v1 2>&1")
+            _, out, _ = ssh(host, "docker wait model-v1; docker logs model-v1 2>&1")
             assert out.splitlines()[0] == "1"
             assert message in out
         finally:
