@@ -23,6 +23,7 @@ from mlfleet.agent.apply import collect_garbage, repair_interrupted, restore
 from mlfleet.agent.desired import DesiredState
 from mlfleet.agent.engine_api import EngineError
 from mlfleet.agent.host import AgentHost, health_target, serve_after_reboot
+from mlfleet.agent.imageref import ImageRef
 from mlfleet.agent.protocol import AppStatus, Cause, Event, EventKind, HostStatus
 from mlfleet.agent.repair import Obstacle, RepairFailed, find_obstacle, recreate
 from mlfleet.agent.state import Release
@@ -385,9 +386,25 @@ def _repair_record(host: AgentHost, release: Release) -> RepairRecord:
     times = [t for t in (last_failed, last_wait) if t is not None]
     return RepairRecord(
         attempts=failed,
-        due=repair_due(failed + waits, max(times) if times else None, time.time()),
+        due=repair_due(failed + waits, max(times) if times else None, time.time())
+        or _login_arrived(host, release),
         given_up=host.store.has_event(release.id, EventKind.NEEDS_OPERATOR.value),
     )
+
+
+def _login_arrived(host: AgentHost, release: Release) -> bool:
+    """The last tick waited for registry credentials the host did not have, and an operator
+    has placed some since (`docker login`): try now, not after the backoff."""
+    last = _last_event(host, release.app)
+    if last is None or last.kind is not EventKind.WAITING:
+        return False
+    if last.cause is not Cause.NEEDS_CREDENTIALS or "refused" in last.message:
+        return False  # a placed credential that was refused waits its backoff
+    try:
+        registry = ImageRef.parse(release.image or "").registry_address
+    except ValueError:
+        return False
+    return host.placed_credential(registry) is not None
 
 
 def _recreate(host: AgentHost, release: Release, actions: List[str],

@@ -42,7 +42,9 @@ class Lab:
     def up(self, workdir: Path) -> Path:
         """Bring the lab up; returns the inventory it wrote."""
         profiles = workdir / f"{self.name}-profiles.yml"
-        profiles.write_text(f"subnet: {self.subnet}\n{self.profiles}")
+        # An open registry: the peers' playbooks carry no registry login, and the cost of
+        # TLS and credentials is measured on its own (bench/registry_auth.py).
+        profiles.write_text(f"subnet: {self.subnet}\nregistry: open\n{self.profiles}")
         inventory = workdir / f"{self.name}-lab.yml"
         self.cli("up", "--profiles", str(profiles), "--inventory", str(inventory))
         return inventory

@@ -648,3 +648,24 @@ def test_a_vanished_mount_source_is_reported_and_the_release_comes_back_with_it(
     assert str(data) in last.message and host.engine.running_tags() == []
     data.mkdir()
     assert tick(host).actions == ["sentiment: recreated v1"]
+
+
+def test_a_login_placed_after_a_wait_for_credentials_is_used_by_the_next_tick(
+    host: FakeHost, clock: List[float]
+) -> None:
+    """No credential on the host: the tick waits (needs_credentials). An operator then
+    places one: the next tick pulls with it, not after the backoff."""
+    from mlfleet.agent.credential import RegistryCredential
+    from mlfleet.agent.host_credentials import store_credential
+
+    _two_releases(host)
+    host.engine.container_remove(serving_container(host))
+    host.engine.removed_images.append(f"{IMAGE}:v2")
+    host.engine.registry_password = "s3cret-9"
+    assert "needs registry credentials" in tick(host).actions[0]
+    clock[0] += 5
+    assert tick(host).actions == []  # nothing changed on the host: within its backoff
+    store_credential(host.agent_dir, RegistryCredential("registry.test", "robot", "s3cret-9"))
+    clock[0] += 5
+    assert tick(host).actions == ["sentiment: recreated v2"]
+    assert host.engine.running_tags() == ["v2"]
