@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Iterator, List, Optional
 
 import pytest
 import yaml
@@ -24,6 +24,7 @@ from mlfleet.controller.relay_cache import cache_root
 from tests.conftest import TEST_LAB
 from tests.lab.conftest import agent
 from tests.lab.sshrun import ssh
+from tests.lab.test_controller import serving
 
 PLAYBOOK = Path(__file__).parents[2] / "playbooks" / "sentiment.yml"
 SKIP_DIRS = {"overlay2", "image", "buildkit"}  # image layer contents: the registry's bytes
@@ -44,17 +45,6 @@ def with_vars(lab, work: Path, **group_vars: Any) -> Path:
     inventory = work / f"inventory-{len(list(work.glob('inventory-*')))}.yml"
     inventory.write_text(yaml.safe_dump(doc))
     return inventory
-
-
-def serving(host: Dict[str, Any]) -> Optional[str]:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://{host['address']}:8080/version", timeout=3) as resp:
-            data = json.loads(resp.read())
-            return f"{data['tag']}/{data['variant']}"
-    except OSError:
-        return None
 
 
 def secret_forms(lab) -> List[bytes]:
