@@ -69,8 +69,9 @@ def remote_image(
     agent/platforms.py), trusting the registry and answering its challenges with
     `credential` as the engine would. None when the registry cannot be asked (no route,
     timeout, an odd answer): the pull itself is then the only judge. PlatformMissing when
-    its index has no image for this host (naming the platforms it has). RegistryAuthError or RegistryTrustError (from registry_auth) when
-    it refuses this host: the pull would too, so apply says why before pulling."""
+    its index has no image for this host (naming the platforms it has); RegistryAuthError or
+    RegistryTrustError (from registry_auth) when it refuses this host: the pull would fail
+    the same way, so apply says why before pulling."""
     try:
         registry, repo, tag = split_reference(reference)
     except ValueError:

@@ -9,7 +9,12 @@ from typing import Callable, List, Optional, TypeVar
 
 from mlfleet.agent.protocol import ApplyStatus, Health
 from mlfleet.controller import hostops
-from mlfleet.controller.deploy import RolloutOptions, expected_variants, plan_rollout
+from mlfleet.controller.deploy import (
+    RolloutOptions,
+    expected_variants,
+    plan_rollout,
+    stored_facts_of,
+)
 from mlfleet.controller.hostops import AgentFailed
 from mlfleet.controller.hosts import Host
 from mlfleet.controller.outcomes import (
@@ -105,7 +110,7 @@ def plan(
 
     hosts = list(session.each(one).values())
     # The waves from what the agents chose now (hosts without an answer: from stored facts).
-    variant_of = expected_variants(session, playbook)
+    variant_of = expected_variants(playbook, stored_facts_of(session))
     variant_of.update({h.host: h.variant for h in hosts if h.outcome is None})
     waves, canary_text = plan_rollout([h.name for h in session.hosts], options, variant_of)
     return PlanReport(tag, hosts, waves, options.budget, options.on_failure, canary_text)

@@ -31,6 +31,7 @@ from mlfleet.controller.outcomes import OUTCOME_OF_APPLY, DeployReport, HostResu
 from mlfleet.controller.playbook import Playbook
 from mlfleet.controller.registry import Registry, RegistryAccess
 from mlfleet.controller.relay import Relay
+from mlfleet.controller.relay_cache import RelayCache
 from mlfleet.controller.rollout import (
     PER_VARIANT,
     Action,
@@ -88,15 +89,23 @@ def stored_facts(session: FleetSession, host: Host) -> Optional[HostFacts]:
         return None  # stored by another version: as if none were stored
 
 
-def expected_variants(session: FleetSession, playbook: Playbook) -> Dict[str, Optional[str]]:
-    """Host -> the variant it will select, for the hosts whose stored facts tell (read once
-    per command: the plan's canary and the image check both use it)."""
+def stored_facts_of(session: FleetSession) -> Dict[str, HostFacts]:
+    """Host -> its stored facts, for the session's hosts that have readable ones (read once
+    per command: the plan's canary and the image check both use them)."""
+    found = {host.name: stored_facts(session, host) for host in session.hosts}
+    return {name: facts for name, facts in found.items() if facts is not None}
+
+
+def expected_variants(
+    playbook: Playbook, facts_of: Mapping[str, HostFacts]
+) -> Dict[str, Optional[str]]:
+    """Host -> the variant it will select, for the hosts whose stored facts tell (pure)."""
     variants = playbook_variants(playbook)
     out: Dict[str, Optional[str]] = {}
-    for host in session.hosts:
-        known, variant = expected_variant(variants, stored_facts(session, host))
+    for name, facts in facts_of.items():
+        known, variant = expected_variant(variants, facts)
         if known:
-            out[host.name] = variant
+            out[name] = variant
     return out
 
 
@@ -129,7 +138,11 @@ def needed_images(
 
 
 def check_images(
-    session: FleetSession, playbook: Playbook, tag: str, variant_of: Mapping[str, Optional[str]]
+    session: FleetSession,
+    playbook: Playbook,
+    tag: str,
+    variant_of: Mapping[str, Optional[str]],
+    facts_of: Mapping[str, HostFacts],
 ) -> Dict[str, str]:
     """Every image the deployment needs must be in its registry: one missing stops the
     deployment before any host is touched. A host with stored facts needs only the variant
@@ -149,7 +162,7 @@ def check_images(
     missing, unused, unfit = [], [], []
     digests: Dict[str, str] = {}
     clients: Dict[RegistryAccess, Registry] = {}
-    arch_of = {h.name: f.arch for h in session.hosts for f in [stored_facts(session, h)] if f}
+    arch_of = {name: facts.arch for name, facts in facts_of.items()}
     for (ref, access), users in refs.items():
         image = ImageRef.parse(ref)
         registry = clients.setdefault(access, access.client(timeout=10))
@@ -234,9 +247,10 @@ def deploy(
 ) -> DeployReport:
     """Canary, then batches; after each wave `rollout.decide` says whether to go on, stop,
     or roll back the hosts this deployment updated. Hosts of waves not run are `skipped`."""
-    variant_of = expected_variants(session, playbook)
+    facts_of = stored_facts_of(session)
+    variant_of = expected_variants(playbook, facts_of)
     waves, _ = plan_rollout([h.name for h in session.hosts], options, variant_of)
-    digests = check_images(session, playbook, tag, variant_of)
+    digests = check_images(session, playbook, tag, variant_of, facts_of)
     state = session.state
     state.acquire_lock(f"deploy {playbook.app} {tag}")
     try:
@@ -332,8 +346,9 @@ def _deploy_host(
         request = ApplyRequest(desired, access.credential, host.store_pull_credentials)
         if mode is TransferMode.RELAY:
             source = session.relay_source(host, registry)
-            if source == session.cache_address(registry):
-                _fill_relay_cache(session, host, registry, desired, pins)
+            cache = session.relay_cache(registry)
+            if cache is not None and source == cache.address:
+                _fill_relay_cache(session, host, cache, desired, pins)
             with Relay(transport, source, host.bwlimit_kbit) as relay:
                 session.progress(
                     host.name, f"relay: the host pulls through {relay.address} (SSH tunnel)"
@@ -387,22 +402,23 @@ class Pins:
     variant_of: Mapping[str, Optional[str]]
 
 
-def _fill_relay_cache(session: FleetSession, host: Host, registry: Tuple[str, int],
+def _fill_relay_cache(session: FleetSession, host: Host, cache: RelayCache,
                       desired: DesiredState, pins: Optional[Pins]) -> None:  # fmt: skip
     """Copy into the relay cache what the host will pull: its expected variant's image when
-    its stored facts tell, else every variant's (its agent picks one)."""
-    chosen = pins.variant_of.get(host.name) if pins and host.name in pins.variant_of else None
+    its stored facts tell, else every variant's (its agent picks one). (Hosts with
+    credentials of their own, per-group auth files, had each image they need checked with
+    their credential by check_images before any host was touched.)"""
+    chosen = pins.variant_of.get(host.name) if pins else None
     for variant in desired.parsed_variants():
         if variant.image is None or (chosen is not None and variant.name != chosen):
             continue
         image = ImageRef.parse(variant.image)
-        reference = variant.digest or image.reference
-        stats = session.fill_relay_cache(registry, image.api_repository, reference)
+        stats = cache.fill(image.api_repository, variant.digest or image.reference)
         if stats is not None and stats.blobs:
             session.progress(
                 host.name,
                 f"relay cache: fetched {stats.blobs} blob(s), {stats.bytes / 1048576:.1f} MiB,"
-                f" of {image} from {registry[0]}:{registry[1]}",
+                f" of {image} from {cache.upstream.address}",
             )
 
 

@@ -16,7 +16,6 @@ from mlfleet.agent.bundle import AgentBundle, build_zipapp
 from mlfleet.controller.credentials import Credentials
 from mlfleet.controller.errors import ConfigError
 from mlfleet.controller.hosts import Host
-from mlfleet.controller.image_copy import CopyStats
 from mlfleet.controller.registry import RegistryAccess, trusted_ca
 from mlfleet.controller.relay_cache import RelayCache
 from mlfleet.controller.state import ControllerState
@@ -127,21 +126,10 @@ class FleetSession:
                 )
             return self._caches[key].address
 
-    def cache_address(self, upstream: Tuple[str, int]) -> Optional[Tuple[str, int]]:
-        """The loopback address of the relay cache of `upstream`, when one runs."""
+    def relay_cache(self, upstream: Tuple[str, int]) -> Optional[RelayCache]:
+        """The relay cache of `upstream`, when one runs (relay_source starts it)."""
         with self._lock:
-            cache = self._caches.get(f"{upstream[0]}:{upstream[1]}")
-        return cache.address if cache else None
-
-    def fill_relay_cache(
-        self, upstream: Tuple[str, int], repo: str, reference: str
-    ) -> Optional[CopyStats]:
-        """Copy `repo` at `reference` into the relay cache of `upstream`. (Hosts with
-        credentials of their own, per-group auth files, had each image they need checked
-        with their credential by deploy.check_images before any host was touched.)"""
-        with self._lock:
-            cache = self._caches[f"{upstream[0]}:{upstream[1]}"]
-        return cache.fill(repo, reference)
+            return self._caches.get(f"{upstream[0]}:{upstream[1]}")
 
     def each(self, fn: Callable[[Host], T], hosts: Optional[Sequence[Host]] = None) -> Dict[str, T]:
         """fn on every host in parallel (bounded by forks); one slow or dead host never

@@ -361,14 +361,14 @@ def push_index_image(registry: Registry, tag: str, platforms: Tuple[str, ...],
             raise LabError(f"the lab registry has no {source_tag}-{variant} to build {tag} from")
         source, _ = found
         config = json.loads(b"".join(registry.blob_chunks(REPOSITORY, source["config"]["digest"])))
+        config.pop("variant", None)
         entries = []
         for name in platforms:
             arch, arm_variant = PLATFORMS[name]
-            config = dict(config, architecture=arch)
-            config.pop("variant", None)
+            entry_config = dict(config, architecture=arch)
             if arm_variant:
-                config["variant"] = arm_variant
-            blob = json.dumps(config).encode()
+                entry_config["variant"] = arm_variant
+            blob = json.dumps(entry_config).encode()
             registry.push_blob(REPOSITORY, sha256_digest(blob), blob)
             raw = json.dumps(dict(source, config=dict(
                 source["config"], digest=sha256_digest(blob), size=len(blob)))).encode()  # fmt: skip
