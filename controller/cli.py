@@ -670,6 +670,19 @@ def lab_login(layout: Any, host: str, logout: bool) -> None:
     _progress(f"{host}: {'logged out of' if logout else 'logged in to'} the lab registry ({path})")
 
 
+@lab.command("revoke-login")
+@click.option("--restore", is_flag=True, help="make the login valid again")
+@click.pass_obj
+def lab_revoke_login(layout: Any, restore: bool) -> None:
+    """Revoke the lab registry's login (as a revoked or expired token would be): the
+    registry refuses it from its next request on; the controller's config.json keeps it."""
+    from mlfleet.controller.lab import fleet, lab_registry
+
+    fleet.require_state(layout)
+    lab_registry.revoke_login(layout, not restore)
+    _progress(f"lab registry login {'restored' if restore else 'revoked'}")
+
+
 @lab.command("reboot")
 @click.argument("host")
 @click.pass_obj

@@ -308,12 +308,23 @@ def _run_waves(
             _roll_back_updated(session, playbook.app, results, deployment_id)
         if not decision.proceed:
             status = "halted" if remaining else status
+            why = _halted_because(wave.name, [(n, done[n].reason or "") for n in failed])
             for w in waves[i + 1 :]:
                 for name in w.hosts:
-                    results[name] = HostResult(name, Outcome.SKIPPED, "deployment halted", w.name)
+                    results[name] = HostResult(name, Outcome.SKIPPED, why, w.name)
                     session.state.record_host(deployment_id, name, w.name, results[name].to_dict())
             break
     return status, reason, results
+
+
+def _halted_because(wave: str, failed: List[Tuple[str, str]]) -> str:
+    """A skipped host's reason: the wave that halted the deployment and its first failure
+    (a registry that refused the credentials is then named on every host left)."""
+    if not failed:
+        return f"deployment halted after {wave}"
+    host, reason = failed[0]
+    more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+    return f"deployment halted after {wave}: {host}{more}: {reason}"
 
 
 def _deploy_host(

@@ -10,12 +10,14 @@ engines trust the CA the way real engines do, through `/etc/docker/certs.d/HOST:
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 from mlfleet.agent.credential import RegistryCredential
 from mlfleet.controller.credentials import Credentials
+from mlfleet.controller.errors import LabError
 from mlfleet.controller.lab import registry_tls
 from mlfleet.controller.lab.layout import LabLayout
 from mlfleet.controller.lab.processes import start_daemon
@@ -49,6 +51,7 @@ def start(layout: LabLayout, address: str, secure: bool) -> Dict[str, Any]:
         ca = ca_dir / registry_tls.CA_CERT
         password = registry_tls.new_password()
         htpasswd = directory / "htpasswd"
+        htpasswd.with_name("htpasswd.valid").unlink(missing_ok=True)  # a revoked login's
         registry_tls.write_private(htpasswd, registry_tls.htpasswd_line(USER, password) + "\n")
         config_dir = docker_config_dir(layout)
         config_dir.mkdir(parents=True, exist_ok=True)
@@ -70,6 +73,24 @@ def start(layout: LabLayout, address: str, secure: bool) -> Dict[str, Any]:
         "ca": str(ca) if ca else None,
         "docker_config": str(config) if config else None,
     }
+
+
+def revoke_login(layout: LabLayout, revoked: bool) -> None:
+    """Revoke the lab's login at the registry (its htpasswd then holds another password;
+    the controller's config.json keeps the old one), or restore it: what a token revoked
+    or expired at a real registry looks like to everyone holding it. The registry reads the
+    file again when it changes, so this takes effect at its next request."""
+    htpasswd = layout.registry_dir / "htpasswd"
+    kept = htpasswd.with_name("htpasswd.valid")
+    if not htpasswd.exists():
+        raise LabError(f"lab {layout.name!r} has an open registry: there is no login to revoke")
+    if revoked:
+        if not kept.exists():
+            os.replace(htpasswd, kept)
+        line = registry_tls.htpasswd_line(USER, registry_tls.new_password())
+        registry_tls.write_private(htpasswd, line + "\n")
+    elif kept.exists():
+        os.replace(kept, htpasswd)
 
 
 def remove_trust(registry: Dict[str, Any]) -> None:

@@ -196,3 +196,46 @@ def test_bad_registry_input_is_one_line_exit_7_and_no_host_touched(agent_hosts, 
         assert "mlfleet_registry_ca" in lines[0]
     time.sleep(0.5)
     assert {n: serving(lab["hosts_by_name"][n]) for n in before} == before
+
+
+def test_a_login_revoked_mid_rollout_fails_the_hosts_not_yet_updated(agent_hosts, tmp_path):
+    """The registry revokes the controller's login while the canary is in its monitor
+    window (a token revoked or expired mid-rollout): the canary stays on the new release,
+    healthy; the next wave's host fails its preflight with the registry's refusal, before
+    touching anything, and goes on serving what it served."""
+    lab = agent_hosts
+    names = ("edge-cpu", "edge-4090")
+    before = {n: serving(lab["hosts_by_name"][n]) for n in names}
+    tag = next(t for t in ("v1", "v2", "v3")
+               if not any((b or "").startswith(t + "/") for b in before.values()))  # fmt: skip
+    argv = [sys.executable, "-m", "mlfleet.controller", "-i", str(lab["inventory"]),
+            "-p", str(PLAYBOOK), "--state", str(tmp_path / "state.db"), "--limit",
+            ",".join(names), "deploy", "--tag", tag, "--canary", "1", "--batch", "100%",
+            "--json"]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    said: List[str] = []
+    canary = ""
+    try:
+        for line in proc.stderr:
+            said.append(line)
+            words = line.lstrip("· ")
+            if words.startswith("canary:") and not canary:
+                canary = words.split(":", 1)[1].strip()
+            if canary and canary in line and "started" in line:  # its monitor window runs
+                lab_registry.revoke_login(LabLayout(TEST_LAB), True)
+                break
+        out, rest = proc.communicate(timeout=900)
+    finally:
+        lab_registry.revoke_login(LabLayout(TEST_LAB), False)
+    said.append(rest)
+    assert canary in names and proc.returncode == 1, "".join(said)[-3000:]
+    later = next(n for n in names if n != canary)
+    hosts = {h["host"]: h for h in json.loads(out)["hosts"]}
+    assert hosts[canary]["result"] == "updated", hosts[canary]
+    assert (serving(lab["hosts_by_name"][canary]) or "").startswith(tag + "/")
+    assert hosts[later]["result"] == "failed", hosts[later]
+    refusal = f"refused the credentials for {lab_registry.USER}"
+    assert refusal in hosts[later]["reason"], hosts[later]
+    assert serving(lab["hosts_by_name"][later]) == before[later]
+    assert "Traceback" not in "".join(said)

@@ -183,6 +183,10 @@ def test_a_failing_canary_halts_and_no_other_host_is_touched(fleet: Fleet) -> No
     by_host = {h.host: h for h in report.hosts}
     assert by_host["edge-a100"].outcome is Outcome.ROLLED_BACK
     assert {by_host[n].outcome for n in ("edge-t4", "edge-mi210", "edge-cpu")} == {Outcome.SKIPPED}
+    # Each host left says why: the wave that halted and its failure.
+    said, why = by_host["edge-cpu"].reason or "", by_host["edge-a100"].reason
+    assert said.startswith("deployment halted after canary: edge-a100: "), said
+    assert why and why in said
     assert [n for n, f in fleet.fakes.items() if f.applied] == ["edge-a100"]
     assert fleet.serving() == {n: f"v2/{v}" for n, v in VARIANT.items()}
 
