@@ -334,6 +334,15 @@ def _adopt(host: AgentHost, source: str, image: str, mirror: bool = True) -> Opt
 
 
 PULL_ATTEMPTS = 4
+PULL_PROGRESS_EVERY_S = 20.0
+
+
+def _progress(status: str, detail: Dict[str, Any]) -> str:
+    """'downloading 512.0 of 2048.0 MiB' from the engine's progress detail."""
+    current, total = detail.get("current"), detail.get("total")
+    if status != "Downloading" or not isinstance(current, int) or not isinstance(total, int):
+        return status
+    return f"downloading {current / 2**20:.1f} of {total / 2**20:.1f} MiB"
 
 
 # A pull that fails with these words will fail the same way again: not retried.
@@ -376,14 +385,21 @@ def _pull(host: AgentHost, image: str, remote: Optional[RemoteImage],
     sizes: Dict[str, int] = {d[7:19]: size for d, size in remote.layers} if remote else {}
     fetched = set()
     host.say(EventKind.PULL, f"pulling {image}")
+    said_at = time.monotonic()
     try:
         for msg in host.engine.pull(repository, tag, auth=credential):
             layer, status = msg.get("id"), msg.get("status", "")
             if not layer:
                 continue
-            total = (msg.get("progressDetail") or {}).get("total")
+            detail = msg.get("progressDetail") or {}
+            total = detail.get("total")
             if status == "Downloading" and total and layer not in sizes:
                 sizes[layer] = int(total)
+            if status.startswith("Retrying") or (
+                status == "Downloading" and time.monotonic() - said_at >= PULL_PROGRESS_EVERY_S
+            ):  # a large layer on a slow link: a sign of life, which the controller waits on
+                host.say(EventKind.LAYER, f"layer {layer}: {_progress(status, detail)}")
+                said_at = time.monotonic()
             if status in ("Downloading", "Download complete", "Pull complete"):
                 fetched.add(layer)
             if status in ("Download complete", "Already exists"):

@@ -66,7 +66,8 @@ class Transport(Protocol):
         timeout: float = 600.0,
         on_stderr_line: Optional[Callable[[str], None]] = None,
     ) -> CommandResult:
-        """Run argv on the host; raises HostUnreachable when it cannot."""
+        """Run argv on the host; raises HostUnreachable when it cannot, or when the command
+        sends nothing for `timeout` seconds (a long pull that reports progress goes on)."""
         ...
 
     def put(self, data: bytes, path: str, mode: int = 0o644) -> None:
@@ -245,7 +246,9 @@ class Connection:
         on_stderr_line: Optional[Callable[[str], None]] = None,
     ) -> CommandResult:
         """Run argv on the host (quoted, with sudo when configured); stderr lines are passed
-        to `on_stderr_line` as they arrive (the agent's progress events)."""
+        to `on_stderr_line` as they arrive (the agent's progress events). `timeout` counts
+        from the last byte the command sent: a multi-GB pull over a slow link that reports
+        its progress is not cut off, a silent, hung command is."""
         self.connect()
         assert self._client is not None
         transport = self._client.get_transport()
@@ -275,10 +278,12 @@ class Connection:
                         on_stderr_line(line.decode("utf-8", errors="replace"))
             if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
                 break
-            if time.monotonic() > deadline:
+            if progressed:
+                deadline = time.monotonic() + timeout
+            elif time.monotonic() > deadline:
                 chan.close()
                 raise HostUnreachable(
-                    f"command did not finish within {timeout:.0f}s: {argv[0]} ...",
+                    f"command sent nothing for {timeout:.0f}s: {argv[0]} ...",
                     where=self.host.name,
                 )
             if not progressed:

@@ -4,7 +4,7 @@ end against the in-memory fake engine and a real SQLite store."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional, Set
+from typing import Iterator, List, Optional, Set
 
 import pytest
 
@@ -255,3 +255,40 @@ def test_a_failure_after_the_promotion_never_rolls_the_release_back(
     assert host.engine.running_tags() == ["v2"]
     current = host.store.current("sentiment")
     assert current is not None and current.tag == "v2"
+
+
+# --- a large layer's pull -------------------------------------------------------------------
+
+
+def test_a_large_layers_pull_reports_progress_and_retries(
+    host: FakeHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine's own progress messages (the JSON lines of `POST /images/create`) for a
+    2 GiB layer whose link broke once: the agent says how far it got and that the engine
+    retries (the controller waits on such signs of life, not on a wall clock), and counts
+    the layer's bytes once."""
+    from mlfleet.agent import apply as apply_module
+
+    monkeypatch.setattr(apply_module, "PULL_PROGRESS_EVERY_S", 0.0)
+    events: List[Event] = []
+    host.emit = events.append
+    big, gib = "0123456789ab", 2 << 30
+
+    def pull(
+        repository: str, tag: str, timeout: float = 900.0, auth: object = None
+    ) -> Iterator[dict]:
+        yield {"status": "Pulling fs layer", "progressDetail": {}, "id": big}
+        for current in (1 << 20, gib // 2):
+            yield {"status": "Downloading", "progressDetail": {"current": current, "total": gib},
+                   "id": big}  # fmt: skip
+        yield {"status": "Retrying in 5 seconds", "progressDetail": {}, "id": big}
+        yield {"status": "Downloading", "progressDetail": {"current": gib, "total": gib}, "id": big}
+        yield {"status": "Download complete", "progressDetail": {}, "id": big}
+        yield {"status": "Pull complete", "progressDetail": {}, "id": big}
+
+    monkeypatch.setattr(host.engine, "pull", pull)
+    fetched = apply_module._pull(host, f"{IMAGE}:v1", None)
+    said = [e.message for e in events if e.kind is EventKind.LAYER]
+    assert f"layer {big}: downloading 1024.0 of 2048.0 MiB" in said
+    assert f"layer {big}: Retrying in 5 seconds" in said
+    assert fetched == gib
