@@ -23,7 +23,7 @@ import zlib
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from mlfleet.agent.cuda import min_driver_for_cuda
 from mlfleet.controller.errors import LabError
@@ -132,11 +132,11 @@ def _slim(rootfs: Path) -> None:
                     child.unlink()
 
 
-def _compress_stream(chunks: Iterable[bytes], out: Path) -> Layer:
+def _compress_stream(chunks: Iterable[bytes], out: Path, level: int = 6) -> Layer:
     diff = hashlib.sha256()
     comp = hashlib.sha256()
     # wbits=31: gzip framing; mtime stays 0 so the bytes are reproducible.
-    compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
+    compressor = zlib.compressobj(level, zlib.DEFLATED, 31)
     size = 0
     with out.open("wb") as fh:
         for chunk in chunks:
@@ -311,9 +311,25 @@ def build_and_push(registry: Registry, cache: Path, progress: Progress) -> List[
 
 def payload_layer(cache: Path, tag: str, payload_mib: int) -> Layer:
     """A layer of incompressible bytes (seeded by the tag, so rebuilding gives the same
-    layer): what a model's weights look like to gzip."""
-    data = random.Random(f"{tag}/{payload_mib}").randbytes(payload_mib << 20)
-    return _tar_layer({"opt/mlfleet/payload.bin": (data, 0o644)}, cache / f"payload-{tag}.tar.gz")
+    layer): what a model's weights look like to gzip. Streamed, a MiB at a time: a 2 GiB
+    layer is never held in memory."""
+    out = cache / f"payload-{tag}.tar.gz"
+    return _compress_stream(_payload_tar(f"{tag}/{payload_mib}", payload_mib), out, level=1)
+
+
+def _payload_tar(seed: str, mib: int) -> Iterator[bytes]:
+    """The tar stream of opt/mlfleet/payload.bin (`mib` MiB of seeded random bytes)."""
+    for directory in ("opt", "opt/mlfleet"):
+        info = tarfile.TarInfo(directory)
+        info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, _FIXED_MTIME
+        yield info.tobuf(tarfile.PAX_FORMAT)
+    info = tarfile.TarInfo("opt/mlfleet/payload.bin")
+    info.size, info.mode, info.mtime = mib << 20, 0o644, _FIXED_MTIME
+    yield info.tobuf(tarfile.PAX_FORMAT)
+    rng = random.Random(seed)
+    for _ in range(mib):
+        yield rng.randbytes(1 << 20)  # whole 512-byte blocks: no padding needed
+    yield bytes(2 * tarfile.BLOCKSIZE)  # the end-of-archive marker
 
 
 def push_payload_image(registry: Registry, cache: Path, tag: str, payload_mib: int) -> List[Layer]:
