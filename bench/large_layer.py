@@ -163,14 +163,13 @@ def main() -> int:
             registry = json.loads(cli(env, "lab", "--name", NAME, "status", "--json").stdout)[
                 "registry"
             ]
-            (work / "layers").mkdir()
             started = time.monotonic()
+            # The lab's own layer cache: the base and app layers are those the lab pushed.
             layers = push_payload_image(lab_registry.client(registry, timeout=600),
-                                        work / "layers", TAG, args.mib)  # fmt: skip
+                                        layout.cache, TAG, args.mib)  # fmt: skip
             print(f"pushed {REPOSITORY}:{TAG} ({args.mib} MiB payload) in "
                   f"{time.monotonic() - started:.0f}s", file=sys.stderr)  # fmt: skip
-            for layer in layers:
-                layer.path.unlink(missing_ok=True)
+            layers[2].path.unlink()  # the payload's compressed copy: the registry has it
             missing = layers[2].size + layers[3].size  # the payload and the top layer
             rows = []
             for method in args.methods.split(","):
