@@ -27,11 +27,11 @@ import secrets
 import socket
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from mlfleet.controller.errors import ExitCode, MlfleetError
 from mlfleet.controller.hosts import Host
-from mlfleet.controller.transport import HostUnreachable, Transport
+from mlfleet.controller.transport import CommandResult, HostUnreachable
 
 LEASE_S = 3600.0
 RENEW_EVERY_S = 600.0
@@ -68,6 +68,15 @@ _RELEASE = (
     f'rm -rf -- "$1" && echo {_GONE}; else echo {_HELD}; fi'
 )
 _SHOW = f'cat "$1/holder.json" 2>/dev/null || {{ [ -d "$1" ] && echo {_HELD}; }}; true'
+
+
+class Runs(Protocol):
+    """What the lock needs of a transport: running an argv on its host."""
+
+    host: Host
+
+    def run(self, argv: Sequence[str], *, stdin: Optional[bytes] = None, timeout: float = 600.0,
+            on_stderr_line: Optional[Callable[[str], None]] = None) -> CommandResult: ...  # fmt: skip
 
 
 class FleetLockHeld(MlfleetError):
@@ -156,7 +165,7 @@ def _sh(script: str, *args: str) -> List[str]:
     return ["sh", "-c", script, "sh", *args]
 
 
-def _run(conn: Transport, argv: Sequence[str]) -> str:
+def _run(conn: Runs, argv: Sequence[str]) -> str:
     result = conn.run(argv, timeout=60)
     if result.code != 0:
         raise HostUnreachable(
@@ -170,7 +179,7 @@ def _run(conn: Transport, argv: Sequence[str]) -> str:
 # --- one host --------------------------------------------------------------------------------
 
 
-def try_acquire(conn: Transport, me: Holder, now: float, again: bool = True) -> Optional[Holder]:
+def try_acquire(conn: Runs, me: Holder, now: float, again: bool = True) -> Optional[Holder]:
     """Take the host's lock for `me`. Returns None when it is ours now (taken, or a stale
     one taken over), else who holds it (a Holder with an empty token when the host could
     not say)."""
@@ -199,7 +208,7 @@ def try_acquire(conn: Transport, me: Holder, now: float, again: bool = True) -> 
     return found.holder or other
 
 
-def renew(conn: Transport, me: Holder) -> bool:
+def renew(conn: Runs, me: Holder) -> bool:
     """Rewrite the host's lock with `me` (a later lease) if it is still ours."""
     verdict, _ = parse_answer(
         _run(conn, _sh(_REPLACE, lock_dir(conn.host), me.to_json(), me.token, me.token))
@@ -207,13 +216,13 @@ def renew(conn: Transport, me: Holder) -> bool:
     return verdict == _MINE
 
 
-def release(conn: Transport, token: str) -> bool:
+def release(conn: Runs, token: str) -> bool:
     """Remove the host's lock if `token` holds it (any holder's when token is "")."""
     verdict, _ = parse_answer(_run(conn, _sh(_RELEASE, lock_dir(conn.host), token)))
     return verdict == _GONE
 
 
-def show(conn: Transport) -> Optional[HostLock]:
+def show(conn: Runs) -> Optional[HostLock]:
     """The host's lock (None when it is free)."""
     out = _run(conn, _sh(_SHOW, lock_dir(conn.host))).strip()
     if not out:
@@ -232,7 +241,7 @@ Each = Callable[[Callable[[Host], Any], Sequence[Host]], Dict[str, Any]]
 class FleetLock:
     """The lock on every host of a deployment, for the deployment's length."""
 
-    def __init__(self, connect: Callable[[Host], Transport], each: Each, hosts: Sequence[Host],
+    def __init__(self, connect: Callable[[Host], Runs], each: Each, hosts: Sequence[Host],
                  reason: str, clock: Callable[[], float] = time.time):  # fmt: skip
         self._connect = connect
         self._each = each
