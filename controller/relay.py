@@ -5,6 +5,13 @@ sshd forwards each connection back over the SSH connection to the controller, wh
 connects it to the registry it can reach. Only the layers the host lacks cross the link
 (the engine asks for nothing else), and every byte that does is counted here; an optional
 per-host cap (`mlfleet_bwlimit_kbit`) paces what is sent to the host.
+
+Any local user of the host can connect to that port while the host applies, so the relay
+reads each request and passes only the pulls of the deployment's images (registry_filter:
+GET and HEAD of /v2/, of manifests and blobs of its repositories); it answers anything else
+itself, 403 (400 for a malformed request) in the registry's error format, and closes the
+connection. A connection whose first request is refused never reaches the registry. The
+registry's answers are streamed back as they come, never parsed or held.
 """
 
 from __future__ import annotations
@@ -12,11 +19,24 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import List, Optional, Tuple
+from typing import List, Optional, Protocol, Tuple
 
 import paramiko
 
-from mlfleet.controller.transport import Stream, Transport
+from mlfleet.controller.registry_filter import Decision, PullScope, next_request, refusal
+from mlfleet.controller.transport import Stream, StreamHandler
+
+REFUSALS_KEPT = 20
+"""How many refused requests a relay remembers (`Relay.refused`)."""
+_DRAIN_S = 30.0  # how long a refusal waits for the registry to finish its earlier answers
+
+
+class Tunnels(Protocol):
+    """What a relay needs of a host's transport (`controller.transport.Transport` has it)."""
+
+    def forward_remote(self, handler: StreamHandler) -> int: ...
+
+    def cancel_forward(self, port: int) -> None: ...
 
 
 class _Pacer:
@@ -42,16 +62,25 @@ class _Pacer:
 
 
 class Relay:
-    """One reverse tunnel for one host, open for the host's part of a deployment."""
+    """One reverse tunnel for one host, open for the host's part of a deployment. `scope`:
+    the images it serves (`PullScope.of_variants(desired.parsed_variants())`); None serves
+    pulls of any repository, and nothing but pulls."""
 
     def __init__(
-        self, conn: Transport, registry: Tuple[str, int], bwlimit_kbit: Optional[int] = None
+        self,
+        conn: Tunnels,
+        registry: Tuple[str, int],
+        bwlimit_kbit: Optional[int] = None,
+        scope: Optional[PullScope] = None,
     ):
         self.conn = conn
         self.registry = registry
+        self.scope = scope or PullScope()
         self.pacer = _Pacer(bwlimit_kbit)
         self.bytes_to_host = 0
         self.bytes_from_host = 0
+        self.refused: List[str] = []  # the first REFUSALS_KEPT refusals' reasons (plain text)
+        self.refusals = 0
         self.port: Optional[int] = None
         self._lock = threading.Lock()
         self._threads: List[threading.Thread] = []
@@ -71,16 +100,74 @@ class Relay:
             t.join(timeout=5)
 
     def _serve(self, channel: Stream) -> None:
+        """One tunnelled connection: its requests, judged one by one, go to the registry (a
+        connection opened at the first one that passes); its answers come back on another
+        thread. A refusal stops the requests, lets the registry finish the answers it owes,
+        then answers the refused request and closes."""
         with self._lock:
             self._threads.append(threading.current_thread())
+        upstream: Optional[socket.socket] = None
+        answers: Optional[threading.Thread] = None
+        refusing = threading.Event()
+        refused: Optional[Decision] = None
+        buffer, searched = b"", 0
         try:
-            upstream = socket.create_connection(self.registry, timeout=30)
-        except OSError:
+            while refused is None:
+                found = next_request(buffer, self.scope, searched)
+                if found is None:
+                    searched = len(buffer)
+                    data = channel.recv(65536)
+                    if not data:
+                        break
+                    with self._lock:
+                        self.bytes_from_host += len(data)
+                    buffer += data
+                    continue
+                decision, head, buffer = found
+                searched = 0
+                if not decision.allowed:
+                    refused = decision
+                    break
+                if upstream is None:
+                    upstream = socket.create_connection(self.registry, timeout=30)
+                    upstream.settimeout(None)
+                    answers = threading.Thread(
+                        target=self._answer, args=(upstream, channel, refusing), daemon=True
+                    )
+                    answers.start()
+                upstream.sendall(head)
+        except (OSError, EOFError, paramiko.SSHException):
+            pass  # the host or the registry went away (or the registry cannot be reached)
+        finally:
+            self._finish(channel, upstream, answers, refused, refusing)
+
+    def _finish(self, channel: Stream, upstream: Optional[socket.socket],
+                answers: Optional[threading.Thread], refused: Optional[Decision],
+                refusing: threading.Event) -> None:  # fmt: skip
+        if refused is not None:
+            refusing.set()  # the answers' thread leaves the channel open for the refusal
+            self._record(refused)
+        if upstream is not None:
+            try:
+                upstream.shutdown(socket.SHUT_WR)  # no more requests: it answers what it has
+            except OSError:
+                pass
+        drained = True
+        if answers is not None:
+            answers.join(timeout=_DRAIN_S if refused is not None else None)
+            drained = not answers.is_alive()
+        try:
+            if refused is not None and drained:
+                channel.sendall(refusal(refused))
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
+        finally:
             channel.close()
-            return
-        upstream.settimeout(None)
-        up = threading.Thread(target=self._pump_to_registry, args=(channel, upstream), daemon=True)
-        up.start()
+            if upstream is not None:
+                upstream.close()
+
+    def _answer(self, upstream: socket.socket, channel: Stream, refusing: threading.Event) -> None:
+        """The registry's answers to the host, as they come (counted and paced)."""
         try:
             while True:
                 data = upstream.recv(65536)
@@ -93,23 +180,11 @@ class Relay:
         except (OSError, EOFError, paramiko.SSHException):
             pass
         finally:
-            channel.close()
-            upstream.close()
-            up.join(timeout=5)
+            if not refusing.is_set():
+                channel.close()  # the registry ended the connection: so does the tunnel
 
-    def _pump_to_registry(self, channel: Stream, upstream: socket.socket) -> None:
-        try:
-            while True:
-                data = channel.recv(65536)
-                if not data:
-                    break
-                upstream.sendall(data)
-                with self._lock:
-                    self.bytes_from_host += len(data)
-        except (OSError, EOFError, paramiko.SSHException):
-            pass
-        finally:
-            try:
-                upstream.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
+    def _record(self, decision: Decision) -> None:
+        with self._lock:
+            self.refusals += 1
+            if len(self.refused) < REFUSALS_KEPT:
+                self.refused.append(decision.reason)
