@@ -1,11 +1,14 @@
 """`mlfleet` command line: thin. Options are parsed into typed values here (a bad one is one
 line and exit 2), every command calls into a module that does the work and returns typed
-results, and this module only renders them (a table, or --json) and picks the exit code."""
+results, and this module only renders them (a table, or --json) and picks the exit code.
+Everything shown is plain text, never rich markup, with its control characters escaped
+(controller/plaintext.py): hosts, files and users cannot style, move or clear the terminal."""
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import sys
 import time
@@ -19,9 +22,17 @@ from rich.table import Table
 from rich.text import Text
 
 from mlfleet.controller.errors import ConfigError, ExitCode, MlfleetError
+from mlfleet.controller.plaintext import printable
 
 if TYPE_CHECKING:
-    from mlfleet.controller.outcomes import StatusRow
+    from mlfleet.controller.outcomes import (
+        DeployReport,
+        FactsResult,
+        HostResult,
+        InstallResult,
+        PlanReport,
+        StatusRow,
+    )
 
 # Logs and pipes get a wide table rather than rich's 80-column default.
 console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
@@ -31,12 +42,28 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _progress(message: str) -> None:
-    console.print(Text.assemble(("· ", "dim"), message))
+    console.print(Text.assemble(("· ", "dim"), printable(message)), soft_wrap=True)
 
 
 def _error_line(message: str) -> None:
-    # Text from hosts and files is printed as it is, never read as markup.
-    console.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
+    # Text from hosts and files is printed as plain text (a Text, never markup), escaped.
+    console.print(Text.assemble(("error: ", "bold red"), printable(message)), soft_wrap=True)
+
+
+class _EscapedFormatter(logging.Formatter):
+    """--debug's log lines (tracebacks of host failures) with control characters escaped."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record), multiline=True)
+
+
+def _log_debug() -> None:
+    """--debug: the tracebacks of what failed on single hosts go to stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_EscapedFormatter("debug: %(message)s"))
+    logger = logging.getLogger("mlfleet")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -44,6 +71,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     --debug."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    if debug:
+        _log_debug()
     try:
         cli.main(args=args, prog_name="mlfleet", standalone_mode=False)
     except MlfleetError as exc:
@@ -57,7 +86,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return int(exc.code or 0)
     except click.UsageError as exc:
         if exc.format_message().startswith("Usage:"):  # no command given: the help is the answer
-            console.print(Text(exc.format_message()))
+            console.print(Text(printable(exc.format_message(), multiline=True)))
             return ExitCode.USAGE
         command = exc.ctx.command_path if exc.ctx else "mlfleet"
         _error_line(f"{exc.format_message()} (see `{command} --help`)")
@@ -173,10 +202,13 @@ def _playbook(settings: Settings) -> Any:
 
 
 def _session(settings: Settings) -> Any:
+    from mlfleet.controller.hostops import check_cron_values
     from mlfleet.controller.inventory import load_inventory
     from mlfleet.controller.session import FleetSession, ssh_connector
 
     hosts = load_inventory(settings.inventory).select(settings.limit)
+    for host in hosts:  # a value that would break the agent's cron line: before any host
+        check_cron_values(host)
     return FleetSession(
         hosts,
         _state(settings),
@@ -187,22 +219,30 @@ def _session(settings: Settings) -> Any:
 
 
 def _host_progress(host: str, message: str) -> None:
+    """A progress line: `· HOST MESSAGE` (`*`: the fleet's), one line whatever the host said."""
     if host == "*":
-        console.print(Text.assemble(("· ", "dim"), message))
+        line = Text.assemble(("· ", "dim"), printable(message))
     else:
-        console.print(Text.assemble(("· ", "dim"), (host, "bold"), " ", message))
+        line = Text.assemble(("· ", "dim"), (printable(host), "bold"), " ", printable(message))
+    console.print(line, soft_wrap=True)
 
 
 def _table(title: str, columns: Iterable[str], caption: Optional[str] = None) -> Table:
-    table = Table(title=Text(title), caption=Text(caption) if caption else None)
+    table = Table(
+        title=Text(printable(title)), caption=Text(printable(caption)) if caption else None
+    )
     for column in columns:
         table.add_column(column)
     return table
 
 
+def _cell(value: Any, style: str = "") -> Text:
+    """A table cell: plain text (host names, reasons and tags are never markup), escaped."""
+    return Text(printable("" if value is None else value), style=style)
+
+
 def _row(table: Table, *cells: Any) -> None:
-    """Cells as plain text: host names, reasons and tags are never markup."""
-    table.add_row(*(c if isinstance(c, Text) else Text("" if c is None else str(c)) for c in cells))
+    table.add_row(*(c if isinstance(c, Text) else _cell(c) for c in cells))
 
 
 def _emit(data: Any, as_json: bool, table: Optional[Table] = None) -> None:
@@ -245,6 +285,21 @@ def inventory_cmd(settings: Settings, as_json: bool) -> None:
     _emit(data, as_json, table)
 
 
+@cli.command("check")
+@click.option("--tag", help="Also render every selected host's desired state for this release.")
+@fleet_options
+@click.pass_obj
+def check_cmd(settings: Settings, tag: Optional[str]) -> None:
+    """Validate the inventory, the playbook, --limit and --tag's templating without touching
+    any host: one line, exit 0; or the first mistake with its file:line, exit 2."""
+    from mlfleet.controller.config_check import check_config
+    from mlfleet.controller.playbook import find_playbook
+
+    playbook = settings.playbook or find_playbook(Path("playbooks"))
+    report = check_config(settings.inventory, playbook, settings.limit, tag)
+    out.print(Text(printable(report.summary())), soft_wrap=True)
+
+
 @cli.group("agent")
 def agent_group() -> None:
     """The on-host agent."""
@@ -262,13 +317,16 @@ def agent_install(settings: Settings, as_json: bool) -> None:
     with _session(settings) as session:
         results = install_agents(session)
         bundle = session.bundle()
-    table = _table(
-        f"agent {bundle.sha256[:12]} ({bundle.size} bytes)", ("host", "result", "python")
-    )
-    for r in results:
-        _row(table, r.host, r.outcome.value, r.python or r.reason)
+    table = install_table(f"agent {bundle.sha256[:12]} ({bundle.size} bytes)", results)
     _emit({"hosts": [r.to_dict() for r in results]}, as_json, table)
     _finish(exit_code((r.outcome for r in results), (Outcome.INSTALLED, Outcome.UNCHANGED)))
+
+
+def install_table(title: str, results: List[InstallResult]) -> Table:
+    table = _table(title, ("host", "result", "python"))
+    for r in results:
+        _row(table, r.host, r.outcome.value, r.python or r.reason)
+    return table
 
 
 @cli.command("facts")
@@ -282,6 +340,12 @@ def facts_cmd(settings: Settings, as_json: bool) -> None:
 
     with _session(settings) as session:
         results = gather_facts(session)
+    table = facts_table(results)
+    _emit({"hosts": {r.host: r.to_dict() for r in results}}, as_json, table)
+    _finish(exit_code((r.outcome for r in results if r.outcome is not None), ()))
+
+
+def facts_table(results: List[FactsResult]) -> Table:
     table = _table(
         "facts", ("host", "arch", "GPUs", "driver / CUDA", "ROCm / L4T", "engine GPU wiring")
     )
@@ -291,7 +355,7 @@ def facts_cmd(settings: Settings, as_json: bool) -> None:
             _row(
                 table,
                 r.host,
-                Text(r.outcome.value if r.outcome else "?", style="red"),
+                _cell(r.outcome.value if r.outcome else "?", "red"),
                 r.reason,
                 "",
                 "",
@@ -310,8 +374,7 @@ def facts_cmd(settings: Settings, as_json: bool) -> None:
             else ("none" if docker and docker.reachable else "engine down")
         )
         _row(table, r.host, f.arch, gpus, driver, other, wiring)
-    _emit({"hosts": {r.host: r.to_dict() for r in results}}, as_json, table)
-    _finish(exit_code((r.outcome for r in results if r.outcome is not None), ()))
+    return table
 
 
 def _rollout_options(playbook: Any, canary: Optional[str], batch: Optional[str], max_fail: Optional[str],
@@ -371,13 +434,20 @@ def plan_cmd(settings: Settings, tag: str, canary: Optional[str], batch: Optiona
     failure budget deploy would use. Changes nothing."""
     from mlfleet.controller.commands import plan
     from mlfleet.controller.outcomes import exit_code
-    from mlfleet.controller.rollout import describe_plan
 
     playbook = _playbook(settings)
     options = _rollout_options(playbook, canary, batch, max_fail, on_failure, None)
     with _session(settings) as session:
         report = plan(session, playbook, tag, options)
-    table = _table(f"plan {tag}", ("host", "variant", "change", "why"))
+    _emit(report.to_dict(), as_json, plan_table(report))
+    if not as_json:
+        for line in plan_lines(report):
+            out.print(Text(printable(line)), soft_wrap=True)
+    _finish(exit_code((h.outcome for h in report.hosts if h.outcome is not None), ()))
+
+
+def plan_table(report: PlanReport) -> Table:
+    table = _table(f"plan {report.tag}", ("host", "variant", "change", "why"))
     for h in report.hosts:
         if h.outcome is not None:
             _row(table, h.host, "-", h.outcome.value, h.reason)
@@ -385,16 +455,15 @@ def plan_cmd(settings: Settings, tag: str, canary: Optional[str], batch: Optiona
         rejected = h.selection.rejected if h.selection else []
         why = "; ".join(f"{x.variant}: {x.reason}" for x in rejected)
         _row(table, h.host, h.variant or "-", h.change, why)
-    _emit(report.to_dict(), as_json, table)
-    if not as_json:
-        out.print(
-            Text(
-                f"canary: {report.canary}; failure budget per wave: {report.budget}, then {report.on_failure.value}"
-            )
-        )
-        for line in describe_plan(report.waves):
-            out.print(Text(f"  {line}"))
-    _finish(exit_code((h.outcome for h in report.hosts if h.outcome is not None), ()))
+    return table
+
+
+def plan_lines(report: PlanReport) -> List[str]:
+    """The canary, the budget and the waves, under the plan's table."""
+    from mlfleet.controller.rollout import describe_plan
+
+    head = f"canary: {report.canary}; failure budget per wave: {report.budget}, then {report.on_failure.value}"
+    return [head, *(f"  {line}" for line in describe_plan(report.waves))]
 
 
 @cli.command("deploy")
@@ -416,7 +485,13 @@ def deploy_cmd(settings: Settings, tag: str, canary: Optional[str], batch: Optio
     with _session(settings) as session:
         report = deploy(session, playbook, tag, options,
                         playbook_path=str(settings.playbook), inventory_path=str(settings.inventory))  # fmt: skip
-    table = _table(f"deploy {tag}: {report.status} (deployment {report.deployment})",
+    table = deploy_table(report)
+    _emit(report.to_dict(), as_json, table)
+    _finish(report.exit_code())
+
+
+def deploy_table(report: DeployReport) -> Table:
+    table = _table(f"deploy {report.tag}: {report.status} (deployment {report.deployment})",
                    ("host", "result", "variant", "image", "duration", "bytes", "reason"),
                    caption=f"image bytes over the hosts' links: {_size(report.bytes)}")  # fmt: skip
     for h in report.hosts:
@@ -424,8 +499,7 @@ def deploy_cmd(settings: Settings, tag: str, canary: Optional[str], batch: Optio
         moved = f"{_size(h.bytes)} {h.transfer.value}" if h.transfer else "-"
         _row(table, h.host, h.outcome.value, h.variant or "-", image, f"{h.duration_s:.1f}s", moved,
              (h.reason or "")[:80])  # fmt: skip
-    _emit(report.to_dict(), as_json, table)
-    _finish(report.exit_code())
+    return table
 
 
 def _size(n: float) -> str:
@@ -449,11 +523,15 @@ def rollback_cmd(settings: Settings, tag: Optional[str], as_json: bool) -> None:
     playbook = _playbook(settings)
     with _session(settings) as session:
         results = rollback_fleet(session, playbook.app, tag)
+    _emit({"hosts": [r.to_dict() for r in results]}, as_json, rollback_table(results))
+    _finish(exit_code((r.outcome for r in results), (Outcome.ROLLED_BACK,)))
+
+
+def rollback_table(results: List[HostResult]) -> Table:
     table = _table("rollback", ("host", "result", "tag", "reason"))
     for r in results:
         _row(table, r.host, r.outcome.value, r.tag or "-", r.reason)
-    _emit({"hosts": [r.to_dict() for r in results]}, as_json, table)
-    _finish(exit_code((r.outcome for r in results), (Outcome.ROLLED_BACK,)))
+    return table
 
 
 @cli.command("status")
@@ -468,6 +546,12 @@ def status_cmd(settings: Settings, as_json: bool) -> None:
     app = _playbook(settings).app if settings.playbook is not None else None
     with _session(settings) as session:
         rows = fleet_status(session, app)
+    table = status_table(rows)
+    _emit({"hosts": [r.to_dict() for r in rows]}, as_json, table)
+    _finish(exit_code((Outcome(r.health) for r in rows if not r.reached), ()))
+
+
+def status_table(rows: List[StatusRow]) -> Table:
     table = _table(
         "status", ("host", "tag", "variant", "health", "since", "last tick", "agent last did")
     )
@@ -482,12 +566,14 @@ def status_cmd(settings: Settings, as_json: bool) -> None:
             _when(r.last_tick),
             _last_did(r),
         )
-    _emit({"hosts": [r.to_dict() for r in rows]}, as_json, table)
-    _finish(exit_code((Outcome(r.health) for r in rows if not r.reached), ()))
+    return table
 
 
 def _last_did(row: StatusRow) -> str:
-    """`blocked (port_taken) 2m ago`; the agent's own problems (a full disk) first."""
+    """`blocked (port_taken) 2m ago`; the agent's own problems (a full disk) first; why a
+    host did not answer."""
+    if not row.reached:
+        return row.reason or "-"
     did = row.last_action or "-"
     if row.last_action and row.last_action_cause:
         did += f" ({row.last_action_cause})"
@@ -532,8 +618,8 @@ def lock_status(settings: Settings, as_json: bool) -> None:
     if as_json:
         print(json.dumps({"lock": held}, indent=2))
     elif held:
-        out.print(Text(f"held by {held['holder']} (pid {held['pid']} on {held['machine']}) since {_when(held['since'])}: "
-                       f"{held['reason']}{' [stale: that process is gone]' if held['stale'] else ''}"))  # fmt: skip
+        out.print(Text(printable(f"held by {held['holder']} (pid {held['pid']} on {held['machine']}) since {_when(held['since'])}: "
+                                 f"{held['reason']}{' [stale: that process is gone]' if held['stale'] else ''}")))  # fmt: skip
     else:
         out.print("free")
 
@@ -697,26 +783,34 @@ def lab_reboot(layout: Any, host: str) -> None:
 
 def _print_status(status: Dict[str, Any], as_json: bool) -> None:
     if as_json:
-        out.print_json(json.dumps(status)) if out.is_terminal else print(
-            json.dumps(status, indent=2)
-        )
+        if out.is_terminal:
+            out.print_json(json.dumps(status), ensure_ascii=True)
+        else:
+            print(json.dumps(status, indent=2))
         return
     from mlfleet.controller.lab.profiles import HostProfile
 
-    table = Table(title=f"lab {status['name']} — registry {status['registry']['address']}")
-    for column in ("host", "address", "hardware", "gpu driver", "engine", "sshd", "cron"):
-        table.add_column(column)
+    table = _table(
+        f"lab {status['name']} — registry {status['registry']['address']}",
+        ("host", "address", "hardware", "gpu driver", "engine", "sshd", "cron"),
+    )
+
+    def mark(running: Dict[str, bool], name: str) -> Text:
+        if name not in running:
+            return _cell("—")
+        return _cell("up", "green") if running[name] else _cell("down", "red")
+
+    gpu = {"ok": ("loaded", "green"), "lost": ("not loaded", "red")}
     for host in status["hosts"]:
         running = host["running"]
-        mark = {True: "[green]up[/green]", False: "[red]down[/red]"}
-        gpu = {"ok": "[green]loaded[/green]", "lost": "[red]not loaded[/red]"}
-        table.add_row(
+        _row(
+            table,
             host["name"],
             host["address"],
-            Text(HostProfile.from_dict(host["profile"]).describe()),
-            gpu.get(host.get("gpu") or "", "—"),
-            mark[running["dockerd"]] if "dockerd" in running else "—",
-            mark[running["sshd"]],
-            mark[running["crond"]] if "crond" in running else "—",
+            HostProfile.from_dict(host["profile"]).describe(),
+            _cell(*gpu.get(host.get("gpu") or "", ("—", ""))),
+            mark(running, "dockerd"),
+            mark(running, "sshd"),
+            mark(running, "crond"),
         )
     out.print(table)

@@ -1,11 +1,12 @@
 """The fleet-wide commands other than deploy: agent install, facts, plan, status, rollback.
 Each works on a session's hosts in parallel and returns typed results (controller/
-outcomes.py); the CLI only renders them."""
+outcomes.py); the CLI only renders them. Whatever goes wrong on one host is that host's
+result (controller/host_failure.py), never the command's."""
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Callable, List, Optional, TypeVar
+from typing import List, Optional
 
 from mlfleet.agent.protocol import ApplyStatus, Health
 from mlfleet.controller import hostops
@@ -15,7 +16,7 @@ from mlfleet.controller.deploy import (
     plan_rollout,
     stored_facts_of,
 )
-from mlfleet.controller.hostops import AgentFailed
+from mlfleet.controller.host_failure import HostFailure, on_host
 from mlfleet.controller.hosts import Host
 from mlfleet.controller.outcomes import (
     FactsResult,
@@ -28,20 +29,6 @@ from mlfleet.controller.outcomes import (
 )
 from mlfleet.controller.playbook import Playbook
 from mlfleet.controller.session import FleetSession
-from mlfleet.controller.transport import HostUnreachable
-
-R = TypeVar("R")
-
-
-def _on_host(host: Host, work: Callable[[], R], failed: Callable[[Outcome, str], R]) -> R:
-    """`work()`, or `failed(outcome, reason)` when the host cannot be reached or its agent
-    cannot run: the same two outcomes for every command."""
-    try:
-        return work()
-    except AgentFailed as exc:
-        return failed(Outcome.AGENT_FAILED, str(exc))
-    except HostUnreachable as exc:
-        return failed(Outcome.UNREACHABLE, str(exc))
 
 
 def install_agents(session: FleetSession) -> List[InstallResult]:
@@ -55,11 +42,11 @@ def install_agents(session: FleetSession) -> List[InstallResult]:
             outcome = Outcome.INSTALLED if installed.copied else Outcome.UNCHANGED
             return InstallResult(host.name, outcome, installed.version.python, installed.sha256)
 
-        def failed(outcome: Outcome, reason: str) -> InstallResult:
-            session.progress(host.name, reason)
-            return InstallResult(host.name, outcome, reason=reason)
+        def failed(f: HostFailure) -> InstallResult:
+            session.progress(host.name, f.reason)
+            return InstallResult(host.name, f.outcome, reason=f.reason)
 
-        return _on_host(host, work, failed)
+        return on_host(host.name, work, failed)
 
     return list(session.each(one).values())
 
@@ -74,7 +61,9 @@ def gather_facts(session: FleetSession) -> List[FactsResult]:
             session.state.save_facts(host.name, facts.to_dict())
             return FactsResult(host.name, facts)
 
-        return _on_host(host, work, lambda o, r: FactsResult(host.name, outcome=o, reason=r))
+        return on_host(
+            host.name, work, lambda f: FactsResult(host.name, outcome=f.outcome, reason=f.reason)
+        )
 
     return list(session.each(one).values())
 
@@ -87,9 +76,8 @@ def plan(
     bundle = session.bundle()
 
     def one(host: Host) -> HostPlan:
-        desired = playbook.desired_state(host.vars, host.name, tag, "plan")
-
         def work() -> HostPlan:
+            desired = playbook.desired_state(host.vars, host.name, tag, "plan")
             transport = session.transport(host)
             selection = hostops.select(transport, bundle, desired.variants)
             status = hostops.status(transport).app(playbook.app)
@@ -106,7 +94,9 @@ def plan(
                 change = f"install {tag} ({chosen})"
             return HostPlan(host.name, chosen, images.get(chosen or ""), change, selection)
 
-        return _on_host(host, work, lambda o, r: HostPlan(host.name, outcome=o, reason=r))
+        return on_host(
+            host.name, work, lambda f: HostPlan(host.name, outcome=f.outcome, reason=f.reason)
+        )
 
     hosts = list(session.each(one).values())
     # The waves from what the agents chose now (hosts without an answer: from stored facts).
@@ -151,7 +141,9 @@ def fleet_status(session: FleetSession, app: Optional[str]) -> List[StatusRow]:
                 last_action_cause=last.cause.value if last.cause else None,
             )
 
-        return _on_host(host, work, lambda o, r: StatusRow(host.name, o.value, reason=r))
+        return on_host(
+            host.name, work, lambda f: StatusRow(host.name, f.outcome.value, reason=f.reason)
+        )
 
     return list(session.each(one).values())
 
@@ -175,6 +167,6 @@ def rollback_fleet(
                 previous_tag=result.previous_tag,
             )
 
-        return _on_host(host, work, lambda o, r: HostResult(host.name, o, reason=r))
+        return on_host(host.name, work, lambda f: HostResult(host.name, f.outcome, reason=f.reason))
 
     return list(session.each(one, hosts).values())

@@ -24,8 +24,8 @@ from mlfleet.agent.protocol import (
 from mlfleet.agent.selection import select_variant
 from mlfleet.agent.variants import Variant, VariantError, parse_variants
 from mlfleet.controller import hostops
-from mlfleet.controller.errors import ConfigError, MlfleetError
-from mlfleet.controller.hostops import AgentFailed
+from mlfleet.controller.errors import ConfigError
+from mlfleet.controller.host_failure import host_failed
 from mlfleet.controller.hosts import Host
 from mlfleet.controller.outcomes import OUTCOME_OF_APPLY, DeployReport, HostResult, Outcome
 from mlfleet.controller.playbook import Playbook
@@ -43,7 +43,7 @@ from mlfleet.controller.rollout import (
     plan_waves,
 )
 from mlfleet.controller.session import FleetSession
-from mlfleet.controller.transport import HostUnreachable, Transport
+from mlfleet.controller.transport import Transport
 
 
 @dataclass(frozen=True)
@@ -386,12 +386,9 @@ def _deploy_host(
             evidence=outcome.health_evidence[-10:],
             timings=outcome.timings,
         )
-    except AgentFailed as exc:
-        result = HostResult(host.name, Outcome.AGENT_FAILED, str(exc), wave.name, tag)
-    except HostUnreachable as exc:
-        result = HostResult(host.name, Outcome.UNREACHABLE, str(exc), wave.name, tag)
-    except MlfleetError as exc:  # its settings or relay failed
-        result = HostResult(host.name, Outcome.FAILED, str(exc), wave.name, tag)
+    except Exception as exc:  # whatever it was, this host's failure, not the deployment's
+        failure = host_failed(host.name, exc)
+        result = HostResult(host.name, failure.outcome, failure.reason, wave.name, tag)
     result.started = started
     result.duration_s = round(time.time() - started, 2)
     session.state.record_host(deployment_id, host.name, wave.name, result.to_dict())

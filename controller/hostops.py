@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import shlex
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
@@ -22,9 +23,9 @@ from mlfleet.agent.protocol import (
     Selection,
     VersionInfo,
 )
-from mlfleet.controller.errors import ExitCode, MlfleetError
+from mlfleet.controller.errors import ConfigError, ExitCode, MlfleetError
 from mlfleet.controller.hosts import Host
-from mlfleet.controller.transport import CommandResult, Transport
+from mlfleet.controller.transport import CommandResult, Transport, is_connection_error
 
 T = TypeVar("T")
 
@@ -64,7 +65,9 @@ def agent_argv(host: Host, args: Sequence[str]) -> List[str]:
 def cron_line(host: Host) -> str:
     """The agent's crontab entry: a tick each minute, or, with a shorter `tick_interval`, a
     daemon that ticks every N seconds for the minute (cron starts the next one: it is the
-    daemon's supervisor, also after a reboot, and an upgraded agent runs within a minute)."""
+    daemon's supervisor, also after a reboot, and an upgraded agent runs within a minute).
+    Always one line: a value that would break it is refused (`check_cron_values`)."""
+    check_cron_values(host)
     interval = host.tick_interval
     args = (
         protocol.tick_args(place(host))
@@ -72,16 +75,57 @@ def cron_line(host: Host) -> str:
         else protocol.daemon_args(place(host), interval, for_s=60)
     )
     argv = agent_argv(host, args)
-    quoted = " ".join(_cron_quote(a) for a in argv)
-    log = _cron_quote(posixpath.join(host.agent_dir, "tick.log"))
-    return f"* * * * * {quoted} >> {log} 2>&1 {CRON_MARK}"
+    quoted = " ".join(shlex.quote(a) for a in argv)
+    log = shlex.quote(posixpath.join(host.agent_dir, "tick.log"))
+    line = f"* * * * * {quoted} >> {log} 2>&1 {CRON_MARK}"
+    if _cron_breaker(line) is not None:  # every value in it is checked above: a new one was not
+        raise AssertionError(f"cron line of {host.name} is not one plain line: {line!r}")
+    return line
 
 
-def _cron_quote(arg: str) -> str:
-    import shlex
+def _cron_breaker(text: str) -> Optional[str]:
+    """What in `text` a crontab line cannot hold, in words, or None (pure). Quoting does not
+    help: cron reads a line up to its newline before any shell sees it, and turns `%` into
+    a newline (the rest going to the command's stdin), even inside shell quotes; busybox
+    crond has no escape for `%` at all."""
+    for char in text:
+        code = ord(char)
+        if code < 0x20 or code == 0x7F or 0x80 <= code < 0xA0:
+            return f"a control character ({char!r})"
+        if char == "%":
+            return "a `%` (cron turns it into a newline)"
+    return None
 
-    # `%` means newline to cron: escape it too.
-    return shlex.quote(arg).replace("%", "\\%")
+
+# The host variables the cron line is made of (the Python and the agent's paths).
+_CRON_VARS = (
+    ("mlfleet_python", "ansible_python_interpreter"),
+    ("mlfleet_agent_dir",),
+    ("mlfleet_root",),
+    ("mlfleet_device_root",),
+    ("mlfleet_docker_host",),
+)
+
+
+def check_cron_values(host: Host) -> None:
+    """Refuse (ConfigError naming the host, the variable and its file:line) a variable the
+    agent's cron line is made of that holds a newline, a carriage return or any other
+    control character, or a `%`: in a crontab line each would end the entry or add
+    another job. Checked before anything is done on the host."""
+    for names in _CRON_VARS:
+        for name in names:
+            value = host.vars.get(name)
+            if not isinstance(value, str):
+                continue
+            problem = _cron_breaker(value.strip())  # stripped: as the setting reads it
+            if problem is not None:
+                raise ConfigError(
+                    f"host {host.name!r}: `{name}` holds {problem}, which would break the"
+                    " agent's cron line",
+                    where=host.origins.get(name, host.where) or None,
+                    hint=f"set {name} to a plain path",
+                )
+            break  # the first one set is the one used
 
 
 def merge_crontab(existing: str, line: str) -> str:
@@ -136,6 +180,7 @@ def run_agent(conn: Transport, bundle: AgentBundle, argv: Sequence[str], *, stdi
     command through the same hash check. The cron entry is put in place when missing.
     Returns the command's result and whether the agent was copied."""
     host = conn.host
+    line = cron_line(host)  # a value that would break it: refused before the host is touched
     probe_argv = ["sh", "-c", _PROBE, "sh", agent_path(host), _cron_spool(host), bundle.sha256, *argv]  # fmt: skip
 
     def probe() -> AgentProbe:
@@ -146,15 +191,32 @@ def run_agent(conn: Transport, bundle: AgentBundle, argv: Sequence[str], *, stdi
     found = probe()
     copied = found.sha256 != bundle.sha256
     if copied:
-        conn.put(bundle.path.read_bytes(), agent_path(host), 0o755)
+        _copy_agent(conn, bundle)
         found = probe()
         if found.sha256 != bundle.sha256:
             raise AgentFailed(
                 "the agent's hash on the host does not match after the copy", where=host.name
             )
     _explain_silence(conn, found.result)
-    _install_cron(conn, found.crontab)
+    _install_cron(conn, found.crontab, line)
     return found.result, copied
+
+
+def _copy_agent(conn: Transport, bundle: AgentBundle) -> None:
+    """Put the zipapp in place; a file the host refuses (permissions, a missing or read-only
+    directory, a full disk) is AgentFailed with what to do, a dropped connection is not."""
+    path = agent_path(conn.host)
+    try:
+        conn.put(bundle.path.read_bytes(), path, 0o755)
+    except OSError as exc:
+        if is_connection_error(exc):
+            raise
+        raise AgentFailed(
+            f"could not copy the agent to {path}: {exc.strerror or exc}",
+            where=conn.host.name,
+            hint="set mlfleet_become: true (sudo), or mlfleet_agent_dir to a directory"
+            f" {conn.host.user} may write",
+        ) from None
 
 
 def _check_version(conn: Transport, version: CommandResult) -> VersionInfo:
@@ -213,10 +275,10 @@ _WRITE_SPOOL = (
 )
 
 
-def _install_cron(conn: Transport, existing: str) -> None:
-    """Put mlfleet's entry into the crontab `existing` came from, unless it is there already."""
+def _install_cron(conn: Transport, existing: str, line: str) -> None:
+    """Put mlfleet's entry `line` into the crontab `existing` came from, unless it is there
+    already."""
     host = conn.host
-    line = cron_line(host)
     if line in existing.splitlines():
         return
     crontab = merge_crontab(existing, line).encode()
@@ -236,15 +298,25 @@ def _read(conn: Transport, result: CommandResult, what: str, parse: Callable[[An
     """The agent's JSON answer as a protocol record, or AgentFailed in the agent's words."""
     try:
         data = json.loads(result.stdout)
-    except ValueError:
+    except (ValueError, RecursionError):
         detail = (result.stderr or result.stdout).strip().splitlines()
         raise AgentFailed(
-            f"{what} failed: {detail[-1] if detail else 'no output'}", where=conn.host.name
+            f"{what} failed: {detail[-1][-300:] if detail else 'no output'}", where=conn.host.name
         ) from None
     try:
         return parse(data)
     except ProtocolError as exc:
         raise AgentFailed(f"{what}: {exc}", where=conn.host.name) from None
+    except _MALFORMED as exc:  # JSON of the wrong shape: a record from_dict could not read
+        raise AgentFailed(
+            f"{what}: an answer this controller cannot read ({type(exc).__name__}: {exc})",
+            where=conn.host.name,
+            hint="run `mlfleet agent install` so the host runs this controller's agent",
+        ) from None
+
+
+# What reading a record of the wrong shape raises (a missing key, a list for a mapping, ...).
+_MALFORMED = (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError)
 
 
 def facts(conn: Transport, bundle: AgentBundle) -> HostFacts:
@@ -272,9 +344,10 @@ def apply(conn: Transport, bundle: AgentBundle, request: ApplyRequest, *, pull_v
         if on_event is None or not text.startswith("{"):
             return
         try:
-            on_event(Event.from_dict(json.loads(text)))
-        except (ValueError, ProtocolError):
-            pass  # progress is best effort; the result says what happened
+            event = Event.from_dict(json.loads(text))
+        except (ProtocolError, *_MALFORMED):
+            return  # progress is best effort; the result says what happened
+        on_event(event)
 
     argv = agent_argv(conn.host, protocol.apply_args(place(conn.host), pull_via))
     stdin = json.dumps(request.to_dict()).encode()
