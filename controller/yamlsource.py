@@ -1,14 +1,39 @@
 """YAML loading that remembers where every value came from (file:line) and refuses
-duplicate keys, so that bad input gets a message naming the line."""
+duplicate keys, so that bad input gets a message naming the line.
+
+Whatever the text, loading ends in a value or in one ConfigError line, never in a traceback
+and never in unbounded work: nesting is limited to `MAX_DEPTH` levels, and aliases may add
+at most `MAX_ALIAS_NODES` nodes to a document (PyYAML shares an alias's node, but whoever
+walks the result, e.g. to print it as JSON, sees it expanded: a "billion laughs" of ten
+nested aliases is 10^9 nodes in a file of a few hundred bytes). A value YAML cannot build
+(`!!int abc`, `!!timestamp`, a list as a key) is refused with its line. These limits
+protect every file read here: inventories, group_vars/host_vars, playbooks, lab profiles.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, Optional
 
 import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from mlfleet.controller.errors import ConfigError
+
+MAX_DEPTH = 100  # levels of nested lists and mappings
+MAX_ALIAS_NODES = 1_000_000  # nodes aliases may add to one document, counted expanded
+MAX_NUMBER_CHARS = 1_000  # a longer whole number is refused unread (base 60 grows fast)
+MAX_SHOWN_CHARS = 60  # how much of a value a message quotes
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_TAG_NAMES = {
+    "tag:yaml.org,2002:int": "whole number (!!int)",
+    "tag:yaml.org,2002:float": "number (!!float)",
+    "tag:yaml.org,2002:bool": "boolean (!!bool)",
+    "tag:yaml.org,2002:null": "null (!!null)",
+    "tag:yaml.org,2002:timestamp": "date or time (!!timestamp)",
+    "tag:yaml.org,2002:binary": "base64 text (!!binary)",
+}
 
 
 class LocatedDict(dict):
@@ -20,7 +45,7 @@ class LocatedDict(dict):
 
     def where(self, key: Any | None = None) -> str:
         line = self.key_lines.get(key, self.line) if key is not None else self.line
-        return f"{self.source}:{line}"
+        return f"{printable(self.source)}:{line}"
 
 
 class LocatedList(list):
@@ -32,58 +57,237 @@ class LocatedList(list):
 
     def where(self, index: int | None = None) -> str:
         if index is not None and index < len(self.item_lines):
-            return f"{self.source}:{self.item_lines[index]}"
-        return f"{self.source}:{self.line}"
+            return f"{printable(self.source)}:{self.item_lines[index]}"
+        return f"{printable(self.source)}:{self.line}"
 
 
-def _loader_for(source: str) -> type[yaml.SafeLoader]:
-    class Loader(yaml.SafeLoader):
-        pass
+def printable(text: str) -> str:
+    """`text` with its control and other unprintable characters escaped as Python writes them
+    (`\\n`, `\\x07`, `\\u2028`), so that a message quoting it stays one printable line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
-    def construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> LocatedDict:
-        loader.flatten_mapping(node)
-        result = LocatedDict()
-        result.source, result.line, result.key_lines = source, node.start_mark.line + 1, {}
-        for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
-            if key in result:
-                first = result.key_lines[key]
+
+def shown(value: Any, limit: int = MAX_SHOWN_CHARS) -> str:
+    """`value` quoted for a one-line message: repr-like, escaped, at most about `limit`
+    characters (a longer value is cut and says how long it was)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"a number of about {int(value.bit_length() * 0.30103) + 1:,} digits"
+    if isinstance(value, str):
+        if len(value) <= limit:
+            return repr(value)
+        return f"{value[:limit]!r}... ({len(value):,} characters)"
+    if isinstance(value, (dict, list, tuple, set)):
+        return f"a {'mapping' if isinstance(value, dict) else 'list'} of {len(value):,} items"
+    text = printable(repr(value))
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with LocatedDict/LocatedList, the depth and alias budgets, and every
+    construction failure turned into a ConfigError naming the line."""
+
+    source = "<string>"
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._alias_nodes = 0
+        self._sizes: Dict[int, int] = {}  # id(node) -> nodes it holds, aliases expanded
+
+    # --- composing (text -> nodes): depth and alias budgets ----------------------------
+
+    def compose_node(self, parent: Optional[Node], index: Any) -> Optional[Node]:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            target = self.anchors.get(event.anchor) if event.anchor is not None else None
+            if target is not None:
+                self._count_alias(event, target)
+            return super().compose_node(parent, index)
+        if self._depth >= MAX_DEPTH:
+            raise ConfigError(
+                f"nested more than {MAX_DEPTH} levels deep",
+                where=self._at(event.start_mark),
+                hint="flatten the structure; no mlfleet file needs that depth",
+            )
+        self._depth += 1
+        node = super().compose_node(parent, index)
+        self._depth -= 1
+        if node is not None:
+            self._sizes[id(node)] = 1 + sum(self._size(child) for child in _children(node))
+        return node
+
+    def _count_alias(self, event: yaml.AliasEvent, target: Node) -> None:
+        size = self._sizes.get(id(target))
+        if size is None:  # the anchored node is still being read: the alias is inside it
+            raise ConfigError(
+                f"alias *{printable(str(event.anchor))} is inside the node it names (a loop)",
+                where=self._at(event.start_mark),
+                hint="an alias can only repeat a node that is complete",
+            )
+        self._alias_nodes += size
+        if self._alias_nodes > MAX_ALIAS_NODES:
+            raise ConfigError(
+                f"aliases repeat more than {MAX_ALIAS_NODES:,} nodes in this file, reached at "
+                f"alias *{printable(str(event.anchor))} ({size:,} nodes)",
+                where=self._at(event.start_mark),
+                hint="aliases nested in aliases multiply, a 'billion laughs'; "
+                "write the values out or nest fewer aliases",
+            )
+
+    def _size(self, node: Node) -> int:
+        return self._sizes.get(id(node), 1)
+
+    # --- constructing (nodes -> values): any failure names the node's line --------------
+
+    def construct_object(self, node: Node, deep: bool = False) -> Any:
+        if (
+            isinstance(node, ScalarNode)
+            and node.tag == "tag:yaml.org,2002:int"
+            and len(node.value) > MAX_NUMBER_CHARS
+        ):
+            raise ConfigError(
+                f"a number written with {len(node.value):,} characters (at most "
+                f"{MAX_NUMBER_CHARS:,})",
+                where=self._at(node.start_mark),
+                hint="quote it if it is text",
+            )
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError, IndexError):
+            raise self._unbuildable(node) from None
+
+    def _unbuildable(self, node: Node) -> ConfigError:
+        what = _TAG_NAMES.get(node.tag, f"value tagged {printable(node.tag)}")
+        if isinstance(node, ScalarNode):
+            return ConfigError(
+                f"{shown(node.value)} is not a valid {what}",
+                where=self._at(node.start_mark),
+                hint="fix the value, or quote it and drop the tag to keep it as text",
+            )
+        return ConfigError(
+            f"this {'list' if isinstance(node, SequenceNode) else 'mapping'} cannot be read as a {what}",
+            where=self._at(node.start_mark),
+        )
+
+    def _at(self, mark: Any) -> str:
+        return f"{printable(self.source)}:{mark.line + 1}"
+
+
+def _children(node: Node) -> list:
+    if isinstance(node, SequenceNode):
+        return list(node.value)
+    if isinstance(node, MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def _construct_mapping(loader: _Loader, node: MappingNode) -> LocatedDict:
+    # Duplicates are refused among the keys written here; keys brought by a merge
+    # (`<<: *base`) may be overridden, as YAML says.
+    own = {id(key_node) for key_node, _ in node.value if key_node.tag != _MERGE_TAG}
+    loader.flatten_mapping(node)
+    result = LocatedDict()
+    result.source, result.line, result.key_lines = loader.source, node.start_mark.line + 1, {}
+    written: Dict[Any, int] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if not _hashable(key):
+            raise ConfigError(
+                f"a key must be a name or a number, not {_kind(key)}",
+                where=f"{printable(loader.source)}:{line}",
+                hint="`? [a, b]` and `? {a: b}` keys are not read; write the key as text",
+            )
+        if id(key_node) in own:
+            if key in written:
                 raise ConfigError(
-                    f"duplicate key {key!r} (first at line {first})",
-                    where=f"{source}:{key_node.start_mark.line + 1}",
+                    f"duplicate key {shown(key)} (first at line {written[key]})",
+                    where=f"{printable(loader.source)}:{line}",
                     hint="each key may appear once",
                 )
-            result[key] = loader.construct_object(value_node, deep=True)
-            result.key_lines[key] = key_node.start_mark.line + 1
-        return result
+            written[key] = line
+        result[key] = loader.construct_object(value_node, deep=True)
+        result.key_lines[key] = line
+    return result
 
-    def construct_sequence(loader: yaml.SafeLoader, node: yaml.SequenceNode) -> LocatedList:
-        result = LocatedList(loader.construct_object(child, deep=True) for child in node.value)
-        result.source, result.line = source, node.start_mark.line + 1
-        result.item_lines = [child.start_mark.line + 1 for child in node.value]
-        return result
 
-    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
-    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, construct_sequence)
-    return Loader
+def _construct_sequence(loader: _Loader, node: SequenceNode) -> LocatedList:
+    result = LocatedList(loader.construct_object(child, deep=True) for child in node.value)
+    result.source, result.line = loader.source, node.start_mark.line + 1
+    result.item_lines = [child.start_mark.line + 1 for child in node.value]
+    return result
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+
+
+def _hashable(key: Any) -> bool:
+    try:
+        hash(key)
+    except TypeError:
+        return False
+    return True
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return f"a {type(value).__name__}"
 
 
 def load_yaml_text(text: str, source: str) -> Any:
-    """Parse YAML text; syntax errors become a ConfigError naming source:line."""
+    """Parse YAML text; bad YAML, a value YAML cannot build and input over the limits
+    (module docstring) become one ConfigError naming source:line."""
+    loader: Optional[_Loader] = None
     try:
-        return yaml.load(text, Loader=_loader_for(source))
+        loader = _Loader(text)  # reading starts here: it checks every character
+        loader.source = source
+        return loader.get_single_data()
+    except yaml.reader.ReaderError as exc:
+        at = text.count("\n", 0, exc.position) + 1 if isinstance(exc.position, int) else 0
+        code = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[0])
+        raise ConfigError(
+            f"not valid YAML: the character {printable(chr(code))} (#x{code:04x}) is not "
+            "allowed in YAML text",
+            where=f"{printable(source)}:{at}",
+            hint=r'remove it, or write it escaped in a double-quoted string ("\x07")',
+        ) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"not valid YAML: {exc.problem}", where=f"{source}{line}") from None
+        problem = printable(str(exc.problem or exc.context or "cannot be read"))
+        raise ConfigError(
+            f"not valid YAML: {problem}", where=f"{printable(source)}{line}"
+        ) from None
+    except yaml.YAMLError as exc:
+        first = printable(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise ConfigError(f"not valid YAML: {first}", where=printable(source)) from None
+    except RecursionError:  # a safety net: MAX_DEPTH keeps the walks well within Python's
+        raise ConfigError("nested too deeply to read", where=printable(source)) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
 
 
 def load_yaml_file(path: Path) -> Any:
-    """Read and parse a YAML file; a missing file is a ConfigError, not a traceback."""
+    """Read and parse a YAML file; a missing or unreadable file is a ConfigError, not a
+    traceback."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", where=str(path)) from None
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"cannot read: {reason}", where=printable(str(path))) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start:,})",
+            where=printable(str(path)),
+            hint="save the file as UTF-8",
+        ) from None
     return load_yaml_text(text, str(path))
 
 
