@@ -164,36 +164,37 @@ def decide(head: bytes, scope: PullScope) -> Decision:
         if _FIELD_VALUE.fullmatch(value) is None:
             return _malformed(f"a control character in header field {name.decode('ascii')}")
         fields.append((name.decode("ascii").lower(), value))
-    framing = _framing(fields)
+    framing = _malformed_framing(fields)
     if framing is not None:
         return framing
     head_request = method == "HEAD"
     request = f"{method} {_shown(target)}"
-    upgrade = _upgrade(fields)
-    if upgrade is not None:
-        return _denied(f"{request}: {upgrade}", head_request)
     if method not in ("GET", "HEAD"):
         return _denied(f"{request}: only GET and HEAD pass (pulls)", head_request)
+    extra = _body_or_upgrade(fields)
+    if extra is not None:
+        return _denied(f"{request}: {extra}", head_request)
     return _route(request, target, scope, head_request)
 
 
-def _framing(fields: List[Tuple[str, bytes]]) -> Optional[Decision]:
-    """A body, or a length read two ways: refused (a pull sends none)."""
+def _malformed_framing(fields: List[Tuple[str, bytes]]) -> Optional[Decision]:
+    """A body length the relay and the registry could read two ways."""
     lengths = [value for name, value in fields if name == "content-length"]
     if len(lengths) > 1:
         return _malformed("more than one Content-Length header field")
     if lengths and not lengths[0].isdigit():
         return _malformed("a Content-Length that is not a number")
-    if any(name == "transfer-encoding" for name, _ in fields):
-        return _denied("a request with a body (Transfer-Encoding): a pull sends none")
-    if lengths and lengths[0].strip(b"0"):
-        return _denied("a request with a body (Content-Length over 0): a pull sends none")
     return None
 
 
-def _upgrade(fields: List[Tuple[str, bytes]]) -> Optional[str]:
+def _body_or_upgrade(fields: List[Tuple[str, bytes]]) -> Optional[str]:
+    """What a pull never sends: a body, a protocol upgrade."""
     for name, value in fields:
         tokens = [t.strip().lower() for t in value.split(b",")]
+        if name == "transfer-encoding":
+            return "a request with a body (Transfer-Encoding): a pull sends none"
+        if name == "content-length" and value.strip(b"0"):
+            return "a request with a body (Content-Length over 0): a pull sends none"
         if name in ("upgrade", "http2-settings") or (name == "connection" and b"upgrade" in tokens):
             return "a protocol upgrade (the relay speaks HTTP/1.1 only)"
     return None

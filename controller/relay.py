@@ -19,7 +19,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import List, Optional, Protocol, Tuple
+from typing import List, Optional, Protocol, Tuple, runtime_checkable
 
 import paramiko
 
@@ -29,6 +29,11 @@ from mlfleet.controller.transport import Stream, StreamHandler
 REFUSALS_KEPT = 20
 """How many refused requests a relay remembers (`Relay.refused`)."""
 _DRAIN_S = 30.0  # how long a refusal waits for the registry to finish its earlier answers
+# After a refusal, what the client still sends (a refused upload's body) is read and dropped
+# for a moment before the connection closes: closing on unread bytes resets the connection,
+# and the client could lose the refusal it was sent.
+_LINGER_S = 1.0
+_LINGER_BYTES = 1 << 20
 
 
 class Tunnels(Protocol):
@@ -37,6 +42,13 @@ class Tunnels(Protocol):
     def forward_remote(self, handler: StreamHandler) -> int: ...
 
     def cancel_forward(self, port: int) -> None: ...
+
+
+@runtime_checkable
+class _HalfClosable(Protocol):
+    """A stream that can end what it sends and still read (a paramiko Channel can)."""
+
+    def shutdown_write(self) -> None: ...
 
 
 class _Pacer:
@@ -159,6 +171,9 @@ class Relay:
         try:
             if refused is not None and drained:
                 channel.sendall(refusal(refused))
+                if isinstance(channel, _HalfClosable):
+                    channel.shutdown_write()  # a client reading to the end has it all now
+                self._linger(channel)
         except (OSError, EOFError, paramiko.SSHException):
             pass
         finally:
@@ -182,6 +197,24 @@ class Relay:
         finally:
             if not refusing.is_set():
                 channel.close()  # the registry ended the connection: so does the tunnel
+
+    def _linger(self, channel: Stream) -> None:
+        """Read and drop what the client still sends, until it closes, for _LINGER_S at
+        most (a timer closes the channel) and _LINGER_BYTES."""
+        timer = threading.Timer(_LINGER_S, channel.close)
+        timer.daemon = True
+        timer.start()
+        try:
+            dropped = 0
+            while dropped < _LINGER_BYTES:
+                data = channel.recv(65536)
+                if not data:
+                    break
+                dropped += len(data)
+                with self._lock:
+                    self.bytes_from_host += len(data)
+        finally:
+            timer.cancel()
 
     def _record(self, decision: Decision) -> None:
         with self._lock:
