@@ -30,7 +30,7 @@ import json
 import re
 from dataclasses import dataclass
 from enum import Enum
-from typing import Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple
+from typing import Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple, Union
 
 from mlfleet.agent.imageref import NAME_MAX, PATH, TAG, ImageRef
 from mlfleet.agent.variants import Variant
@@ -124,7 +124,7 @@ def _shown(text: str) -> str:
 
 
 def next_request(
-    buffer: bytes, scope: PullScope, searched: int = 0
+    buffer: Union[bytes, bytearray], scope: PullScope, searched: int = 0
 ) -> Optional[Tuple[Decision, bytes, bytes]]:
     """The first request in `buffer` (the bytes read from one tunnelled connection, not yet
     judged): None while its head is incomplete, else (decision, head, the bytes after it).
@@ -137,7 +137,7 @@ def next_request(
         if len(buffer) >= MAX_HEAD + 4:
             return _malformed(f"request header section over {MAX_HEAD // 1024} KiB"), b"", b""
         return None
-    head, rest = buffer[: end + 4], buffer[end + 4 :]
+    head, rest = bytes(buffer[: end + 4]), bytes(buffer[end + 4 :])
     return decide(head, scope), head, rest
 
 

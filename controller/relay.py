@@ -122,7 +122,7 @@ class Relay:
         answers: Optional[threading.Thread] = None
         refusing = threading.Event()
         refused: Optional[Decision] = None
-        buffer, searched = b"", 0
+        buffer, searched = bytearray(), 0  # what the host sent that is not judged yet
         try:
             while refused is None:
                 found = next_request(buffer, self.scope, searched)
@@ -135,8 +135,8 @@ class Relay:
                         self.bytes_from_host += len(data)
                     buffer += data
                     continue
-                decision, head, buffer = found
-                searched = 0
+                decision, head, rest = found
+                buffer, searched = bytearray(rest), 0
                 if not decision.allowed:
                     refused = decision
                     break
