@@ -1,11 +1,15 @@
 """The Engine API body that creates a release's container (pure): the spec from the
-playbook, the GPU wiring its variant needs, and mlfleet's safe defaults."""
+playbook, the GPU wiring its variant needs, and mlfleet's hardened defaults (all
+capabilities dropped, a read-only root filesystem, a PID limit, no-new-privileges: see
+agent/hardening.py for what relaxes them)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, Dict, List, Optional
 
-from mlfleet.agent.desired import ContainerSpec
+from mlfleet.agent import hardening
+from mlfleet.agent.desired import ContainerSpec, user_is_root
 from mlfleet.agent.variants import Variant
 
 LABEL = "io.mlfleet"
@@ -13,6 +17,7 @@ LABEL = "io.mlfleet"
 # back (that would hide a crash); at commit it gets the policy that survives reboots.
 PROBATION_RESTART = {"Name": "no"}
 SERVING_RESTART = {"Name": "unless-stopped"}
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def labels(app: str, release_id: int, tag: str, variant: str, deployment: str) -> Dict[str, str]:
@@ -73,9 +78,9 @@ def container_config(
         "PortBindings": bindings,
         "Binds": [f"{m.source}:{m.target}:{'ro' if m.read_only else 'rw'}" for m in spec.mounts],
         "RestartPolicy": PROBATION_RESTART,
-        "SecurityOpt": ["no-new-privileges"],
         "LogConfig": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}},
     }
+    host.update(hardened(spec))
     if spec.memory_mib:
         host["Memory"] = spec.memory_mib * 1024 * 1024
     if spec.cpus:
@@ -97,14 +102,39 @@ def container_config(
     return config
 
 
+def hardened(spec: ContainerSpec) -> Dict[str, Any]:
+    """The HostConfig entries of the hardening: every capability dropped but `cap_add`,
+    the root filesystem read-only with a tmpfs for /tmp (unless `read_only` is false) and
+    for each `writable` path, at most `pids_limit` processes, no-new-privileges. The
+    engine's default seccomp and AppArmor profiles stay (no SecurityOpt disables them)."""
+    tmpfs: Dict[str, str] = {}
+    if spec.read_only:
+        tmpfs[hardening.TMP] = hardening.TMPFS_OPTIONS
+    for path in spec.writable:
+        tmpfs[hardening.normalise(path)] = hardening.TMPFS_OPTIONS
+    host: Dict[str, Any] = {
+        "CapDrop": ["ALL"],
+        "ReadonlyRootfs": spec.read_only,
+        "PidsLimit": spec.pids_limit,
+        "SecurityOpt": ["no-new-privileges"],
+    }
+    if spec.cap_add:
+        host["CapAdd"] = list(spec.cap_add)
+    if tmpfs:
+        host["Tmpfs"] = tmpfs
+    return host
+
+
 def runs_as_root(user: Optional[str]) -> bool:
-    """An empty user (the image default) or uid/name root is root."""
-    name = (user or "").split(":")[0]
-    return name in ("", "0", "root")
+    """An empty user (the image's default: root unless its USER says otherwise), the name
+    root or a numeric uid that is 0 in any spelling (`00`, `000:1000`) is root."""
+    return not user or user_is_root(user)
 
 
 def parse_env_file(text: str) -> Dict[str, str]:
-    """KEY=value lines (comments and blank lines skipped; optional quotes removed)."""
+    """KEY=value lines (comments and blank lines skipped; optional quotes removed). A line
+    whose KEY is not a variable name (or whose value holds a NUL) is skipped: it was not
+    meant as one (a line of base64, `a+b/c==`), and the engine could not carry it."""
     env: Dict[str, str] = {}
     for line in text.splitlines():
         line = line.strip()
@@ -114,6 +144,8 @@ def parse_env_file(text: str) -> Dict[str, str]:
         key = key.strip()
         if key.startswith("export "):
             key = key[len("export ") :].strip()
+        if not _ENV_KEY.fullmatch(key) or "\x00" in value:
+            continue
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]

@@ -6,7 +6,7 @@ what it needs of the GPUs), not a filter expression; `selection` decides where i
 
 Keys (a YAML/JSON mapping per list item):
 
-- `name` (required): `^[a-z0-9][a-z0-9._-]{0,62}$`, unique within the list.
+- `name` (required): `[a-z0-9][a-z0-9._-]{0,62}` (the whole name), unique within the list.
 - `image`: the image reference or tag suffix; carried along, not interpreted here.
 - `digest`: the manifest digest (`sha256:` and 64 hex digits) the image's tag named when the
   deployment started: the controller pins it, and hosts pull these bits whatever the tag
@@ -46,16 +46,17 @@ NVIDIA_PLATFORMS = ("dgpu", "jetson")
 ARCH_ALIASES: Dict[str, str] = {"amd64": "x86_64", "arm64": "aarch64"}
 KNOWN_ARCHES = ("x86_64", "aarch64", "ppc64le", "s390x", "armv7l", "riscv64")
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-_MAJOR_MINOR = re.compile(r"^\d+\.\d+$")
-_RELEASE = re.compile(r"^\d+\.\d+(\.\d+)?$")
-_CC = re.compile(r"^\d+\.\d$")
+# Matched whole (re.fullmatch: `$` would let a trailing newline through), ASCII digits only.
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+_MAJOR_MINOR = re.compile(r"[0-9]+\.[0-9]+")
+_RELEASE = re.compile(r"[0-9]+\.[0-9]+(\.[0-9]+)?")
+_CC = re.compile(r"[0-9]+\.[0-9]")
 
 _KEYS = (
     "name", "image", "gpu", "platform", "cuda", "cuda_minor_compat", "min_compute_capability",
     "min_gpu_memory_mib", "min_gpus", "arch", "l4t", "rocm", "gfx", "digest",
 )  # fmt: skip
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 class VariantError(ValueError):
@@ -148,7 +149,7 @@ def _parse(data: Any, index: Optional[int]) -> Variant:
     name = data.get("name")
     if name is None:
         raise VariantError(f"{where}: `name` is required")
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise VariantError(
             f"{where}: `name` must be 1-63 lowercase letters, digits, '.', '_' or '-',"
             f" starting with a letter or digit; got {name!r}"
@@ -226,7 +227,7 @@ def _parse(data: Any, index: Optional[int]) -> Variant:
 
 
 def _digest(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not _DIGEST.match(value):
+    if not isinstance(value, str) or not _DIGEST.fullmatch(value):
         raise VariantError(f"{what} must be sha256: and 64 lowercase hex digits; got {value!r}")
     return value
 
@@ -265,7 +266,7 @@ def _version_string(pattern: re.Pattern, example: str) -> Callable[[Any, str], s
             raise VariantError(
                 f"{what} must be a quoted string like {example}; got the number {value!r}"
             )
-        if not isinstance(value, str) or not pattern.match(value):
+        if not isinstance(value, str) or not pattern.fullmatch(value):
             raise VariantError(f"{what} must be a version like {example}; got {value!r}")
         return value
 
@@ -304,7 +305,7 @@ def _gfx_list(value: Any, what: str) -> Tuple[str, ...]:
         raise VariantError(f"{what} must be a non-empty list like [gfx90a, gfx942]; got {value!r}")
     out: List[str] = []
     for item in value:
-        if not isinstance(item, str):
+        if not isinstance(item, str) or item != item.strip():
             raise VariantError(f"{what}: expected AMD GPU targets like gfx90a; got {item!r}")
         try:
             gfx_target_version(item)

@@ -16,6 +16,7 @@ from mlfleet.agent.container_config import (
     runs_as_root,
 )
 from mlfleet.agent.desired import ContainerSpec, Mount, Port
+from mlfleet.agent.hardening import DEFAULT_PIDS_LIMIT
 from mlfleet.agent.variants import Variant
 
 IMAGE = "registry.test/sentiment:v1"
@@ -40,6 +41,11 @@ def test_defaults_every_container_gets() -> None:
     host = body["HostConfig"]
     assert body["Image"] == IMAGE and body["User"] == "app"
     assert host["SecurityOpt"] == ["no-new-privileges"]
+    assert host["CapDrop"] == ["ALL"] and "CapAdd" not in host
+    assert host["ReadonlyRootfs"] is True
+    assert host["Tmpfs"] == {"/tmp": "rw,exec,nosuid,nodev"}
+    assert host["PidsLimit"] == DEFAULT_PIDS_LIMIT == 1024
+    assert "Privileged" not in host and "NetworkMode" not in host and "PidMode" not in host
     # No restart behind the agent's back while it proves the release.
     assert host["RestartPolicy"] == PROBATION_RESTART == {"Name": "no"}
     assert host["LogConfig"] == {
@@ -61,6 +67,42 @@ def test_labels_name_the_release() -> None:
 
 def test_no_user_leaves_the_images_own() -> None:
     assert "User" not in config(ContainerSpec(), user="")
+
+
+# --- what the playbook relaxes --------------------------------------------------------------
+
+HARDENING_KEYS = ("CapDrop", "CapAdd", "ReadonlyRootfs", "Tmpfs", "PidsLimit", "SecurityOpt")
+
+
+def hardening_of(spec: ContainerSpec) -> Dict[str, Any]:
+    host = config(spec)["HostConfig"]
+    return {k: host[k] for k in HARDENING_KEYS if k in host}
+
+
+def test_capabilities_are_added_back_by_name_only() -> None:
+    host = hardening_of(ContainerSpec(cap_add=["NET_BIND_SERVICE", "SYS_NICE"]))
+    assert host["CapDrop"] == ["ALL"]
+    assert host["CapAdd"] == ["NET_BIND_SERVICE", "SYS_NICE"]
+
+
+def test_a_writable_root_filesystem_has_no_tmp_of_its_own() -> None:
+    assert hardening_of(ContainerSpec(read_only=False)) == {
+        "CapDrop": ["ALL"],
+        "ReadonlyRootfs": False,
+        "PidsLimit": DEFAULT_PIDS_LIMIT,
+        "SecurityOpt": ["no-new-privileges"],
+    }
+
+
+def test_writable_paths_get_a_tmpfs_each_normalised() -> None:
+    spec = ContainerSpec(writable=["/var/cache/model/", "//home/app/.cache"], pids_limit=64)
+    host = hardening_of(spec)
+    assert host["Tmpfs"] == {
+        "/tmp": "rw,exec,nosuid,nodev",
+        "/var/cache/model": "rw,exec,nosuid,nodev",
+        "/home/app/.cache": "rw,exec,nosuid,nodev",
+    }
+    assert host["ReadonlyRootfs"] is True and host["PidsLimit"] == 64
 
 
 # --- ports, mounts, env, limits -----------------------------------------------------------
@@ -160,6 +202,18 @@ def test_gpu_wiring(
     assert gpu_wiring(variant, support, "/lab/edge/", gids) == wiring
 
 
+@pytest.mark.parametrize(
+    ("variant", "support", "gids", "wiring"), [w[1:] for w in WIRING], ids=[w[0] for w in WIRING]
+)
+def test_a_gpu_container_is_hardened_like_any_other(
+    variant: Variant, support: List[str], gids: List[int], wiring: Dict[str, Any]
+) -> None:
+    host = config(ContainerSpec(), gpu=gpu_wiring(variant, support, "/", gids))["HostConfig"]
+    assert {k: host[k] for k in wiring} == gpu_wiring(variant, support, "/", gids)
+    assert {k: host[k] for k in HARDENING_KEYS if k in host} == hardening_of(ContainerSpec())
+    assert "Privileged" not in host and "CapAdd" not in host
+
+
 def test_devices_under_the_real_root() -> None:
     devices = gpu_wiring(INTEL, ["intel"], "/", [])["Devices"]
     assert devices[0]["PathOnHost"] == "/dev/dri"
@@ -177,6 +231,13 @@ ROOT = [
     ("app", False),
     ("1000", False),
     ("1000:0", False),
+    ("00", True),
+    ("000:1000", True),
+    ("00:00", True),
+    ("10", False),
+    ("0100", False),
+    ("root0", False),
+    ("0x0", False),  # a name to Docker (not a number): the image's passwd resolves it
 ]
 
 
@@ -194,6 +255,9 @@ QUOTED="a b c"
 SINGLE='x=y'
 EMPTY=
 not a line
+AAAAB3Nza+C1yc2E/AAAAAw==
+1BAD=x
+NUL=a\x00b
 """
     assert parse_env_file(text) == {
         "TOKEN": "s3cret",

@@ -29,7 +29,7 @@ def valid() -> Dict[str, Any]:
                 {"container": 53, "host": 5353, "protocol": "udp", "host_ip": "127.0.0.1"},
             ],
             "env": {"LOG_LEVEL": "info"},
-            "env_file": "/etc/m.env",
+            "env_file": "/etc/mlfleet/m.env",
             "mounts": [{"source": "/srv/w", "target": "/data"}],
             "user": "10001:10001",
             "memory_mib": 512,
@@ -143,10 +143,204 @@ def test_schema_and_shape_errors_have_no_path():
     err = refused(dict(valid(), schema=2))
     assert err.path == () and "schema 2" in str(err)
     err = refused(dict(valid(), surprise=1))
-    assert err.path == () and "malformed" in str(err)
+    assert err.path == () and str(err).startswith("unknown key 'surprise'; known keys: app, ")
 
 
 def test_dotted():
     assert dotted(("container", "ports", 0, "host")) == "container.ports[0].host"
     assert dotted(("variants", 2)) == "variants[2]"
     assert dotted(()) == ""
+
+
+# --- hardening ----------------------------------------------------------------------------
+
+
+def test_a_state_without_the_hardening_keys_means_the_hardened_defaults():
+    container = DesiredState.from_dict(valid()).container
+    assert container.cap_add == [] and container.writable == [] and container.allow_mounts == []
+    assert container.read_only is True and container.pids_limit == 1024
+
+
+@pytest.mark.parametrize("user", ["root", "0", "00", "0:0", "000:1000", "root:app"])
+def test_root_in_any_spelling_is_refused_in_one_line(user: str):
+    err = refused(with_value(("container", "user"), user))
+    assert str(err) == (
+        f"`container.user`: {user!r} is root; set container.allow_root: true if the model"
+        " really needs it"
+    )
+
+
+@pytest.mark.parametrize("user", ["10001", "1000:0", "0100", "app", "root0"])
+def test_users_that_are_not_root(user: str):
+    assert DesiredState.from_dict(with_value(("container", "user"), user)).container.user == user
+
+
+SENSITIVE_MOUNTS = [
+    ("/", "'/' is /, a sensitive host path; name / in container.allow_mounts"),
+    ("/etc", "'/etc' is /etc, a sensitive host path; name /etc in"),
+    ("/etc/../etc", "'/etc/../etc' is /etc, a sensitive host path; name /etc in"),
+    ("//etc", "'//etc' is /etc, a sensitive"),
+    ("/etc/", "'/etc/' is /etc, a sensitive"),
+    ("/srv/../etc/shadow", "is under /etc, a sensitive host path; name /etc/shadow in"),
+    ("/var/run/docker.sock", "'/var/run/docker.sock' is the Docker socket (whoever reaches it"),
+    ("/run/docker.sock", "'/run/docker.sock' is the Docker socket"),
+    ("/run/containerd/containerd.sock", "is under /run, a sensitive"),
+    ("/proc/1/root", "is under /proc, a sensitive"),
+    ("/sys/fs/cgroup", "is under /sys, a sensitive"),
+    ("/dev/sda", "is under /dev, a sensitive"),
+    ("/boot", "is /boot, a sensitive"),
+    ("/root/.ssh", "is under /root, a sensitive"),
+    ("/var/lib/docker/volumes", "is under /var/lib/docker, a sensitive"),
+    ("/var/lib/mlfleet/registry-credentials.json", "is under /var/lib/mlfleet, a sensitive"),
+    ("/usr", "is /usr, a sensitive"),
+]
+
+
+@pytest.mark.parametrize(("source", "words"), SENSITIVE_MOUNTS)
+def test_sensitive_host_paths_are_refused_as_mounts(source: str, words: str):
+    err = refused(with_value(("container", "mounts", 0, "source"), source))
+    assert err.path == ("container", "mounts", 0, "source")
+    assert words in err.problem and "\n" not in str(err)
+    assert err.problem.endswith("container.allow_mounts if the model really needs it")
+
+
+@pytest.mark.parametrize("source", ["/srv/w", "/usr/share/models", "/var/lib/models", "/etcetera"])
+def test_other_host_paths_mount(source: str):
+    state = DesiredState.from_dict(with_value(("container", "mounts", 0, "source"), source))
+    assert state.container.mounts[0].source == source
+
+
+def test_a_sensitive_path_mounts_when_allow_mounts_names_it():
+    data = with_value(("container", "mounts", 0, "source"), "/etc/ssl/certs")
+    data["container"]["allow_mounts"] = ["/etc/ssl/certs/"]  # named in any spelling
+    assert DesiredState.from_dict(data).container.mounts[0].source == "/etc/ssl/certs"
+    data["container"]["mounts"].append({"source": "/etc/ssl/private", "target": "/k"})
+    assert refused(data).path == ("container", "mounts", 1, "source")  # only what it names
+
+
+@pytest.mark.parametrize(
+    ("path", "ok"),
+    [
+        ("/etc/mlfleet/sentiment.env", True),
+        ("/srv/secrets/model.env", True),
+        ("/etc/mlfleet", False),
+        ("/etc/default/sentiment", False),
+        ("/etc/mlfleet/../passwd", False),
+        ("/proc/self/environ", False),
+        ("/root/.aws/credentials", False),
+        ("/var/lib/mlfleet/registry-credentials.json", False),
+    ],
+)
+def test_where_an_env_file_may_be(path: str, ok: bool):
+    data = with_value(("container", "env_file"), path)
+    if ok:
+        assert DesiredState.from_dict(data).container.env_file == path
+    else:
+        err = refused(data)
+        assert err.path == ("container", "env_file")
+        assert "a sensitive host path; keep env files in /etc/mlfleet/" in err.problem
+
+
+NEW_RULES = [
+    (("container", "cap_add"), ["NET_BIND_SERVIC"],
+     "'NET_BIND_SERVIC' is not a capability Docker knows; did you mean NET_BIND_SERVICE?"),
+    (("container", "cap_add"), ["ALL"], "ALL would give back every capability"),
+    (("container", "cap_add"), ["CHOWN", "CHOWN"], "CHOWN is already listed as cap_add[0]"),
+    (("container", "cap_add"), "CHOWN", "expected a list of capabilities, got the string"),
+    (("container", "pids_limit"), 0, "expected a whole number 1-4194304"),
+    (("container", "pids_limit"), 2**40, "expected a whole number 1-4194304"),
+    (("container", "pids_limit"), True, "expected a whole number 1-4194304"),
+    (("container", "read_only"), "no", "expected true or false; got 'no'"),
+    (("container", "allow_root"), 1, "expected true or false; got 1"),
+    (("container", "writable"), ["/"], "is the root filesystem (set read_only: false)"),
+    (("container", "writable"), ["/proc/x"], "'/proc/x' is /proc; a tmpfs cannot go there"),
+    (("container", "writable"), ["cache"], "'cache' is not an absolute path"),
+    (("container", "writable"), ["/data"], "/data is already the target of container.mounts[0]"),
+    (("container", "writable"), ["/c", "/c/"], "/c is already listed as writable[0]"),
+    (("container", "allow_mounts"), "/etc", "expected a list of absolute paths, got the string"),
+    (("container", "mounts", 0, "source"), "/srv/a:/etc", "contains whitespace, a control"),
+    (("container", "mounts", 0, "target"), "/data\n", "contains whitespace, a control"),
+    (("container", "ports", 0, "host_ip"), "::1%eth0", "host_ip '::1%eth0' is not an IP"),
+    (("container", "ports", 0, "host_ip"), 2130706433, "host_ip 2130706433 is not an IP"),
+    (("container", "cpus"), 10**400, "expected a number above 0 (at most 65536)"),
+    (("container", "env", "TOKEN"), "a\x00b", "contains a NUL character"),
+    (("monitor_s",), 10**400, "expected a number >= 0 (seconds, at most 31622400: a year)"),
+    (("health", "timing", "deadline_s"), 1e300, "expected a number >= 0 (seconds"),
+    (("health", "http", 0, "body_contains"), 5, "expected a string; got the number 5"),
+    (("health", "docker"), "yes", "expected true or false"),
+    (("deployment",), "d\n1", "expected a string without control characters"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "value", "words"), NEW_RULES)
+def test_the_new_rules_name_the_key_path(path: Tuple[Any, ...], value: Any, words: str):
+    err = refused(with_value(path, value))
+    assert err.path[: len(path)] == path
+    assert words in err.problem and "\n" not in str(err)
+
+
+# --- names are matched whole ----------------------------------------------------------------
+
+TRAILING_NEWLINES = [
+    (("app",), "sentiment\n"),
+    (("tag",), "v3\n"),
+    (("container", "user"), "app\n"),
+    (("variants", 1, "name"), "cpu\n"),
+    (("variants", 0, "cuda"), "12.2\n"),
+]
+
+
+@pytest.mark.parametrize(("path", "value"), TRAILING_NEWLINES)
+def test_a_trailing_newline_is_not_part_of_a_name(path: Tuple[Any, ...], value: str):
+    err = refused(with_value(path, value))
+    assert err.path[0] == path[0] and "\n" not in str(err)
+
+
+def test_an_env_name_with_a_trailing_newline_is_quoted_in_one_line():
+    data = copy.deepcopy(valid())
+    data["container"]["env"]["LOG\n"] = "x"
+    err = refused(data)
+    assert str(err) == (
+        "`container.env['LOG\\n']`: not a valid environment variable name (letters, digits, _)"
+    )
+
+
+# --- the shape ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ([], "desired state must be a JSON object, got a list"),
+        (dict(valid(), schema=True), "schema True; this agent reads schema 1"),
+        (dict(valid(), container="ports"), "`container`: expected a mapping, got the string 'ports'"),
+        (with_value(("container", "ports"), {"host": 1}), "`container.ports`: expected a list, got a mapping"),
+        (with_value(("container", "ports", 0), {"hots": 1, "container": 2}),
+         "`container.ports[0]`: unknown key 'hots' (did you mean 'host'?); known keys: container, host, protocol, host_ip"),
+        (with_value(("container", "ports", 0), {"container": 2}), "`container.ports[0].host`: required"),
+        ({k: v for k, v in valid().items() if k != "app"}, "`app`: required"),
+        (with_value(("container", "env"), ["A=1"]), "`container.env`: expected a mapping, got a list"),
+        (with_value(("health", "timing"), [1]), "`health.timing`: expected a mapping, got a list"),
+    ],
+)  # fmt: skip
+def test_a_wrong_shape_is_named_with_its_path(data: Any, message: str):
+    assert str(refused(data)) == message
+
+
+def test_dotted_quotes_keys_that_are_not_plain_words():
+    assert dotted(("container", "env", "A B")) == "container.env['A B']"
+    assert dotted(("container", "env", "LOG_LEVEL")) == "container.env.LOG_LEVEL"
+
+
+def test_a_stored_release_from_before_the_rules_is_still_read():
+    """A release an older agent deployed (env file in /etc, the Docker socket mounted, uid
+    00) keeps running and self-healing; only a new deployment is judged by the rules."""
+    data = with_value(("container", "env_file"), "/etc/m.env")
+    data["container"]["mounts"].append({"source": "/var/run/docker.sock", "target": "/s"})
+    data["container"]["user"] = "00"
+    assert refused(data).path == ("container", "env_file")
+    stored = DesiredState.from_record(data)
+    assert stored.container.env_file == "/etc/m.env" and stored.container.user == "00"
+    assert stored.container.read_only is True  # hardened by the defaults all the same
+    with pytest.raises(DesiredStateError):  # the shape and values are still checked
+        DesiredState.from_record(with_value(("container", "ports", 0, "host"), 0))

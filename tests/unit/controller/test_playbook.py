@@ -534,7 +534,7 @@ def test_rendered_values_are_judged_by_the_agent_with_the_host_named(tmp_path: P
         tmp_path, MINIMAL + "container:\n  user: '{{ uid }}'\n  env_file: '{{ etc }}/m.env'\n"
     )
     with pytest.raises(ConfigError) as info:
-        state(playbook, {"uid": "root", "etc": "/etc"})
+        state(playbook, {"uid": "root", "etc": "/etc/mlfleet"})
     err = info.value
     assert err.where == f"{tmp_path / 'p.yml'}:6" and "host edge01" in err.message
     assert "`container.user`" in err.message and "is root" in err.message
@@ -543,7 +543,15 @@ def test_rendered_values_are_judged_by_the_agent_with_the_host_named(tmp_path: P
         state(playbook, {"uid": "10001", "etc": "etc"})
     assert info.value.where == f"{tmp_path / 'p.yml'}:7"
     assert "`container.env_file`" in info.value.message
-    assert state(playbook, {"uid": "10001", "etc": "/etc"})["container"]["user"] == "10001"
+    with pytest.raises(ConfigError) as info:
+        state(playbook, {"uid": "10001", "etc": "/root"})
+    assert info.value.message == (
+        "host edge01: `container.env_file`: '/root/m.env' is under /root, a sensitive host path;"
+        " keep env files in /etc/mlfleet/ or outside the sensitive paths (or name /root/m.env in"
+        " container.allow_mounts)"
+    )
+    assert info.value.hint == "check etc in the inventory for edge01"
+    assert state(playbook, {"uid": "10001", "etc": "/etc/mlfleet"})["container"]["user"] == "10001"
 
 
 def test_a_variant_without_its_own_image_points_at_image(tmp_path: Path):
