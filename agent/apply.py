@@ -205,6 +205,11 @@ def _preflight(host: AgentHost, desired: DesiredState, variant: Variant, facts: 
                credential: Optional[RegistryCredential]) -> tuple:  # fmt: skip
     """Everything that can be checked before anything running is touched."""
     spec = desired.container
+    from mlfleet.agent.hardening import host_path_problem  # links, the agent's dir, env owner
+
+    refusal = host_path_problem(spec, host.agent_dir)
+    if refusal:
+        raise ApplyFailed(Phase.PREFLIGHT, refusal)
     try:
         env_file = read_inputs(desired)
     except MissingInput as exc:
