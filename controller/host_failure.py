@@ -47,7 +47,7 @@ def failure_of(exc: Exception) -> HostFailure:
 def host_failed(host: str, exc: Exception) -> HostFailure:
     """`failure_of(exc)`, its traceback logged (shown with --debug)."""
     failure = failure_of(exc)
-    log.debug("%s: %s", host, failure.reason, exc_info=exc)
+    log.debug("%s failed (%s):", host, failure.outcome.value, exc_info=exc)
     return failure
 
 

@@ -5,13 +5,17 @@ each host serves, each host's result, the deployment's status and the exit code.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.server
+import json
 import os
+import socket
 import threading
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Set, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
+import paramiko
 import pytest
 
 from mlfleet.agent.protocol import Event, EventKind, HostFacts
@@ -30,6 +34,7 @@ from mlfleet.controller.playbook import load_playbook
 from mlfleet.controller.rollout import PER_VARIANT, Action, BatchSpec, Canary, parse_budget
 from mlfleet.controller.session import FleetSession
 from mlfleet.controller.state import ControllerState
+from mlfleet.controller.transport import CommandResult
 from tests.paths import REPO
 from tests.unit.agent.test_selection import a100_host, amd_host, cpu_host, t4_host
 from tests.unit.controller.fake_agent import FakeHost, FakeRelease, FakeTransport, tiny_bundle
@@ -80,6 +85,39 @@ def registry() -> Iterator[str]:
     server.shutdown()
 
 
+class Breaking(FakeTransport):
+    """A fake host whose link or agent goes wrong: `error` raised by every command run
+    (`where="run"`) or by the agent's copy (`where="put"`); or its agent answering a
+    command (`detect`, `status`, ...) with `answers[command]` on stdout."""
+
+    def __init__(self, host: Host, fake: FakeHost, app: str, error: Optional[Exception],
+                 where: str, answers: Dict[str, str]):  # fmt: skip
+        super().__init__(host, fake, app)
+        self.error, self.where, self.answers = error, where, answers
+
+    def run(self, argv: Sequence[str], *, stdin: Optional[bytes] = None, timeout: float = 600.0,
+            on_stderr_line: Optional[Callable[[str], None]] = None) -> CommandResult:  # fmt: skip
+        if self.error is not None and self.where == "run":
+            raise self.error
+        return super().run(argv, stdin=stdin, timeout=timeout, on_stderr_line=on_stderr_line)
+
+    def put(self, data: bytes, path: str, mode: int = 0o644) -> None:
+        if self.error is not None and self.where == "put":
+            raise self.error
+        super().put(data, path, mode)
+
+    def _agent(self, args: List[str], stdin: Optional[bytes],
+               on_stderr_line: Optional[Callable[[str], None]]) -> CommandResult:  # fmt: skip
+        if args and args[0] in self.answers:
+            return CommandResult(0, self.answers[args[0]], "")
+        return super()._agent(args, stdin, on_stderr_line)
+
+
+def breaking(error: Optional[Exception] = None, where: str = "run",
+             answers: Optional[Dict[str, str]] = None) -> Callable[[Host, FakeHost, str], FakeTransport]:  # fmt: skip
+    return lambda host, fake, app: Breaking(host, fake, app, error, where, answers or {})
+
+
 class Fleet:
     """Fake hosts, the session over them, and the controller's state DB."""
 
@@ -94,11 +132,18 @@ class Fleet:
         self.state = ControllerState(tmp_path / "state.db")
         self.bundle = tiny_bundle(tmp_path)
         self.progress: List[Tuple[str, str]] = []
+        # A host's own fake transport (`breaking(...)`), else a FakeTransport.
+        self.transport_of: Dict[str, Callable[[Host, FakeHost, str], FakeTransport]] = {}
+
+    def transport(self, host: Host) -> FakeTransport:
+        return self.transport_of.get(host.name, FakeTransport)(
+            host, self.fakes[host.name], PLAYBOOK.app
+        )
 
     def session(self, hosts: Optional[List[str]] = None) -> FleetSession:
         chosen = [h for h in self.hosts if hosts is None or h.name in hosts]
         return FleetSession(
-            chosen, self.state, connector=lambda h: FakeTransport(h, self.fakes[h.name], PLAYBOOK.app),
+            chosen, self.state, connector=self.transport,
             bundle=self.bundle, forks=4, progress=lambda h, m: self.progress.append((h, m)),
         )  # fmt: skip
 
@@ -410,3 +455,120 @@ def _dead_pid() -> int:
         except PermissionError:
             pass
         pid -= 1
+
+
+# --- one bad host -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "where", "outcome", "said"),
+    [
+        pytest.param(PermissionError(errno.EACCES, "Permission denied"), "put", Outcome.AGENT_FAILED,
+                     "edge-t4: could not copy the agent to /var/lib/mlfleet/mlfleet-agent.pyz: "
+                     "Permission denied (set mlfleet_become: true", id="sftp-permission"),
+        pytest.param(paramiko.SSHException("SSH session not active"), "run", Outcome.UNREACHABLE,
+                     "connection to the host failed: SSHException: SSH session not active",
+                     id="paramiko"),
+        pytest.param(socket.timeout("timed out"), "run", Outcome.UNREACHABLE,
+                     "connection to the host failed: TimeoutError: timed out", id="timeout"),
+        pytest.param(ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"), "put",
+                     Outcome.UNREACHABLE, "ConnectionResetError: [Errno 104] Connection reset by peer",
+                     id="reset-during-copy"),
+        pytest.param(EOFError(), "run", Outcome.UNREACHABLE, "connection to the host failed: EOFError",
+                     id="eof"),
+        pytest.param(RuntimeError("a bug"), "run", Outcome.FAILED,
+                     "RuntimeError: a bug (run again with --debug for the traceback)", id="bug"),
+    ],
+)  # fmt: skip
+def test_whatever_one_host_raises_is_its_failure_not_the_deployments(
+    fleet: Fleet, error: Exception, where: str, outcome: Outcome, said: str
+) -> None:
+    fleet.transport_of["edge-t4"] = breaking(error, where)
+    report = fleet.deploy("v3", canary=0, batch=4, max_fail=1)
+    by_host = {h.host: h for h in report.hosts}
+    assert by_host["edge-t4"].outcome is outcome
+    assert said in (by_host["edge-t4"].reason or ""), by_host["edge-t4"].reason
+    assert {by_host[n].outcome for n in ("edge-a100", "edge-mi210", "edge-cpu")} == {
+        Outcome.UPDATED
+    }
+    assert report.status == "failed" and fleet.state.lock_status() is None
+    recorded = {
+        r["host"]: r["result"] for r in fleet.state.host_results(deployment_id=report.deployment)
+    }
+    assert recorded["edge-t4"] == outcome.value
+    assert ("edge-t4", f"{outcome.value}: {by_host['edge-t4'].reason}") in fleet.progress
+
+
+def _rows(command: str, session: FleetSession) -> Dict[str, Tuple[str, Optional[str]]]:
+    """host -> (outcome, reason) of one fleet command."""
+    if command == "status":
+        return {r.host: (r.health, r.reason) for r in fleet_status(session, PLAYBOOK.app)}
+    if command == "facts":
+        return {
+            r.host: (r.outcome.value if r.outcome else "facts", r.reason)
+            for r in gather_facts(session)
+        }
+    if command == "install":
+        return {r.host: (r.outcome.value, r.reason) for r in install_agents(session)}
+    if command == "rollback":
+        return {
+            r.host: (r.outcome.value, r.reason) for r in rollback_fleet(session, PLAYBOOK.app, None)
+        }
+    options = RolloutOptions(1, "50%", parse_budget(0), Action.PAUSE)
+    return {h.host: (h.outcome.value if h.outcome else "planned", h.reason)
+            for h in plan(session, PLAYBOOK, "v3", options).hosts}  # fmt: skip
+
+
+FINE = {"status": "healthy", "facts": "facts", "install": "installed", "rollback": "rolled_back",
+        "plan": "planned"}  # fmt: skip
+
+
+@pytest.mark.parametrize("command", sorted(FINE))
+@pytest.mark.parametrize(
+    ("error", "outcome", "said"),
+    [
+        (paramiko.SSHException("Channel closed."), "unreachable",
+         "connection to the host failed: SSHException: Channel closed."),
+        (OSError(errno.EHOSTUNREACH, "No route to host"), "unreachable",
+         "OSError: [Errno 113] No route to host"),
+        (KeyError("apps"), "failed", "KeyError: 'apps' (run again with --debug"),
+    ],
+)  # fmt: skip
+def test_every_fleet_command_reports_a_raising_host_and_goes_on(
+    fleet: Fleet, command: str, error: Exception, outcome: str, said: str
+) -> None:
+    on(fleet, "v3")
+    for name, fake in fleet.fakes.items():
+        fake.previous = FakeRelease("v2", VARIANT[name], f"r/sentiment:v2-{VARIANT[name]}")
+    fleet.transport_of["edge-mi210"] = breaking(error)
+    with fleet.session() as session:
+        rows = _rows(command, session)
+    state, reason = rows.pop("edge-mi210")
+    assert state == outcome and said in (reason or ""), reason
+    assert {state for state, _ in rows.values()} == {FINE[command]}
+
+
+@pytest.mark.parametrize(
+    ("command", "answer", "said"),
+    [
+        # A record of the wrong shape: the protocol's reader raised AttributeError on it.
+        ("facts", "detect", "agent detect: an answer this controller cannot read (AttributeError:"),
+        # Nested deeper than json can read: RecursionError.
+        ("status", "status", "agent status failed: [[[["),
+        ("status", "status", "agent status: host status: expected a JSON object, got list"),
+    ],
+)
+def test_an_answer_the_controller_cannot_read_is_that_hosts_agent_failure(
+    fleet: Fleet, command: str, answer: str, said: str
+) -> None:
+    on(fleet, "v3")
+    text = {
+        "detect": json.dumps(dict(t4_host().to_dict(), os=5)),
+        "status": "[" * 100_000 if "[[[[" in said else "[]",
+    }[answer]
+    fleet.transport_of["edge-t4"] = breaking(answers={answer: text})
+    with fleet.session() as session:
+        rows = _rows(command, session)
+    state, reason = rows.pop("edge-t4")
+    assert state == "agent_failed" and said in (reason or ""), reason
+    assert {s for s, _ in rows.values()} == {FINE[command]}
