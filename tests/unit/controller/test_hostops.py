@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 from pathlib import Path
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import pytest
 from hypothesis import given, settings
@@ -157,14 +157,17 @@ def test_a_trailing_newline_is_what_yaml_block_scalars_give_and_is_stripped_as_b
     ),
     st.sampled_from([None, 5, 60]),
 )
-def test_the_cron_line_is_always_one_line_or_refused(values: Dict[str, str], tick: object) -> None:
+def test_the_cron_line_is_always_one_line_or_refused(
+    values: Dict[str, str], tick: Optional[int]
+) -> None:
     from mlfleet.controller.errors import ConfigError
     from mlfleet.controller.hostops import CRON_MARK, cron_line
 
+    hostvars: Dict[str, object] = dict(values)
     if tick is not None:
-        values = dict(values, mlfleet_tick_interval=tick)
+        hostvars["mlfleet_tick_interval"] = tick
     try:
-        line = cron_line(_host(**values))
+        line = cron_line(_host(**hostvars))
     except ConfigError as exc:
         assert "host 'edge-1'" in str(exc) and len(str(exc).splitlines()) == 1
         return
@@ -196,10 +199,10 @@ def test_a_value_that_would_break_the_cron_line_is_refused_before_the_host_is_to
 
     transport = _Counting(_host(mlfleet_agent_dir="/opt/x\n* * * * * root id"))
     with pytest.raises(ConfigError, match="mlfleet_agent_dir"):
-        install_agent(transport, tiny_bundle(tmp_path))  # type: ignore[arg-type]
+        install_agent(transport, tiny_bundle(tmp_path))
     assert transport.calls == 0 and transport.fake.files == {} and transport.fake.crontab == ""
     # The same host with a plain value gets the agent and one cron entry.
     fine = _Counting(_host(mlfleet_agent_dir="/opt/x"))
-    install_agent(fine, tiny_bundle(tmp_path))  # type: ignore[arg-type]
+    install_agent(fine, tiny_bundle(tmp_path))
     assert fine.fake.crontab.count("# mlfleet-agent") == 1
     assert list(fine.fake.files) == ["/opt/x/mlfleet-agent.pyz"]
