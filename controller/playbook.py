@@ -32,12 +32,36 @@ path is mapped back to the key's file:line here.
     it when it starts the container; the controller never reads or sends its values.
   - `mounts` [`_mount`]: `"source:target[:ro|rw]"` (read-only unless `rw`) or mappings
     `{source, target, read_only}`; templated; absolute paths.
-  - `user` [`_user`]: `"uid[:gid]"` or a name; templated. Root (`0`, `root`) only with
-    `allow_root: true` [`check.boolean`], default false.
+  - `user` [`_user`]: `"uid[:gid]"` or a name; templated. Root (`root`, or a uid that is
+    0 in any spelling: `0`, `00`, `000:1000`) only with `allow_root: true`
+    [`check.boolean`], default false.
   - `memory`, `shm_size` [`check.size_mib`]: `512m`, `1.5g`, `2048k` (whole MiB) or a plain
     number of MiB.
   - `cpus` [`check.real`]: a number above 0.
   - `command` [`_command`]: a list of arguments (exec form, never a shell); templated.
+
+  Every container is hardened by default (agent/hardening.py: all capabilities dropped, a
+  read-only root filesystem with a tmpfs for /tmp, at most 1024 processes and threads,
+  no-new-privileges); these keys relax or change that, and `mlfleet plan` lists what a
+  playbook relaxes (`hardening_lines`):
+  - `cap_add` [`_capabilities`]: the capabilities the model needs back, Docker's names
+    (`NET_BIND_SERVICE`; `CAP_NET_BIND_SERVICE` and lowercase are read too); not `ALL`.
+  - `read_only` [`check.boolean`], default true: false makes the root filesystem writable
+    (and drops the /tmp tmpfs: /tmp is the image's).
+  - `writable` [`_paths`]: container paths that get an empty tmpfs (in memory, counted in
+    the memory limit), e.g. `[/var/cache/model]`; not `/`, /proc, /sys, /dev or a mount's
+    target.
+  - `pids_limit` [`check.integer`], default 1024: processes and threads, 1-4194304.
+  - `bind` [`_bind`]: the address ports are published on when their own `host_ip` does
+    not say, e.g. `127.0.0.1`; default every address (0.0.0.0 and ::).
+  - `allow_mounts` [`_paths`]: sensitive host paths a mount (or the env file) may use, each
+    named exactly (`[/etc/ssl/certs]`). Refused unless named: `/`, /etc, /proc, /sys,
+    /dev, /boot, /root, /run and /var/run (the Docker socket), /var/lib/docker, the agent's
+    directory, and `/usr`, `/lib`, `/var`, `/home` themselves; each path after normalising
+    (`/etc/../etc`, `//etc`, `/etc/`) and, on the host, after following links.
+  - `env_file` must be outside those paths too, except under /etc/mlfleet/ (its home); the
+    agent reads it only when root or the agent's own user owns it and nobody else can write
+    it.
 - `health` [`_health`]:
   - `docker` [`check.boolean`], default true: wait for the image's own HEALTHCHECK.
   - `http` [`_http_check`]: `{port, path (default /health), status (default 200),
@@ -85,7 +109,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from mlfleet.agent.desired import SCHEMA, DesiredState, DesiredStateError, KeyPath, dotted
+from mlfleet.agent import hardening
+from mlfleet.agent.desired import (
+    SCHEMA,
+    DesiredState,
+    DesiredStateError,
+    KeyPath,
+    dotted,
+    host_ip_problem,
+)
 from mlfleet.agent.imageref import ImageRef, ImageRefError, is_tag
 from mlfleet.agent.variants import Variant, VariantError, parse_variants
 from mlfleet.controller import rollout
@@ -104,8 +136,11 @@ _JINJA = ("{{", "{%", "{#")
 # Images and paths travel in JSON, never through a shell; refuse what would be dangerous
 # in one anyway, since a rendered value may come from an inventory someone else edits.
 
+# Matched whole (re.fullmatch: `$` would let a trailing newline through), ASCII digits only.
 _PORT = re.compile(
-    r"^(?:(?P<ip>\d{1,3}(?:\.\d{1,3}){3}):)?(?P<host>\d+):(?P<container>\d+)(?:/(?P<proto>\w+))?$"
+    r"(?:(?P<ip>[0-9]{1,3}(?:\.[0-9]{1,3}){3}):)?(?P<host>[0-9]+):(?P<container>[0-9]+)"
+    r"(?:/(?P<proto>[A-Za-z0-9_]+))?",
+    re.ASCII,
 )
 # Where a desired-state key is called something else in a playbook.
 _YAML_NAMES = {
@@ -118,7 +153,7 @@ _TOP_KEYS = (
 )  # fmt: skip
 _CONTAINER_KEYS = (
     "ports", "env", "env_file", "mounts", "user", "allow_root", "memory", "cpus", "shm_size",
-    "command",
+    "command", "cap_add", "read_only", "writable", "pids_limit", "bind", "allow_mounts",
 )  # fmt: skip
 _HEALTH_KEYS = (
     "docker", "http", "tcp", "exec", "inference", "start_period", "interval", "timeout",
@@ -245,6 +280,13 @@ class ContainerTemplate:
     cpus: Optional[float] = None
     shm_mib: Optional[int] = None
     command: Optional[List[Template]] = None
+    # Hardening: None and empty lists leave the agent's hardened defaults.
+    cap_add: List[str] = field(default_factory=list)
+    read_only: Optional[bool] = None
+    writable: List[str] = field(default_factory=list)
+    pids_limit: Optional[int] = None
+    bind: Optional[str] = None  # host_ip of the ports that name none
+    allow_mounts: List[str] = field(default_factory=list)
 
     def render(
         self, fill: Callable[[Template], str], host_name: Optional[str] = None
@@ -261,6 +303,9 @@ class ContainerTemplate:
             return value
 
         out: Dict[str, Any] = {"ports": copy.deepcopy(self.ports)}
+        if self.bind is not None:
+            for port in out["ports"]:
+                port["host_ip"] = port["host_ip"] or self.bind
         out["env"] = {key: fill(t) for key, t in self.env.items()}
         if self.env_file is not None:
             out["env_file"] = path(self.env_file)
@@ -276,6 +321,12 @@ class ContainerTemplate:
                 out[key] = getattr(self, key)
         if self.command is not None:
             out["command"] = [fill(t) for t in self.command]
+        for key in ("cap_add", "writable", "allow_mounts"):
+            if getattr(self, key):
+                out[key] = list(getattr(self, key))
+        for key in ("read_only", "pids_limit"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         return out
 
     def templates(self) -> List[Template]:
@@ -430,6 +481,40 @@ class Playbook:
         out = [self.repository] if self.repository is not None else []
         out += [v.image for v in self.variants if v.image is not None]
         return out + self.container.templates()
+
+
+def hardening_lines(playbook: Playbook) -> List[str]:
+    """What the playbook relaxes of the hardened defaults (agent/hardening.py), one plain
+    line each, for `mlfleet plan` to show before anything runs; empty when it keeps them
+    all. Ports published on every address are listed too (the default, and worth seeing)."""
+    c = playbook.container
+    lines: List[str] = []
+    if c.cap_add:
+        lines.append(f"capabilities: {', '.join(c.cap_add)} added (all others dropped)")
+    if c.read_only is False:
+        lines.append("root filesystem writable (read_only: false)")
+    if c.pids_limit is not None and c.pids_limit > hardening.DEFAULT_PIDS_LIMIT:
+        lines.append(
+            f"pids limit raised to {c.pids_limit} (default {hardening.DEFAULT_PIDS_LIMIT})"
+        )
+    if c.allow_root:
+        lines.append("may run as root (allow_root: true)")
+    if c.allow_mounts:
+        lines.append(f"sensitive host paths allowed: {', '.join(c.allow_mounts)} (allow_mounts)")
+    writable_mounts = [m.source.text for m in c.mounts if not m.read_only]
+    if writable_mounts:
+        lines.append(f"host paths mounted read-write: {', '.join(writable_mounts)}")
+    everywhere = [
+        f"{p['host']}/{p['protocol']}"
+        for p in c.ports
+        if (p["host_ip"] or c.bind or "") in ("", "0.0.0.0", "::")
+    ]
+    if everywhere:
+        lines.append(
+            f"ports published on every address (0.0.0.0 and ::): {', '.join(everywhere)};"
+            " container.bind: 127.0.0.1 narrows them"
+        )
+    return lines
 
 
 def _under(path: str, prefix: str) -> bool:
@@ -595,7 +680,8 @@ def _variants(value: Any, where: str) -> List[VariantImage]:
 
 
 def _container(value: Any, where: str) -> ContainerTemplate:
-    """`container`: ports, env, env_file, mounts, user, allow_root, resources, command."""
+    """`container`: ports, env, env_file, mounts, user, allow_root, resources, command, and
+    the hardening keys (cap_add, read_only, writable, pids_limit, bind, allow_mounts)."""
     m = check.known_keys(check.mapping(value, where, "container"), "container", _CONTAINER_KEYS)
     spec = ContainerTemplate()
     if m.get("ports") is not None:
@@ -626,7 +712,50 @@ def _container(value: Any, where: str) -> ContainerTemplate:
         spec.shm_mib = check.size_mib(m["shm_size"], m.where("shm_size"), "container.shm_size")
     if m.get("command") is not None:
         spec.command = _command(m["command"], m.where("command"), "container.command", True)
+    if m.get("cap_add") is not None:
+        spec.cap_add = _capabilities(m["cap_add"], m.where("cap_add"))
+    if m.get("read_only") is not None:
+        spec.read_only = check.boolean(m["read_only"], m.where("read_only"), "container.read_only")
+    if m.get("writable") is not None:
+        spec.writable = _paths(m["writable"], m.where("writable"), "container.writable")
+    if m.get("pids_limit") is not None:
+        spec.pids_limit = check.integer(
+            m["pids_limit"], m.where("pids_limit"), "container.pids_limit"
+        )
+    if m.get("bind") is not None:
+        spec.bind = _bind(m["bind"], m.where("bind"))
+    if m.get("allow_mounts") is not None:
+        spec.allow_mounts = _paths(
+            m["allow_mounts"], m.where("allow_mounts"), "container.allow_mounts"
+        )
     return spec
+
+
+def _capabilities(value: Any, where: str) -> List[str]:
+    """`cap_add`: capability names as Docker writes them (`NET_BIND_SERVICE`); the `CAP_`
+    prefix and lowercase are read too. Which names exist is the agent's rule."""
+    items = check.sequence(value, where, "container.cap_add", hint="e.g. [NET_BIND_SERVICE]")
+    out: List[str] = []
+    for i, item in enumerate(items):
+        name = check.string(item, items.where(i), f"container.cap_add[{i}]").upper()
+        out.append(name[len("CAP_") :] if name.startswith("CAP_") else name)
+    return out
+
+
+def _paths(value: Any, where: str, path: str) -> List[str]:
+    """A list of paths, written out (not templated): the agent judges them (absolute,
+    normalised, where they may be)."""
+    items = check.sequence(value, where, path, hint="e.g. [/var/cache/model]")
+    return [check.string(item, items.where(i), f"{path}[{i}]") for i, item in enumerate(items)]
+
+
+def _bind(value: Any, where: str) -> str:
+    """`bind`: the IP address ports are published on when they name none."""
+    text = check.string(value, where, "container.bind")
+    problem = host_ip_problem(text)
+    if problem:
+        raise check.bad(where, "container.bind", f"{text!r} is not an IP address like 127.0.0.1")
+    return text
 
 
 def _port(value: Any, where: str, path: str) -> Dict[str, Any]:
@@ -642,7 +771,7 @@ def _port(value: Any, where: str, path: str) -> Dict[str, Any]:
             hint='quote port mappings: "8080:8080"',
         )
     if isinstance(value, str):
-        match = _PORT.match(value)
+        match = _PORT.fullmatch(value)
         if not match:
             raise check.bad(
                 where, path, f'{value!r} is not "host:container", e.g. "8080:8080" or "53:53/udp"'

@@ -17,6 +17,7 @@ from mlfleet.controller.playbook import (
     Playbook,
     RolloutPolicy,
     find_playbook,
+    hardening_lines,
     load_playbook,
 )
 from tests.paths import REPO
@@ -264,6 +265,106 @@ def test_full_container_and_health(tmp_path: Path):
         "start_period_s": 0.0, "interval_s": 90.0, "timeout_s": 1.5, "retries": 3,
         "deadline_s": 3600.0,
     }  # fmt: skip
+
+
+# --------------------------------------------------------------------------- hardening
+
+
+def test_a_playbook_without_hardening_keys_gets_the_hardened_defaults(tmp_path: Path):
+    playbook = load(tmp_path, MINIMAL + "container:\n  ports: ['8080:8080']\n")
+    c = state(playbook, {})["container"]
+    assert (c["cap_add"], c["read_only"], c["writable"], c["pids_limit"]) == ([], True, [], 1024)
+    assert c["allow_mounts"] == [] and c["ports"][0]["host_ip"] == ""
+    assert hardening_lines(playbook) == [
+        "ports published on every address (0.0.0.0 and ::): 8080/tcp; container.bind:"
+        " 127.0.0.1 narrows them"
+    ]
+    assert hardening_lines(load(tmp_path, MINIMAL)) == []
+
+
+HARDENING = (
+    "container:\n"
+    "  ports: ['8080:8080', '10.0.0.5:9090:9090', {host: 53, container: 53, protocol: udp}]\n"
+    "  mounts: ['/etc/ssl/certs:/etc/ssl/certs', '/srv/cache:/cache:rw']\n"
+    "  cap_add: [cap_net_bind_service, SYS_NICE]\n"
+    "  read_only: false\n"
+    "  writable: [/var/cache/model]\n"
+    "  pids_limit: 4096\n"
+    "  bind: 127.0.0.1\n"
+    "  allow_mounts: [/etc/ssl/certs]\n"
+    "  allow_root: true\n"
+)
+
+
+def test_the_hardening_keys_reach_the_desired_state(tmp_path: Path):
+    c = state(load(tmp_path, MINIMAL + HARDENING), {})["container"]
+    assert c["cap_add"] == ["NET_BIND_SERVICE", "SYS_NICE"]
+    assert (c["read_only"], c["writable"], c["pids_limit"]) == (False, ["/var/cache/model"], 4096)
+    assert c["allow_mounts"] == ["/etc/ssl/certs"]
+    # `bind` fills in the ports that name no address of their own.
+    assert [p["host_ip"] for p in c["ports"]] == ["127.0.0.1", "10.0.0.5", "127.0.0.1"]
+
+
+def test_hardening_lines_say_what_the_playbook_relaxes(tmp_path: Path):
+    assert hardening_lines(load(tmp_path, MINIMAL + HARDENING)) == [
+        "capabilities: NET_BIND_SERVICE, SYS_NICE added (all others dropped)",
+        "root filesystem writable (read_only: false)",
+        "pids limit raised to 4096 (default 1024)",
+        "may run as root (allow_root: true)",
+        "sensitive host paths allowed: /etc/ssl/certs (allow_mounts)",
+        "host paths mounted read-write: /srv/cache",
+    ]
+    lowered = load(tmp_path, MINIMAL + "container:\n  pids_limit: 64\n  read_only: true\n")
+    assert hardening_lines(lowered) == []
+
+
+@pytest.mark.parametrize(
+    ("tail", "line", "message"),
+    [
+        ("container:\n  cap_add: [NET_BIND_SERVIC]\n", 6,
+         "`container.cap_add[0]`: 'NET_BIND_SERVIC' is not a capability Docker knows; did you"
+         " mean NET_BIND_SERVICE?"),
+        ("container:\n  cap_add:\n    - CHOWN\n    - all\n", 8,
+         "`container.cap_add[1]`: ALL would give back every capability; list the ones the"
+         " model needs"),
+        ("container:\n  cap_add: NET_RAW\n", 6,
+         "`container.cap_add`: expected a list, got the string 'NET_RAW'"),
+        ("container:\n  pids_limit: 0\n", 6,
+         "`container.pids_limit`: expected a whole number 1-4194304 (processes and threads);"
+         " got 0"),
+        ("container:\n  read_only: 'no'\n", 6,
+         "`container.read_only`: expected true or false, got 'no'"),
+        ("container:\n  bind: localhost\n", 6,
+         "`container.bind`: 'localhost' is not an IP address like 127.0.0.1"),
+        ("container:\n  writable: [/]\n", 6,
+         "`container.writable[0]`: '/' is the root filesystem (set read_only: false); a tmpfs"
+         " cannot go there"),
+        ("container:\n  mounts: ['/var/run/docker.sock:/var/run/docker.sock']\n", 6,
+         "`container.mounts[0]`: '/var/run/docker.sock' is the Docker socket (whoever reaches"
+         " it controls the host), a sensitive host path; name /var/run/docker.sock in"
+         " container.allow_mounts if the model really needs it"),
+        ("container:\n  mounts:\n    - {source: /etc/../etc, target: /x}\n", 7,
+         "`container.mounts[0].source`: '/etc/../etc' is /etc, a sensitive host path; name"
+         " /etc in container.allow_mounts if the model really needs it"),
+        ("container:\n  env_file: /etc/default/model\n", 6,
+         "`container.env_file`: '/etc/default/model' is under /etc, a sensitive host path;"
+         " keep env files in /etc/mlfleet/ or outside the sensitive paths (or name"
+         " /etc/default/model in container.allow_mounts)"),
+        ("container:\n  user: '00'\n", 6,
+         "`container.user`: '00' is root; set container.allow_root: true if the model really"
+         " needs it"),
+        ("container:\n  user: '000:1000'\n", 6, "`container.user`: '000:1000' is root;"),
+        ("container:\n  user: 00\n", 6, "`container.user`: '0' is root;"),
+        ('container:\n  ports: ["8080:8080\\n"]\n', 6,
+         "`container.ports[0]`: '8080:8080\\n' is not \"host:container\""),
+        ('container:\n  user: "app\\n"\n', 6,
+         "`container.user`: 'app\\n' is not a user like"),
+    ],
+)  # fmt: skip
+def test_hardening_mistakes_name_their_line(tmp_path: Path, tail: str, line: int, message: str):
+    err = refused(tmp_path, MINIMAL + tail)
+    assert err.where == f"{tmp_path / 'p.yml'}:{line}"
+    assert err.message.startswith(message) and "\n" not in str(err)
 
 
 # --------------------------------------------------------------------------- load errors
