@@ -13,11 +13,11 @@ from tests.paths import REPO
 
 # Modules that hold the controller's own records, not agent messages: the lab's status, the
 # inventory, the playbook (it writes the desired state, which the agent validates), the state
-# DB and the registry client (with the registries' image indexes and Docker's client config).
+# DB, the fleet lock's holder file and the registry client (with the registries' image indexes and Docker's client config).
 # Their string keys are their own formats.
 OWN_FORMATS = {"lab", "state.py", "inventory.py", "playbook.py", "hosts.py", "yamlcheck.py",
                "yamlsource.py", "registry.py", "relay_cache.py", "hostrange.py",
-               "credentials.py", "image_copy.py"}  # fmt: skip
+               "credentials.py", "image_copy.py", "fleet_lock.py"}  # fmt: skip
 # Functions of cli.py that render those own formats (history rows, the lab's status).
 OWN_RENDERERS = {"history_cmd", "_print_status", "inventory_cmd", "lock_status"}
 
