@@ -16,9 +16,10 @@ import math
 import re
 import shlex
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from mlfleet.agent.desired import ExecCheck, HealthSpec, HttpCheck, InferenceCheck, TcpCheck
 from mlfleet.agent.engine_api import EngineError, EngineUnreachable
@@ -31,6 +32,7 @@ _MIN_TIMEOUT_S = 0.1
 _ENGINE_ERRORS = (EngineUnreachable, EngineError, OSError, ValueError)
 
 Emit = Callable[[Event], None]
+T = TypeVar("T")
 
 
 @dataclass
@@ -248,10 +250,51 @@ def _tcp_probe(target: Target, check: TcpCheck, timeout: float) -> Probe:
     return Probe(name, True, "connected")
 
 
+# The engine's socket is given a little longer than the check, so that a command that hangs
+# is told by the check's own deadline ("no answer within"), not by a socket that gave up.
+_EXEC_SOCKET_SLACK_S = 1.0
+
+
+class _NoAnswer(Exception):
+    """A call did not return within its time."""
+
+
+def _call_within(call: Callable[[], T], seconds: float) -> T:
+    """call()'s value, or _NoAnswer after `seconds`. The engine answers an exec when its
+    command ends, so a command that hangs, or trickles output, would hold the round for
+    good: the call runs in a daemon thread that is left to end with the engine's answer."""
+    box: Dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # handed to the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="mlfleet-health-exec", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise _NoAnswer()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 def _exec_probe(target: Target, check: ExecCheck, timeout: float) -> Probe:
     name = "exec " + _shorten(shlex.join(check.command), 40)
+    command = list(check.command)
     try:
-        code, output = target.engine.exec_run(target.container_id, list(check.command), timeout)
+        code, output = _call_within(
+            lambda: target.engine.exec_run(
+                target.container_id, command, timeout + _EXEC_SOCKET_SLACK_S
+            ),
+            timeout,
+        )
+    except _NoAnswer:
+        return Probe(
+            name, False, f"did not finish within {timeout:g}s (timeout_s): the command hangs"
+        )
     except _ENGINE_ERRORS as exc:
         return Probe(name, False, f"could not run: {exc}")
     if code == 0:
@@ -486,7 +529,7 @@ def _verdict(ok: bool, evidence: _Evidence, reason: str, rnd: _Round, seconds: f
 
 # --- comparing answers ---------------------------------------------------------------------
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def compare_json(expected: Any, actual: Any, tolerance: float, path: str = "$") -> Optional[str]:
@@ -555,7 +598,7 @@ def _format_diff(diff: float, tolerance: float) -> str:
 
 
 def _child(path: str, key: Any) -> str:
-    if isinstance(key, str) and _IDENTIFIER.match(key):
+    if isinstance(key, str) and _IDENTIFIER.fullmatch(key):
         return f"{path}.{key}"
     return f"{path}[{json.dumps(key) if isinstance(key, str) else repr(key)}]"
 

@@ -199,6 +199,8 @@ class FakeEngine:
         self.unreachable = False
         self.exec_result: Tuple[int, str] = (0, "ok\n")
         self.exec_calls: List[Tuple[str, List[str], float]] = []
+        # Set: exec_run answers only once it is released (a command that hangs).
+        self.exec_hangs: Optional[threading.Event] = None
         self.inspects = 0
 
     def container_inspect(self, container_id: str) -> Optional[Dict[str, Any]]:
@@ -214,6 +216,8 @@ class FakeEngine:
 
     def exec_run(self, container_id: str, command: List[str], timeout: float) -> Tuple[int, str]:
         self.exec_calls.append((container_id, command, timeout))
+        if self.exec_hangs is not None:
+            self.exec_hangs.wait(10)
         return self.exec_result
 
     def exit(self, code: int, oom: bool = False) -> None:
@@ -372,7 +376,8 @@ def test_probe_once_every_check(server: Server, clock: FakeClock) -> None:
         ("inference :8080/predict", True),
     ]
     assert [p.detail for p in probes][:4] == ["running", "healthy", "HTTP 200", "connected"]
-    assert engine.exec_calls == [("c0ffee", s.exec[0].command, 2.0)]
+    # The engine's socket waits a little longer than the check: the check's deadline tells.
+    assert engine.exec_calls == [("c0ffee", s.exec[0].command, 3.0)]
     post = server.requests[-1]
     assert (post["method"], post["path"], post["content_type"]) == (
         "POST",
@@ -415,6 +420,39 @@ def test_probe_details(server: Server, clock: FakeClock) -> None:
         ),
         "exec /bin/check": (False, "exit 3: model file /models/m.onnx missing"),
     }
+
+
+def test_an_exec_check_that_hangs_fails_at_its_timeout(clock: FakeClock) -> None:
+    engine = FakeEngine(clock)
+    engine.exec_hangs = threading.Event()
+    s = spec(http=False, exec=[ExecCheck(command=["/bin/check"])])
+    s.timing.timeout_s = 0.2
+    try:
+        began = time.monotonic()
+        probes = probe_once(target(engine, closed_port()), s)
+        took = time.monotonic() - began
+    finally:
+        engine.exec_hangs.set()
+    assert [(p.check, p.ok, p.detail) for p in probes] == [
+        ("container", True, "running"),
+        ("exec /bin/check", False, "did not finish within 0.2s (timeout_s): the command hangs"),
+    ]
+    assert 0.2 <= took < 2.0
+
+
+def test_a_hung_exec_check_fails_the_wait_with_its_reason(clock: FakeClock) -> None:
+    engine = FakeEngine(clock)
+    engine.exec_hangs = threading.Event()
+    s = spec(http=False, start_period=0, retries=1, exec=[ExecCheck(command=["/bin/check"])])
+    s.timing.timeout_s = 0.1
+    try:
+        verdict, _ = run_wait(target(engine, closed_port()), s, clock)
+    finally:
+        engine.exec_hangs.set()
+    assert not verdict.ok
+    assert verdict.reason.endswith(
+        "last: exec /bin/check: did not finish within 0.1s (timeout_s): the command hangs"
+    )
 
 
 def test_probe_connection_refused(clock: FakeClock) -> None:
