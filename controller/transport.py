@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional, Protocol, Sequence, Tuple
 
 import paramiko
-from paramiko.hostkeys import HostKeyEntry
+from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
 from paramiko.ssh_exception import NoValidConnectionsError
 
 from mlfleet.controller.errors import ConfigError, ExitCode, MlfleetError
@@ -155,7 +155,7 @@ class KnownHosts:
         for lineno, line in plain:
             try:
                 entry = HostKeyEntry.from_line(line, lineno)
-            except (paramiko.SSHException, ValueError):
+            except (paramiko.SSHException, InvalidHostKey, ValueError):
                 continue
             if entry is not None and entry.key is not None and entry.key.asbytes() not in blobs:
                 entries.append((list(entry.hostnames), entry.key))
@@ -285,6 +285,18 @@ def _why_not(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _login_key(path: Optional[str]) -> Tuple[Optional[paramiko.PKey], Optional[str]]:
+    """(key, None): the key file read once, so that a refused login is reported as one
+    (given the file, paramiko tries every key type on it and reports the last type's parse
+    error instead); (None, path): a key it cannot read so (a passphrase) left to paramiko."""
+    if path is None:
+        return None, None
+    try:
+        return paramiko.PKey.from_path(path), None
+    except Exception:
+        return None, path
+
+
 def _known_name(address: str, port: int) -> str:
     return address if port == 22 else f"[{address}]:{port}"
 
@@ -329,10 +341,11 @@ class Connection:
                 hint="set ansible_ssh_private_key_file to a private key file, or leave it unset"
                 " for the ssh-agent and ~/.ssh keys",
             )
+        login = _login_key(key_file)
         attempts = len(self.retry_delays) + 1
         for attempt in range(1, attempts + 1):
             try:
-                return self._connect_once(known, address, port, user, open_sock)
+                return self._connect_once(known, address, port, user, login, open_sock)
             except MlfleetError:
                 raise
             except Exception as exc:
@@ -351,17 +364,19 @@ class Connection:
         raise AssertionError("unreachable")  # the loop returns or raises
 
     def _connect_once(self, known: KnownHosts, address: str, port: int, user: Optional[str],
+                      login: Tuple[Optional[paramiko.PKey], Optional[str]],
                       open_sock: Optional[Callable[[], object]]) -> paramiko.SSHClient:  # fmt: skip
         client = paramiko.SSHClient()
         known.fill(client.get_host_keys())
         client.set_missing_host_key_policy(_HostKeyPolicy(known, self.host.name, self.accept_new))
-        key_file = os.path.expanduser(self.host.ssh_key) if self.host.ssh_key else None
+        pkey, key_file = login
         try:
             sock = open_sock() if open_sock is not None else None
             client.connect(
-                address, port=port, username=user, key_filename=key_file, timeout=self.connect_timeout,
-                banner_timeout=self.connect_timeout, auth_timeout=self.connect_timeout,
-                allow_agent=True, look_for_keys=key_file is None, sock=sock,  # type: ignore[arg-type]
+                address, port=port, username=user, pkey=pkey, key_filename=key_file,
+                timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
+                auth_timeout=self.connect_timeout, allow_agent=True,
+                look_for_keys=self.host.ssh_key is None, sock=sock,  # type: ignore[arg-type]
             )  # fmt: skip
         except BaseException:
             client.close()  # its transport thread too
