@@ -133,7 +133,9 @@ class FleetSession:
 
     def each(self, fn: Callable[[Host], T], hosts: Optional[Sequence[Host]] = None) -> Dict[str, T]:
         """fn on every host in parallel (bounded by forks); one slow or dead host never
-        stalls the others. Results in host order."""
+        stalls the others. Results in host order. `fn` turns whatever goes wrong on its host
+        into that host's result (controller/host_failure.py: on_host, host_failed): an
+        exception it lets through ends the whole command."""
         chosen = list(self.hosts if hosts is None else hosts)
         with ThreadPoolExecutor(max_workers=max(1, min(self.forks, len(chosen) or 1))) as pool:
             results = list(pool.map(fn, chosen))
