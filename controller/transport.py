@@ -416,6 +416,7 @@ class Connection:
             live = self._client.get_transport() if self._client is not None else None
             if live is not None and live.is_active():
                 return self
+            self.close()  # what a dropped connection left (its jump host's too)
             open_sock: Optional[Callable[[], object]] = None
             jump = self.host.jump_host
             if jump is not None:
