@@ -171,12 +171,13 @@ def _select(desired: DesiredState, facts: HostFacts, result: ApplyResult) -> Var
 
 
 def _unchanged(host: AgentHost, current: Release, desired: DesiredState, variant: Variant) -> bool:
-    """The same release already serves, healthy: nothing to do."""
+    """The same release already serves, healthy: nothing to do. (The record keeps env
+    values as keyed hashes: the desired state is compared sealed the same way.)"""
     same = (
         current.tag == desired.tag
         and current.variant == variant.name
         and current.image == variant.image
-        and _spec_key(current.spec) == _spec_key(desired.to_dict())
+        and _spec_key(current.spec) == _spec_key(host.store.sealed_spec(desired.to_dict()))
     )
     if not same or not current.container_id:
         return False

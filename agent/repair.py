@@ -2,7 +2,10 @@
 engine whose data root was lost): recreate the container from the release's own record (its
 desired state, variant and image, pulled again by digest when the image is gone too), with
 the GPU wiring the host's facts allow now, and prove it with the release's own checks. No
-release row is invented: the release is the one the host was told to run.
+release row is invented: the release is the one the host was told to run. Its inline env
+values are not in the record (only their keyed hashes): they are read back from a container
+the engine still holds with those very values (`release_env`); when none does, only a
+deployment can bring the release back, and the repair says so.
 
 Before the tick starts or recreates anything it looks for what stands in the way and is an
 operator's to fix (`find_obstacle`): the variant no longer fits the host (its GPU is gone: a
@@ -17,7 +20,7 @@ from __future__ import annotations
 import errno
 import socket
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import Any, Dict, Iterator, Optional, Set
 
 from mlfleet.agent import health
 from mlfleet.agent.container_config import LABEL
@@ -34,6 +37,7 @@ from mlfleet.agent.host import (
 )
 from mlfleet.agent.imageref import ImageRef
 from mlfleet.agent.protocol import Cause, EventKind
+from mlfleet.agent.sealed_env import recover_env
 from mlfleet.agent.selection import select_variant
 from mlfleet.agent.state import Release
 from mlfleet.agent.variants import Variant
@@ -145,6 +149,8 @@ def recreate(host: AgentHost, release: Release, on_variant: Optional[str] = None
         env_file = read_inputs(desired)
     except MissingInput as exc:
         raise RepairFailed(str(exc), cause=Cause.MOUNT_MISSING) from None
+    env = release_env(host, release, desired.container.env, env_file)
+    desired = replace(desired, container=replace(desired.container, env=env))
     image = release.image or variant.image or ""
     ensure_image(host, image, release.digest)
     name = release.container_name or f"{release.app}.r{release.id}"
@@ -168,6 +174,40 @@ def recreate(host: AgentHost, release: Release, on_variant: Optional[str] = None
     if verdict.ok:
         serve_after_reboot(host, container_id)
     return verdict
+
+
+def release_env(host: AgentHost, release: Release, recorded: Dict[str, str],
+                from_file: Dict[str, str]) -> Dict[str, str]:  # fmt: skip
+    """The release's inline env values, to create its container again. The record keeps
+    only their keyed hashes (agent/sealed_env.py): the values are read back from a container
+    the engine still holds that carries every one of them (its own, stopped or renamed, else
+    one of another release of the app, newest first). RepairFailed when none does: only a
+    deployment can give them again."""
+    if not recorded or not release.env_sealed:
+        return dict(recorded)  # nothing inline, or a record an older agent left unsealed
+    key = host.store.key()
+    for info in _containers_of(host, release):
+        env = recover_env(key, recorded, (info.get("Config") or {}).get("Env") or [], from_file)
+        if env is not None:
+            return env
+    names = ", ".join(sorted(recorded))
+    raise RepairFailed(
+        f"the container of {release.tag} is gone, and with it the values of its inline env"
+        f" ({names}): this host keeps only keyed hashes of them and no container of"
+        f" {release.app} holds them; deploy {release.app} again (mlfleet deploy)"
+    )
+
+
+def _containers_of(host: AgentHost, release: Release) -> Iterator[Dict[str, Any]]:
+    """What the engine holds of the release's own container, then of the containers of the
+    app's other releases, newest first (each inspected only when it is needed)."""
+    seen: Set[str] = set()
+    others = [r.container_id for r in host.store.releases(release.app) if r.id != release.id]
+    for ref in [release.container_id, release.container_name, *others]:
+        info = host.engine.container_inspect(ref) if ref else None
+        if info is not None and str(info.get("Id")) not in seen:
+            seen.add(str(info.get("Id")))
+            yield info
 
 
 def _variant(desired: DesiredState, release: Release) -> Variant:

@@ -3,6 +3,11 @@
 Every change is one committed transaction in WAL mode with synchronous=FULL, so a crash or
 `kill -9` at any point loses no recorded history; a release row is written *before* its
 container is created, so the next tick can see an apply that died half-way.
+
+The record is private (the file 0600, SQLite's -wal and -shm follow its mode) and holds no
+secret: a release's inline env values are kept only as keyed hashes (agent/sealed_env.py);
+a record an older agent wrote with the values is sealed when it is opened, and rewritten so
+no page keeps the old text (secure_delete, then VACUUM). Health samples are capped per app.
 """
 
 from __future__ import annotations
@@ -17,6 +22,11 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from mlfleet.agent import releases as release_states
 from mlfleet.agent.protocol import HealthSample, ReleaseStatus, ReleaseView
+from mlfleet.agent.sealed_env import inline_env, load_key, seal_spec
+
+# Health samples kept per app (a tick's decisions read the last few; a minute's tick over a
+# week is about 10,000): the oldest go as new ones come.
+HEALTH_KEPT_PER_APP = 1000
 
 
 def _status(value: Any) -> ReleaseStatus:
@@ -43,6 +53,7 @@ CREATE TABLE IF NOT EXISTS releases (
     created_at REAL NOT NULL,
     activated_at REAL,
     activated_by TEXT,
+    env_sealed INTEGER,
     updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS releases_app ON releases (app, status);
@@ -79,11 +90,14 @@ class Release:
     container_name: Optional[str]
     status: str
     reason: Optional[str]
-    spec: Dict[str, Any]  # the desired state it was applied from (never secrets' values)
+    spec: Dict[str, Any]  # the desired state it was applied from, its env values sealed
     created_at: float
     activated_at: Optional[float]
     updated_at: float
     activated_by: Optional[str] = None  # "apply" or "rollback" (agent/releases.py)
+    # Its spec's inline env values are keyed hashes (agent/sealed_env.py), not the values:
+    # false only in a record an older agent wrote that could not be sealed (a full disk).
+    env_sealed: Optional[int] = None
 
     @property
     def reinstated(self) -> bool:
@@ -115,8 +129,11 @@ class Release:
 
 class StateStore:
     def __init__(self, path: str):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        agent_dir = os.path.dirname(os.path.abspath(path))
+        os.makedirs(agent_dir, mode=0o700, exist_ok=True)
         self.path = path
+        self._agent_dir = agent_dir
+        self._key: Optional[bytes] = None
         # Why the record can only be read (its filesystem is full), or None.
         self.unwritable: Optional[str] = None
         try:
@@ -129,9 +146,14 @@ class StateStore:
             self.db = sqlite3.connect(f"file:{path}?immutable=1", uri=True, isolation_level=None)
             self.db.row_factory = sqlite3.Row
             self.unwritable = str(exc)
+            return
+        self._seal_old_records()
 
     @staticmethod
     def _open(path: str) -> sqlite3.Connection:
+        if not os.path.exists(path):
+            # Made private before SQLite writes a byte (its -wal and -shm take its mode).
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
         db = sqlite3.connect(path, timeout=30, isolation_level=None)
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA journal_mode=WAL")
@@ -140,7 +162,45 @@ class StateStore:
         columns = {row[1] for row in db.execute("PRAGMA table_info(releases)")}
         if "activated_by" not in columns:  # a record from an agent before it existed
             db.execute("ALTER TABLE releases ADD COLUMN activated_by TEXT")
+        if "env_sealed" not in columns:  # a record that may hold env values in plaintext
+            db.execute("ALTER TABLE releases ADD COLUMN env_sealed INTEGER")
         return db
+
+    def _seal_old_records(self) -> None:
+        """Seal the env values an older agent recorded in plaintext, then rewrite the file
+        so no page keeps the old text (once: sealed rows are marked)."""
+        rows = self.db.execute("SELECT id, spec FROM releases WHERE env_sealed IS NULL").fetchall()
+        if not rows:
+            return
+        try:
+            self.db.execute("PRAGMA secure_delete=ON")  # the old text is overwritten, not freed
+            with self._tx() as db:
+                for row in rows:
+                    spec = self.sealed_spec(json.loads(row["spec"]))
+                    db.execute(
+                        "UPDATE releases SET spec = ?, env_sealed = 1 WHERE id = ?",
+                        (json.dumps(spec), row["id"]),
+                    )
+            # The checkpoint puts the rewritten pages over the main file's; VACUUM leaves no
+            # free page (of an older agent's deletes) behind; the WAL is emptied after both.
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self.db.execute("VACUUM")
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.OperationalError:
+            pass  # no room to rewrite it now (a full disk): sealed when it is opened again
+        finally:
+            self.db.execute("PRAGMA secure_delete=OFF")
+
+    def key(self) -> bytes:
+        """This host's key for sealing env values (agent/sealed_env.py), made on first use."""
+        if self._key is None:
+            self._key = load_key(self._agent_dir)
+        return self._key
+
+    def sealed_spec(self, spec: Dict[str, Any]) -> Dict[str, Any]:
+        """`spec` as the record keeps it: its inline env values as keyed hashes (the key
+        is made only once there is a value to seal)."""
+        return seal_spec(spec, self.key()) if inline_env(spec) else dict(spec)
 
     def close(self) -> None:
         self.db.close()
@@ -169,12 +229,16 @@ class StateStore:
 
     def new_release(self, app: str, deployment: str, tag: str, variant: Optional[str],
                     image: Optional[str], spec: Dict[str, Any]) -> Release:  # fmt: skip
+        """Record a release `starting` from `spec`, the desired state as the controller sent
+        it: its env values are sealed here, never written."""
         now = time.time()
+        sealed = json.dumps(self.sealed_spec(spec))
         with self._tx() as db:
             cur = db.execute(
-                "INSERT INTO releases (app, deployment, tag, variant, image, status, spec, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, 'starting', ?, ?, ?)",
-                (app, deployment, tag, variant, image, json.dumps(spec), now, now),
+                "INSERT INTO releases (app, deployment, tag, variant, image, status, spec,"
+                " env_sealed, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, 'starting', ?, 1, ?, ?)",
+                (app, deployment, tag, variant, image, sealed, now, now),
             )
             assert cur.lastrowid is not None  # an INSERT always has one
             release_id = cur.lastrowid
@@ -285,9 +349,17 @@ class StateStore:
     # --- health and events ---------------------------------------------------------------
 
     def record_health(self, release_id: int, ok: bool, detail: str) -> None:
+        """Add a sample; the app's samples beyond the newest HEALTH_KEPT_PER_APP go."""
         with self._tx() as db:
             db.execute("INSERT INTO health (release_id, at, ok, detail) VALUES (?, ?, ?, ?)",
                        (release_id, time.time(), int(ok), detail))  # fmt: skip
+            of_app = "SELECT id FROM releases WHERE app = (SELECT app FROM releases WHERE id = ?)"
+            db.execute(
+                f"DELETE FROM health WHERE release_id IN ({of_app}) AND id <= ("
+                f"SELECT id FROM health WHERE release_id IN ({of_app})"
+                " ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (release_id, release_id, HEALTH_KEPT_PER_APP),
+            )
 
     def recent_health(self, release_id: int, n: int) -> List[HealthSample]:
         """The release's last `n` health samples, newest first."""

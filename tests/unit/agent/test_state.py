@@ -3,18 +3,23 @@ reinstate, status changes checked against the state machine, health samples and 
 
 from __future__ import annotations
 
+import json
+import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mlfleet.agent import state
 from mlfleet.agent.protocol import ReleaseStatus
 from mlfleet.agent.releases import InvalidTransition
+from mlfleet.agent.sealed_env import load_key, seal
 from mlfleet.agent.state import StateStore
 
 APP = "sentiment"
@@ -145,6 +150,23 @@ def test_health_samples_newest_first(store: StateStore) -> None:
     assert len(store.recent_health(v1, 10)) == 3
 
 
+def test_health_samples_are_capped_per_app(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(state, "HEALTH_KEPT_PER_APP", 4)
+    v1 = applied(store, "v1")
+    other = applied(store, "v1", app="other")
+    store.record_health(other, True, "other app")
+    for n in range(3):
+        store.record_health(v1, True, f"v1 #{n}")
+    v2 = applied(store, "v2")
+    for n in range(3):
+        store.record_health(v2, n != 2, f"v2 #{n}")
+    kept = [s.detail for s in store.recent_health(v2, 10) + store.recent_health(v1, 10)]
+    assert kept == ["v2 #2", "v2 #1", "v2 #0", "v1 #2"]  # the app's newest 4
+    assert [s.detail for s in store.recent_health(other, 10)] == ["other app"]
+
+
 def test_events_newest_first_per_app(store: StateStore) -> None:
     store.event("succeeded", "v1 is serving", app=APP)
     store.event("missing", "gone", app="other", data={"why": "removed"})
@@ -226,3 +248,82 @@ except sqlite3.OperationalError as exc:
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0] == "True ['v1 is serving']"
     assert "cannot be written" in done.stdout.splitlines()[1]
+
+
+# --- private, and no secret at rest -------------------------------------------------------
+
+SECRET = "s3cret-token-from-the-inventory"
+
+
+def _spec(tag: str, env: Dict[str, str]) -> Dict[str, Any]:
+    return {"tag": tag, "container": {"env": env, "ports": []}}
+
+
+def _on_disk(path: Path) -> bytes:
+    """Everything SQLite keeps of the record: the file, its -wal and -shm."""
+    files = [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
+    return b"".join(f.read_bytes() for f in files if f.exists())
+
+
+def test_the_record_and_its_wal_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        store = StateStore(str(tmp_path / "agent" / "state.db"))
+        new(store, "v1")
+    finally:
+        os.umask(old)
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in (tmp_path / "agent").iterdir()}
+    assert modes == {"state.db": "0o600", "state.db-wal": "0o600", "state.db-shm": "0o600"}
+    assert oct((tmp_path / "agent").stat().st_mode & 0o777) == "0o700"
+
+
+def test_env_values_are_recorded_as_keyed_hashes_only(tmp_path: Path) -> None:
+    path = tmp_path / "agent" / "state.db"
+    store = StateStore(str(path))
+    release = store.new_release(APP, "d1", "v1", "cpu", "reg/m:v1", _spec("v1", {"TOKEN": SECRET}))
+    key = load_key(str(tmp_path / "agent"))
+    assert release.spec["container"]["env"] == {"TOKEN": seal(key, "TOKEN", SECRET)}
+    assert release.env_sealed
+    assert SECRET.encode() not in _on_disk(path)
+    assert store.sealed_spec(_spec("v1", {"TOKEN": SECRET})) == release.spec
+    assert oct((tmp_path / "agent" / "env.key").stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_release_without_inline_env_makes_no_key(store: StateStore) -> None:
+    new(store, "v1")
+    assert not (Path(store.path).parent / "env.key").exists()
+
+
+def _older_agents_record(path: Path, specs: List[Dict[str, Any]]) -> None:
+    """A record as the agent before sealing wrote it: env values in plaintext, no
+    env_sealed column, the old text also in a page that was freed since."""
+    db = sqlite3.connect(str(path), isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript(state._SCHEMA.replace("    env_sealed INTEGER,\n", ""))
+    for n, spec in enumerate(specs, 1):
+        db.execute(
+            "INSERT INTO releases (app, deployment, tag, status, spec, created_at, updated_at)"
+            " VALUES (?, ?, ?, 'retired', ?, 0, 0)",
+            (APP, f"d{n}", spec["tag"], json.dumps(spec)),
+        )
+    db.execute("INSERT INTO events (at, kind, message) VALUES (0, 'x', ?)", ("y" * 5000 + SECRET,))
+    db.execute("DELETE FROM events")
+    db.close()
+
+
+def test_an_older_agents_record_is_sealed_when_opened_and_keeps_no_old_text(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    _older_agents_record(path, [_spec("v1", {"TOKEN": SECRET}), _spec("v2", {})])
+    assert SECRET.encode() in _on_disk(path)
+    store = StateStore(str(path))
+    key = load_key(str(tmp_path))
+    v1, v2 = store.releases(APP)[::-1]
+    assert v1.spec["container"]["env"] == {"TOKEN": seal(key, "TOKEN", SECRET)}
+    assert v2.spec == _spec("v2", {})
+    assert v1.env_sealed and v2.env_sealed
+    assert SECRET.encode() not in _on_disk(path)
+    store.close()
+    again = StateStore(str(path))  # sealed once: not sealed again
+    assert again.releases(APP)[-1].spec == v1.spec
