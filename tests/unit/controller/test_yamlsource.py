@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from mlfleet.controller import yamlsource
 from mlfleet.controller.errors import ConfigError
 from mlfleet.controller.yamlsource import (
     MAX_ALIAS_NODES,
@@ -19,6 +20,15 @@ from mlfleet.controller.yamlsource import (
     shown,
 )
 from tests.unit.controller.bounded import CAP_SECONDS, within
+
+
+@pytest.fixture(autouse=True, params=["libyaml", "python"])
+def parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every case with both parsers: libyaml's (when PyYAML has it) and PyYAML's own."""
+    if request.param == "libyaml" and not yamlsource.LIBYAML:
+        pytest.skip("PyYAML without libyaml")
+    monkeypatch.setattr(yamlsource, "LIBYAML", request.param == "libyaml")
+    return str(request.param)
 
 
 def refusal(text: str, source: str = "f.yml") -> str:
@@ -75,14 +85,14 @@ def test_a_list_or_mapping_as_a_key_is_refused():
 
 
 def test_a_control_character_in_the_text_is_refused_and_shown_escaped():
-    line = refusal("a: 1\nb: x\x07y\n")
+    line = refusal("é: 1\nb: x\x07y\n")
     assert line.startswith("f.yml:2: not valid YAML: the character \\x07 (#x0007) is not allowed")
 
 
 def test_control_characters_written_escaped_are_read_and_quoted_back_escaped():
-    doc = load_yaml_text('a: "x\\x07\\u2028\\ud800y"\n', "f.yml")
-    assert doc["a"] == "x\x07\u2028\ud800y"
-    assert shown(doc["a"]) == "'x\\x07\\u2028\\ud800y'"
+    doc = load_yaml_text('a: "x\\x07\\u2028\\e[0my"\n', "f.yml")
+    assert doc["a"] == "x\x07\u2028\x1b[0my"
+    assert shown(doc["a"]) == "'x\\x07\\u2028\\x1b[0my'"
     line = refusal('"k\\n\\x1b[31m": 1\n"k\\n\\x1b[31m": 2\n')
     assert "duplicate key 'k\\n\\x1b[31m'" in line
 
