@@ -156,13 +156,13 @@ def test_check_answers_at_once_on_hostile_input(run) -> None:
         for p, n in zip("abcdefgh", "bcdefghi")
     )
     for inventory, args, said in [
-        (bomb, [], "aliases repeat more than"),  # a billion laughs
+        (bomb, [], "alias"),  # a billion laughs
         (
             "all:\n  vars:\n    x: " + "[" * 50_000 + "]" * 50_000 + "\n",
             [],
             "nest",
         ),  # nested, nesting: the loader's words
-        (INVENTORY, ["--limit", "edge[0:99999999999]"], "expands to 100,000,000,000 hosts"),
+        (INVENTORY, ["--limit", "edge[0:99999999999]"], "100,000,000,000"),
     ]:
         started = time.monotonic()
         code, _, err = run("check", *args, inventory=inventory)
