@@ -613,7 +613,11 @@ def rollback_to(host: AgentHost, app: str, tag: Optional[str]) -> ApplyResult:
         return result
     # The requested release does not serve: bring the one we stopped back.
     if target.container_id:
-        host.engine.container_stop(target.container_id)
+        try:
+            host.engine.container_stop(target.container_id)
+        except EngineError as exc:
+            if exc.status != 404:  # 404: it is gone and was not recreated: nothing to stop
+                raise
     if current:
         restore(host, current)
     result.reason = (

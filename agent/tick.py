@@ -69,8 +69,43 @@ def repair_gate(attempts: int, due: bool, given_up: bool) -> RepairGate:
     return RepairGate.GO if due else RepairGate.WAIT
 
 
+# The cron entry appends the tick's output to this file in the agent's directory
+# (controller/hostops.py, cron_line); each tick keeps it bounded.
+TICK_LOG = "tick.log"
+TICK_LOG_MAX_BYTES = 1 << 20
+TICK_LOG_KEEP_BYTES = 256 << 10
+
+
+def trim_log(path: str, max_bytes: int = TICK_LOG_MAX_BYTES,
+             keep_bytes: int = TICK_LOG_KEEP_BYTES) -> bool:  # fmt: skip
+    """When the file is over `max_bytes`, keep its last `keep_bytes` (from a line's start),
+    in place: cron's shell holds it open for appending, and so may this very tick, whose
+    lines then follow the kept ones. True when it was cut."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+    except OSError:
+        return False  # none yet (no cron), or not ours to touch
+    try:
+        size = os.fstat(fd).st_size
+        if size <= max_bytes:
+            return False
+        os.lseek(fd, size - keep_bytes, os.SEEK_SET)
+        tail = os.read(fd, keep_bytes)
+        start = tail.find(b"\n") + 1  # the first whole line (0: no newline, keep it all)
+        kept = f"(tick.log over {max_bytes} bytes: earlier lines cut)\n".encode() + tail[start:]
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, kept)
+        os.ftruncate(fd, len(kept))
+        return True
+    except OSError:
+        return False  # best effort: a full log never stops a tick
+    finally:
+        os.close(fd)
+
+
 def tick(host: AgentHost) -> HostStatus:
     """One pass over every app on the host; returns the status written to status.json."""
+    trim_log(os.path.join(host.agent_dir, TICK_LOG))
     actions: List[str] = []
     actions += [f"{app}: {msg}" for app, msg in repair_interrupted(host)]
     for app in host.store.apps():
@@ -694,8 +729,11 @@ def write_reports(agent_dir: str, status: HostStatus) -> None:
 
 
 def _atomic_write(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    """Replace `path` whole with `text`, private (0600, its directory 0700)."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, 0o600)  # a leftover .tmp of an older agent keeps its mode otherwise
+    with open(fd, "w") as fh:
         fh.write(text)
     os.replace(tmp, path)

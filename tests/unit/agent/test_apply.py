@@ -9,7 +9,9 @@ from typing import Iterator, List, Optional, Set
 import pytest
 
 from mlfleet.agent.apply import apply, rollback_to, start_order
+from mlfleet.agent.desired import DesiredState
 from mlfleet.agent.protocol import ApplyStatus, Event, EventKind, Phase, Strategy
+from tests.unit.agent.fake_env_engine import EngineKeepingEnv
 from tests.unit.agent.fakes import (
     IMAGE,
     FakeHost,
@@ -17,6 +19,7 @@ from tests.unit.agent.fakes import (
     digest_of,
     make_desired,
     make_host,
+    serving,
     serving_container,
 )
 
@@ -292,3 +295,65 @@ def test_a_large_layers_pull_reports_progress_and_retries(
     assert f"layer {big}: downloading 1024.0 of 2048.0 MiB" in said
     assert f"layer {big}: Retrying in 5 seconds" in said
     assert fetched == gib
+
+
+# --- inline env values: to the engine, never to the record ---------------------------------
+
+SECRET = "s3cret-from-the-inventory"
+
+
+def _with_env(tag: str, token: str) -> DesiredState:
+    return make_desired(tag, container={"ports": [{"container": 8080, "host": 18080}],
+                                        "env": {"TOKEN": token}})  # fmt: skip
+
+
+def test_env_values_reach_the_container_and_only_their_hashes_the_record(host: FakeHost) -> None:
+    deploy(host, _with_env("v1", SECRET))
+    assert host.engine.containers[serving_container(host)].config["Env"] == [f"TOKEN={SECRET}"]
+    recorded = serving(host).spec["container"]["env"]["TOKEN"]
+    assert recorded.startswith("hmac-sha256:") and SECRET not in recorded
+    on_disk = b"".join(p.read_bytes() for p in host.agent_path.glob("state.db*"))
+    assert SECRET.encode() not in on_disk
+
+
+def test_the_same_env_again_is_unchanged_and_another_value_is_a_new_release(
+    host: FakeHost,
+) -> None:
+    deploy(host, _with_env("v1", SECRET))
+    assert apply(host, _with_env("v1", SECRET)).status is ApplyStatus.UNCHANGED
+    assert apply(host, _with_env("v1", SECRET + "-rotated")).status is ApplyStatus.SUCCEEDED
+    assert [r.tag for r in host.store.releases("sentiment")] == ["v1", "v1"]
+
+
+def test_a_rollback_to_a_release_whose_container_is_gone_takes_its_env_from_the_engine(
+    host: FakeHost,
+) -> None:
+    host.engine = EngineKeepingEnv()
+    deploy(host, _with_env("v1", SECRET))
+    deploy(host, _with_env("v2", SECRET))
+    v1 = host.store.previous("sentiment")
+    assert v1 is not None and v1.container_id
+    host.engine.container_remove(v1.container_id)  # pruned by hand
+    result = rollback_to(host, "sentiment", "v1")
+    assert result.status is ApplyStatus.ROLLED_BACK, result.reason
+    assert host.engine.containers[serving_container(host)].config["Env"] == [f"TOKEN={SECRET}"]
+
+
+def test_a_rollback_whose_env_values_are_gone_is_refused_and_the_current_kept(
+    host: FakeHost,
+) -> None:
+    host.engine = EngineKeepingEnv()
+    deploy(host, _with_env("v1", "the-old-token"))
+    deploy(host, _with_env("v2", SECRET))
+    v1 = host.store.previous("sentiment")
+    assert v1 is not None and v1.container_id
+    host.engine.container_remove(v1.container_id)
+    result = rollback_to(host, "sentiment", "v1")
+    assert result.status is ApplyStatus.FAILED
+    assert result.reason == "v1 did not become healthy; v2 restored"
+    assert result.health_evidence == [
+        "container of v1 is gone and was not recreated: the container of v1 is gone, and with it"
+        " the values of its inline env (TOKEN): this host keeps only keyed hashes of them and no"
+        " container of sentiment holds them; deploy sentiment again (mlfleet deploy)"
+    ]
+    assert host.engine.running_tags() == ["v2"]

@@ -3,6 +3,7 @@ tick against a fake engine and a real SQLite store."""
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +17,8 @@ from mlfleet.agent.protocol import Cause, EventKind, ReleaseStatus
 from mlfleet.agent.tick import (
     MAX_REPAIR_ATTEMPTS,
     REPAIR_BACKOFF_MAX_S,
+    TICK_LOG,
+    TICK_LOG_KEEP_BYTES,
     UNHEALTHY_TICKS_BEFORE_RESTART,
     UNHEALTHY_TICKS_BEFORE_ROLLBACK,
     Observation,
@@ -24,7 +27,9 @@ from mlfleet.agent.tick import (
     decide,
     repair_gate,
     tick,
+    trim_log,
 )
+from tests.unit.agent.fake_env_engine import EngineKeepingEnv
 from tests.unit.agent.fakes import (
     IMAGE,
     FakeHost,
@@ -669,3 +674,111 @@ def test_a_login_placed_after_a_wait_for_credentials_is_used_by_the_next_tick(
     clock[0] += 5
     assert tick(host).actions == ["sentiment: recreated v2"]
     assert host.engine.running_tags() == ["v2"]
+
+
+# --- inline env values, kept only as keyed hashes ----------------------------------------
+
+SECRET = "s3cret-from-the-inventory"
+
+
+def _with_env(tag: str, token: str, **overrides: Any) -> Any:
+    return make_desired(tag, container={"ports": [{"container": 8080, "host": 18080}],
+                                        "env": {"TOKEN": token, "MODE": "fast"}}, **overrides)  # fmt: skip
+
+
+def _on_disk(host: FakeHost) -> bytes:
+    return b"".join(p.read_bytes() for p in host.agent_path.glob("state.db*"))
+
+
+def test_a_removed_container_gets_its_env_back_from_one_the_engine_holds(host: FakeHost) -> None:
+    host.engine = EngineKeepingEnv()
+    deploy(host, _with_env("v1", SECRET))
+    deploy(host, _with_env("v2", SECRET))  # v1's container stays, stopped, with the same env
+    host.engine.container_remove(serving_container(host))
+    assert tick(host).actions == ["sentiment: recreated v2"]
+    env = host.engine.containers[serving_container(host)].config["Env"]
+    assert sorted(env) == ["MODE=fast", f"TOKEN={SECRET}"]
+    assert SECRET.encode() not in _on_disk(host)
+
+
+def test_a_stopped_container_on_a_lost_gpu_gives_its_env_to_the_fallback(host: FakeHost) -> None:
+    host.engine = EngineKeepingEnv()
+    host.nvidia_gpu = True
+    deploy(host, _with_env("v1", SECRET, variants=[CUDA12, CPU]))
+    host.nvidia_gpu = False
+    host.engine.stop(serving_container(host))
+    assert tick(host).actions == ["sentiment: recreated v1 on variant cpu instead of cuda12"]
+    env = host.engine.containers[serving_container(host)].config["Env"]
+    assert sorted(env) == ["MODE=fast", f"TOKEN={SECRET}"]
+
+
+def test_env_values_no_container_holds_are_not_guessed_a_deployment_is_asked_for(
+    host: FakeHost,
+) -> None:
+    host.engine = EngineKeepingEnv()
+    deploy(host, _with_env("v1", "the-old-token"))
+    deploy(host, _with_env("v2", SECRET))  # v1's container holds another TOKEN
+    host.engine.container_remove(serving_container(host))
+    actions = tick(host).actions
+    assert actions == [
+        "sentiment: v2 could not be brought back: the container of v2 is gone, and with it the"
+        " values of its inline env (MODE, TOKEN): this host keeps only keyed hashes of them and"
+        " no container of sentiment holds them; deploy sentiment again (mlfleet deploy)"
+    ]
+    assert host.engine.running_tags() == []  # nothing started with values it does not have
+    assert _events(host)[-1] == EventKind.REPAIR_FAILED.value
+    deploy(host, _with_env("v2", SECRET))  # what the message asks for
+    assert host.engine.running_tags() == ["v2"]
+
+
+# --- what the tick writes, and its log ------------------------------------------------------
+
+
+def test_the_tick_writes_its_reports_private(host: FakeHost) -> None:
+    deploy(host, make_desired("v1"))
+    old = os.umask(0o022)
+    try:
+        tick(host)
+    finally:
+        os.umask(old)
+    assert oct((host.agent_path / "status.json").stat().st_mode & 0o777) == "0o600"
+    assert oct((host.agent_path / "metrics").stat().st_mode & 0o777) == "0o700"
+    assert oct((host.agent_path / "metrics" / "mlfleet.prom").stat().st_mode & 0o777) == "0o600"
+
+
+def _log_lines(n: int) -> bytes:
+    return b"".join(b"tick %06d: sentiment: nothing to do\n" % i for i in range(n))
+
+
+def test_a_log_under_its_bound_is_left_alone(tmp_path: Path) -> None:
+    log = tmp_path / "tick.log"
+    log.write_bytes(_log_lines(100))
+    assert not trim_log(str(log), max_bytes=4096, keep_bytes=1024)
+    assert log.read_bytes() == _log_lines(100)
+    assert not trim_log(str(tmp_path / "none.log"))
+
+
+def test_a_log_over_its_bound_keeps_its_last_whole_lines_for_whoever_appends(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "tick.log"
+    log.write_bytes(_log_lines(200))  # 200 lines of 38 bytes
+    appending = os.open(log, os.O_WRONLY | os.O_APPEND)  # cron's `>> tick.log`
+    try:
+        assert trim_log(str(log), max_bytes=4096, keep_bytes=1024)
+        os.write(appending, b"tick 000200: the line after the cut\n")
+    finally:
+        os.close(appending)
+    lines = log.read_bytes().splitlines()
+    assert lines[0] == b"(tick.log over 4096 bytes: earlier lines cut)"
+    assert lines[1:-1] == _log_lines(200).splitlines()[-len(lines) + 2 :]
+    assert len(lines) - 2 == 1024 // 38  # whole lines only: the first partial one dropped
+    assert lines[-1] == b"tick 000200: the line after the cut"
+
+
+def test_each_tick_keeps_the_cron_log_bounded(host: FakeHost) -> None:
+    deploy(host, make_desired("v1"))
+    log = host.agent_path / TICK_LOG
+    log.write_bytes(_log_lines(40_000))  # about 1.4 MiB
+    tick(host)
+    assert TICK_LOG_KEEP_BYTES - 40 < log.stat().st_size <= TICK_LOG_KEEP_BYTES + 50
