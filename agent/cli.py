@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from mlfleet.agent import __version__
+from mlfleet.agent.private_dir import PRIVATE_UMASK
 from mlfleet.agent.protocol import (
     SCHEMA,
     ApplyStatus,
@@ -137,10 +138,19 @@ def _emit_stderr(event: Event) -> None:
         pass
 
 
+def _open_store(agent_dir: str) -> Any:
+    from mlfleet.agent.sealed_env import SealKeyError
+    from mlfleet.agent.state import StateStore
+
+    try:
+        return StateStore(os.path.join(agent_dir, "state.db"))
+    except SealKeyError as exc:  # sealing an older agent's record needs the key
+        raise AgentError(str(exc)) from None
+
+
 def _open_host(args: argparse.Namespace) -> Any:
     from mlfleet.agent.engine_api import EngineAPI, default_docker_host
     from mlfleet.agent.host import AgentHost
-    from mlfleet.agent.state import StateStore
 
     root = _root(args)
     agent_dir = _agent_dir(args)
@@ -151,9 +161,28 @@ def _open_host(args: argparse.Namespace) -> Any:
         device_root=args.device_root or os.environ.get("MLFLEET_DEVICE_ROOT") or "/",
         docker_host=docker_host,
         engine=EngineAPI(docker_host),
-        store=StateStore(os.path.join(agent_dir, "state.db")),
+        store=_open_store(agent_dir),
         emit=_emit_stderr,
     )
+
+
+def _make_private(agent_dir: str) -> None:
+    """Tighten what an older agent (or an operator) left open to other users in the agent's
+    directory, before anything there is read or written, and say so in the history (once:
+    then nothing is left open)."""
+    from mlfleet.agent.private_dir import EVENT_KIND, summary, tighten
+
+    tightened = tighten(agent_dir)
+    if not tightened:
+        return
+    try:
+        store = _open_store(agent_dir)
+        try:
+            store.event(EVENT_KIND, summary(agent_dir, tightened))
+        finally:
+            store.close()
+    except sqlite3.Error:
+        pass  # its record cannot be written now (a full disk): the modes are fixed all the same
 
 
 def _locked(args: argparse.Namespace, command: str, wait_s: float) -> Any:
@@ -397,12 +426,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    # Everything the agent writes is its user's alone (0700 directories, 0600 files).
+    umask = os.umask(PRIVATE_UMASK)
+    try:
+        return _main(argv)
+    finally:
+        os.umask(umask)  # for a caller in the same process (a test)
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return ExitCode.USAGE
     try:
+        if hasattr(args, "agent_dir"):
+            _make_private(_agent_dir(args))
         return int(args.func(args))
     except AgentError as exc:
         if args.debug:
