@@ -37,7 +37,7 @@ from mlfleet.agent.host import (
 )
 from mlfleet.agent.imageref import ImageRef
 from mlfleet.agent.protocol import Cause, EventKind
-from mlfleet.agent.sealed_env import recover_env
+from mlfleet.agent.sealed_env import SealKeyError, recover_env
 from mlfleet.agent.selection import select_variant
 from mlfleet.agent.state import Release
 from mlfleet.agent.variants import Variant
@@ -185,7 +185,10 @@ def release_env(host: AgentHost, release: Release, recorded: Dict[str, str],
     deployment can give them again."""
     if not recorded or not release.env_sealed:
         return dict(recorded)  # nothing inline, or a record an older agent left unsealed
-    key = host.store.key()
+    try:
+        key = host.store.key()
+    except SealKeyError as exc:
+        raise RepairFailed(str(exc)) from None
     for info in _containers_of(host, release):
         env = recover_env(key, recorded, (info.get("Config") or {}).get("Env") or [], from_file)
         if env is not None:

@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mlfleet.agent.protocol import Cause, EventKind, ReleaseStatus
+from mlfleet.agent.state import StateStore
 from mlfleet.agent.tick import (
     MAX_REPAIR_ATTEMPTS,
     REPAIR_BACKOFF_MAX_S,
@@ -782,3 +783,16 @@ def test_each_tick_keeps_the_cron_log_bounded(host: FakeHost) -> None:
     log.write_bytes(_log_lines(40_000))  # about 1.4 MiB
     tick(host)
     assert TICK_LOG_KEEP_BYTES - 40 < log.stat().st_size <= TICK_LOG_KEEP_BYTES + 50
+
+
+def test_a_key_that_is_not_one_is_a_repair_that_says_so(host: FakeHost) -> None:
+    host.engine = EngineKeepingEnv()
+    deploy(host, _with_env("v1", SECRET))
+    host.engine.container_remove(serving_container(host))
+    (host.agent_path / "env.key").write_text("overwritten\n")
+    host.store = StateStore(host.store.path)  # the next tick's own process reads it
+    assert tick(host).actions == [
+        f"sentiment: v1 could not be brought back: {host.agent_path}/env.key: not the agent's"
+        " key for env values (a file of 32 bytes); move it away and the agent makes a new one"
+        " (releases recorded before then cannot be recreated without a deployment)"
+    ]
