@@ -104,6 +104,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -805,10 +806,14 @@ def _env(value: Any, where: str) -> Dict[str, Template]:
     m = check.mapping(value, where, "container.env")
     out: Dict[str, Template] = {}
     for key, item in m.items():
-        path, at = f"container.env.{key}", m.where(key)
+        # dotted() quotes a name that is not a plain word: the message stays one line.
+        path, at = dotted(("container", "env", str(key))), m.where(key)
         if isinstance(item, bool) or item is None:
             raise check.bad(
-                at, path, f"{item!r} is not a string", hint=f'quote it: {key}: "{_yaml_word(item)}"'
+                at,
+                path,
+                f"{item!r} is not a string",
+                hint=f'quote it: {_yaml_key(key)}: "{_yaml_word(item)}"',
             )
         if isinstance(item, (int, float)):
             item = str(item)
@@ -1077,6 +1082,13 @@ def _reference_problem(text: str) -> Optional[str]:
 
 
 # --------------------------------------------------------------------------- small pieces
+
+
+def _yaml_key(key: Any) -> str:
+    """A key as YAML would read it back: plain when it is a word, else double-quoted with
+    its control characters escaped (one line)."""
+    text = str(key)
+    return text if re.fullmatch(r"[A-Za-z0-9_.-]+", text) else json.dumps(text)
 
 
 def _yaml_word(value: Any) -> str:

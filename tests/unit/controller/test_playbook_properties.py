@@ -1,0 +1,210 @@
+"""The playbook loader cannot be broken by input: YAML written to a file (a valid playbook
+with values replaced, removed or suffixed with a newline, keys added, or text that is
+hardly YAML at all) loads or is refused with a ConfigError of one line, never any other
+exception."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Tuple
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mlfleet.controller.errors import ConfigError
+from mlfleet.controller.playbook import hardening_lines, load_playbook
+
+# Each example parses a playbook of some 60 lines (pure-Python YAML, ~5 ms): 100 keep the
+# property tests to a second or two each.
+SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+TRICKY = st.sampled_from(
+    ["", "\n", "\x00", "\x1b]0;title\x07", "root", "00", "0:0", "/etc/../etc", "//etc/",
+     "/var/run/docker.sock", "8080:8080\n", "{{ x }}", "{{ x | upper }}", "{tag}", "5s",
+     "512m", "25%", "per-variant", "cap_net_raw", "ALL", "127.0.0.1", "::1%eth0", "[/x]"]
+)  # fmt: skip
+TEXT = st.one_of(TRICKY, st.text(max_size=12), TRICKY.map(lambda t: t + "\n"))
+# Integers past a float's range (10**400) are left to test_a_number_past_a_floats_range:
+# controller/yamlcheck.py (not this module's) still raises OverflowError on them.
+NUMBERS = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.sampled_from([2**63, 0, -1, 65536]),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+SCALARS = st.one_of(st.none(), st.booleans(), NUMBERS, TEXT)
+# Keys inside nested values have no control characters: controller/yamlcheck.py's
+# json_data (not this module's) still puts them raw into its key path (an inference
+# `request` key "a\n" breaks the line); test_a_control_character_in_a_request_key keeps it
+# in view. Keys the playbook reads itself get every TEXT (mutated's add_key, env names).
+KEYS = st.text(st.characters(blacklist_categories=["Cc", "Cs"]), max_size=8)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(KEYS, inner, max_size=3)),
+    max_leaves=10,
+)
+
+VALID: Dict[str, Any] = {
+    "app": "sentiment",
+    "image": "{{ mlfleet_registry }}/team/sentiment",
+    "tag_template": "{tag}-{variant}",
+    "variants": [
+        {"name": "cuda12", "gpu": "nvidia", "cuda": "12.2"},
+        {"name": "cpu", "image": "reg/m-cpu:{tag}"},
+    ],
+    "container": {
+        "ports": ["8080:8080", {"host": 9000, "container": 9000, "host_ip": "127.0.0.1"}],
+        "env": {"LOG_LEVEL": "info"},
+        "env_file": "/etc/mlfleet/m.env",
+        "mounts": ["{{ data }}:/data:ro", {"source": "/etc/ssl/certs", "target": "/certs"}],
+        "user": "10001",
+        "memory": "1g",
+        "cpus": 2,
+        "command": ["python3", "/app/server.py"],
+        "cap_add": ["NET_BIND_SERVICE"],
+        "read_only": True,
+        "writable": ["/var/cache/model"],
+        "pids_limit": 256,
+        "bind": "127.0.0.1",
+        "allow_mounts": ["/etc/ssl/certs"],
+    },
+    "health": {
+        "http": [{"port": 8080, "path": "/health"}],
+        "inference": [{"port": 8080, "path": "/p", "request": {"x": 1}, "expect": {"y": 2}}],
+        "start_period": "3s",
+        "retries": 3,
+    },
+    "monitor": "10s",
+    "retain": 3,
+    "grace": "10m",
+    "strategy": "auto",
+    "rollout": {"canary": 1, "batch": "25%", "max_fail": 0, "on_failure": "pause"},
+}
+
+KeyPath = Tuple[Any, ...]
+
+
+def paths(node: Any, prefix: KeyPath = ()) -> List[KeyPath]:
+    out = [prefix] if prefix else []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            out += paths(value, (*prefix, key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            out += paths(value, (*prefix, i))
+    return out
+
+
+VALID_PATHS = paths(VALID)
+
+
+@st.composite
+def mutated(draw: Any) -> str:
+    """A valid playbook with one to three values changed, as YAML text."""
+    doc = copy.deepcopy(VALID)
+    for _ in range(draw(st.integers(1, 3))):
+        path = draw(st.sampled_from(VALID_PATHS))
+        parent: Any = doc
+        try:
+            for key in path[:-1]:
+                parent = parent[key]
+            current = parent[path[-1]]
+        except (KeyError, IndexError, TypeError):
+            continue
+        action = draw(st.sampled_from(["replace", "remove", "newline", "add_key"]))
+        if action == "replace":
+            parent[path[-1]] = draw(VALUES)
+        elif action == "remove" and isinstance(parent, dict):
+            del parent[path[-1]]
+        elif action == "newline" and isinstance(current, str):
+            parent[path[-1]] = current + "\n"
+        elif action == "add_key" and isinstance(current, dict):
+            current[draw(TEXT)] = draw(VALUES)
+    return yaml.safe_dump(doc, allow_unicode=False)
+
+
+# Text that is hardly YAML: fragments of playbooks, indentation, flow syntax, anchors, tags.
+FRAGMENTS = st.sampled_from(
+    ["app: m\n", "image: reg/m\n", "variants:\n", "  - {name: cpu}\n", "container:\n",
+     "  ports: ['8080:8080']\n", "  cap_add: [NET_RAW]\n", "  user: 00\n", "  bind: x\n",
+     "health: {http: [{port: 1}]}\n", "- a\n", ": b\n", "? [a]\n: 1\n", "&a x\n", "*a\n",
+     "!!int z\n", "!!timestamp 2024-13-45\n", "{", "]", "'", '"', "\t", "\x07", "#c\n",
+     "  ", "\n", "---\n", "...\n", "key: [1, {a: }]\n"]
+)  # fmt: skip
+ROUGH_TEXT = st.one_of(
+    st.lists(FRAGMENTS, max_size=12).map("".join),
+    st.text(max_size=60),
+)
+
+
+@pytest.fixture(scope="module")
+def playbook_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    yield tmp_path_factory.mktemp("playbooks") / "p.yml"
+
+
+def judged(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")
+    try:
+        playbook = load_playbook(path)
+    except ConfigError as exc:
+        line = str(exc)
+        assert line and "\n" not in line and "\r" not in line, line
+        return
+    for line in hardening_lines(playbook):
+        assert "\n" not in line
+
+
+@SETTINGS
+@given(text=mutated())
+def test_mutated_valid_playbooks(playbook_file: Path, text: str) -> None:
+    judged(playbook_file, text)
+
+
+@SETTINGS
+@given(text=ROUGH_TEXT)
+def test_text_that_is_hardly_yaml(playbook_file: Path, text: str) -> None:
+    judged(playbook_file, text)
+
+
+def test_the_unmutated_playbook_loads(playbook_file: Path) -> None:
+    playbook_file.write_text(yaml.safe_dump(VALID))
+    assert load_playbook(playbook_file).container.cap_add == ["NET_BIND_SERVICE"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=OverflowError,
+    reason="controller/yamlcheck.py real() and duration() call math.isfinite on an int past"
+    " a float's range (reported to its owner); strict: this fails once that is fixed",
+)
+@pytest.mark.parametrize(
+    "tail", ["container:\n  cpus: 1" + "0" * 400 + "\n", "monitor: 1" + "0" * 400 + "\n"]
+)
+def test_a_number_past_a_floats_range(playbook_file: Path, tail: str) -> None:
+    judged(playbook_file, "app: m\nimage: reg/m\nvariants:\n  - {name: cpu}\n" + tail)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="controller/yamlcheck.py json_data puts a key's control characters raw into the"
+    " message's key path (reported to its owner); strict: this fails once that is fixed",
+)
+def test_a_control_character_in_a_request_key(playbook_file: Path) -> None:
+    judged(playbook_file, (
+        'app: m\nimage: reg/m\nvariants:\n  - {name: cpu}\ncontainer: {ports: ["80:80"]}\n'
+        'health:\n  inference:\n    - {port: 80, path: /p, expect: {}, request: {"a\\n": .inf}}\n'
+    ))  # fmt: skip
+
+
+@pytest.mark.parametrize("value", ["[1]", "{a: 1}", "null", "true"])
+def test_an_env_name_with_a_newline_stays_on_one_line(playbook_file: Path, value: str) -> None:
+    path = playbook_file
+    path.write_text(
+        f'app: m\nimage: reg/m\nvariants:\n  - {{name: cpu}}\ncontainer:\n  env:\n    "A\\nB": {value}\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        load_playbook(path)
+    assert "`container.env['A\\nB']`" in str(info.value) and "\n" not in str(info.value)
