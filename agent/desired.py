@@ -4,7 +4,12 @@ messages.
 
 Validation lives here only: the controller's playbook reads YAML into this shape and lets
 `DesiredState.from_dict` judge it, then maps the error's key path (`DesiredStateError.path`,
-e.g. `("container", "ports", 0, "host")`) back to the playbook's file:line."""
+e.g. `("container", "ports", 0, "host")`) back to the playbook's file:line.
+
+`from_dict` reads anything that arrives (any JSON value) and either returns a valid state
+or raises DesiredStateError, one line; `from_record` reads what the agent stored with a
+release, without the rules a release deployed before them may break (sensitive host paths,
+root users: agent/hardening.py)."""
 
 from __future__ import annotations
 

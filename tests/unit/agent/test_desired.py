@@ -287,11 +287,15 @@ TRAILING_NEWLINES = [
     (("container", "user"), "app\n"),
     (("variants", 1, "name"), "cpu\n"),
     (("variants", 0, "cuda"), "12.2\n"),
+    (("variants", 0, "min_compute_capability"), "7.0\n"),
+    (("variants", 0), {"name": "rocm", "gpu": "amd", "rocm": "6.0", "gfx": ["gfx90a\n"]}),
+    (("variants", 0), {"name": "rocm", "gpu": "amd", "rocm": "6.0\n"}),
+    (("variants", 0, "cuda"), "\u0661\u0662.2"),  # Arabic-Indic digits are not a version
 ]
 
 
 @pytest.mark.parametrize(("path", "value"), TRAILING_NEWLINES)
-def test_a_trailing_newline_is_not_part_of_a_name(path: Tuple[Any, ...], value: str):
+def test_a_trailing_newline_is_not_part_of_a_name(path: Tuple[Any, ...], value: Any):
     err = refused(with_value(path, value))
     assert err.path[0] == path[0] and "\n" not in str(err)
 
