@@ -614,22 +614,50 @@ def lock_group() -> None:
 @fleet_options
 @click.pass_obj
 def lock_status(settings: Settings, as_json: bool) -> None:
+    """Who holds the fleet lock: read from the hosts (any controller's deployment) and
+    from this controller's state DB."""
+    from mlfleet.controller.commands import fleet_lock_status
+
     held = _state(settings).lock_status()
+    with _session(settings) as session:
+        hosts = fleet_lock_status(session)
     if as_json:
-        print(json.dumps({"lock": held}, indent=2))
-    elif held:
-        out.print(Text(printable(f"held by {held['holder']} (pid {held['pid']} on {held['machine']}) since {_when(held['since'])}: "
+        print(json.dumps({"lock": held, "hosts": hosts}, indent=2))
+        return
+    if held:
+        out.print(Text(printable(f"this controller: held by {held['holder']} (pid {held['pid']} on {held['machine']}) since {_when(held['since'])}: "
                                  f"{held['reason']}{' [stale: that process is gone]' if held['stale'] else ''}")))  # fmt: skip
-    else:
-        out.print("free")
+    by_holder: Dict[str, List[str]] = {}
+    for row in hosts:
+        holder = row["holder"]
+        if row["error"]:
+            key = f"could not be read: {row['error']}"
+        elif holder is None:
+            key = "free"
+        else:
+            stale = " [stale: its lease ran out]" if holder["stale"] else ""
+            key = (f"held by {holder['user']}@{holder['machine']} (pid {holder['pid']}) since "
+                   f"{_when(holder['since'])}: {holder['reason']}{stale}")  # fmt: skip
+        by_holder.setdefault(key, []).append(row["host"])
+    for key, names in by_holder.items():
+        out.print(Text(printable(f"{key}: {', '.join(names)}")))
 
 
 @lock_group.command("release")
 @fleet_options
 @click.pass_obj
 def lock_release(settings: Settings) -> None:
+    """Remove the fleet lock from the hosts and this controller's state DB, whoever holds
+    it: only when you are sure its deployment is gone."""
+    from mlfleet.controller.commands import fleet_lock_release
+
     released = _state(settings).release_lock(only_mine=False)
-    _progress("lock released" if released else "the lock was not held")
+    with _session(settings) as session:
+        names = fleet_lock_release(session)
+    _progress(
+        f"lock released on {len(names)} host(s)"
+        + (" and in this controller's state DB" if released else "")
+    )
 
 
 # --- lab ---------------------------------------------------------------------------------

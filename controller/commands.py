@@ -6,10 +6,10 @@ result (controller/host_failure.py), never the command's."""
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from mlfleet.agent.protocol import ApplyStatus, Health
-from mlfleet.controller import hostops
+from mlfleet.controller import fleet_lock, hostops
 from mlfleet.controller.deploy import (
     RolloutOptions,
     expected_variants,
@@ -27,6 +27,7 @@ from mlfleet.controller.outcomes import (
     PlanReport,
     StatusRow,
 )
+from mlfleet.controller.plaintext import printable
 from mlfleet.controller.playbook import Playbook
 from mlfleet.controller.session import FleetSession
 
@@ -170,3 +171,40 @@ def rollback_fleet(
         return on_host(host.name, work, lambda f: HostResult(host.name, f.outcome, reason=f.reason))
 
     return list(session.each(one, hosts).values())
+
+
+def fleet_lock_status(session: FleetSession) -> List[Dict[str, Any]]:
+    """Each host's fleet lock: `holder` (None: free) or `error` (it could not be read)."""
+
+    def one(host: Host) -> Dict[str, Any]:
+        try:
+            found = fleet_lock.show(session.transport(host))
+        except Exception as exc:  # that host's answer, never the command's
+            return {
+                "host": host.name,
+                "holder": None,
+                "error": printable(f"{type(exc).__name__}: {exc}"),
+            }
+        holder = found.holder.to_dict() if found and found.holder else None
+        if found and not found.holder:
+            return {
+                "host": host.name,
+                "holder": None,
+                "error": "held, but its holder.json is unreadable",
+            }
+        return {"host": host.name, "holder": holder, "error": None}
+
+    return list(session.each(one).values())
+
+
+def fleet_lock_release(session: FleetSession) -> List[str]:
+    """Remove every host's fleet lock, whoever holds it. Returns the hosts where one was."""
+
+    def one(host: Host) -> bool:
+        try:
+            conn = session.transport(host)
+            return fleet_lock.show(conn) is not None and fleet_lock.release(conn, "")
+        except Exception:
+            return False
+
+    return [name for name, gone in session.each(one).items() if gone]

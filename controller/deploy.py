@@ -25,11 +25,13 @@ from mlfleet.agent.selection import select_variant
 from mlfleet.agent.variants import Variant, VariantError, parse_variants
 from mlfleet.controller import hostops
 from mlfleet.controller.errors import ConfigError
+from mlfleet.controller.fleet_lock import FleetLock
 from mlfleet.controller.host_failure import host_failed
 from mlfleet.controller.hosts import Host
 from mlfleet.controller.outcomes import OUTCOME_OF_APPLY, DeployReport, HostResult, Outcome
 from mlfleet.controller.playbook import Playbook
 from mlfleet.controller.registry import Registry, RegistryAccess
+from mlfleet.controller.registry_filter import PullScope
 from mlfleet.controller.relay import Relay
 from mlfleet.controller.relay_cache import RelayCache
 from mlfleet.controller.rollout import (
@@ -252,8 +254,15 @@ def deploy(
     waves, _ = plan_rollout([h.name for h in session.hosts], options, variant_of)
     digests = check_images(session, playbook, tag, variant_of, facts_of)
     state = session.state
-    state.acquire_lock(f"deploy {playbook.app} {tag}")
+    why = f"deploy {playbook.app} {tag}"
+    state.acquire_lock(why)
+    lock = FleetLock(session.transport, session.each, session.hosts, why)
     try:
+        lock.acquire()  # on every host: another controller's deployment stops this one here
+        for name, gone in sorted(lock.took_over.items()):
+            session.progress(
+                name, f"took over a stale fleet lock (its lease ran out): {gone.describe()}"
+            )
         for stale in state.mark_interrupted():
             state.event(
                 "interrupted", f"deployment {stale} was interrupted; a new deploy finishes the job"
@@ -264,12 +273,20 @@ def deploy(
         )  # fmt: skip
         try:
             status, reason, results = _run_waves(
-                session, playbook, tag, options, waves, deployment_id, Pins(digests, variant_of)
+                session,
+                playbook,
+                tag,
+                options,
+                waves,
+                deployment_id,
+                Pins(digests, variant_of),
+                lock,
             )
         except BaseException as exc:
             state.finish_deployment(deployment_id, "interrupted", f"{type(exc).__name__}: {exc}")
             raise
     finally:
+        lock.release()
         state.release_lock()
     state.finish_deployment(deployment_id, status, reason)
     ordered = [results[h.name] for h in session.hosts if h.name in results]
@@ -284,11 +301,14 @@ def _run_waves(
     waves: List[Wave],
     deployment_id: int,
     pins: Pins,
+    lock: Optional[FleetLock] = None,
 ) -> Tuple[str, str, Dict[str, HostResult]]:
     by_name = {h.name: h for h in session.hosts}
     results: Dict[str, HostResult] = {}
     status, reason = "succeeded", ""
     for i, wave in enumerate(waves):
+        if lock is not None:
+            lock.renew_if_due()
         session.progress("*", f"{wave.name}: {', '.join(wave.hosts)}")
         done = session.each(
             lambda h, w=wave: _deploy_host(
@@ -360,7 +380,8 @@ def _deploy_host(
             cache = session.relay_cache(registry)
             if cache is not None and source == cache.address:
                 _fill_relay_cache(session, host, cache, desired, pins)
-            with Relay(transport, source, host.bwlimit_kbit) as relay:
+            scope = PullScope.of_variants(desired.parsed_variants())
+            with Relay(transport, source, host.bwlimit_kbit, scope=scope) as relay:
                 session.progress(
                     host.name, f"relay: the host pulls through {relay.address} (SSH tunnel)"
                 )
@@ -368,6 +389,9 @@ def _deploy_host(
                     transport, session.bundle(), request, pull_via=relay.address, on_event=event
                 )
             relay_bytes = relay.bytes_to_host
+            if relay.refusals:  # someone on the host tried more than this pull through it
+                session.progress(host.name, f"relay: refused {relay.refusals} request(s) outside "
+                                            f"this deployment's pull; first: {relay.refused[0]}")  # fmt: skip
         else:
             outcome = hostops.apply(transport, session.bundle(), request, on_event=event)
         result = HostResult(

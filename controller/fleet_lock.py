@@ -179,7 +179,8 @@ def _run(conn: Runs, argv: Sequence[str]) -> str:
 # --- one host --------------------------------------------------------------------------------
 
 
-def try_acquire(conn: Runs, me: Holder, now: float, again: bool = True) -> Optional[Holder]:
+def try_acquire(conn: Runs, me: Holder, now: float, again: bool = True,
+                on_takeover: Optional[Callable[[Holder], None]] = None) -> Optional[Holder]:  # fmt: skip
     """Take the host's lock for `me`. Returns None when it is ours now (taken, or a stale
     one taken over), else who holds it (a Holder with an empty token when the host could
     not say)."""
@@ -202,9 +203,11 @@ def try_acquire(conn: Runs, me: Holder, now: float, again: bool = True) -> Optio
         _run(conn, _sh(_REPLACE, lock_dir(host), me.to_json(), other.token, me.token))
     )
     if verdict == _MINE:
+        if on_takeover is not None:
+            on_takeover(other)
         return None
     if verdict == _GONE and again:  # released meanwhile: once more from the start
-        return try_acquire(conn, me, now, again=False)
+        return try_acquire(conn, me, now, again=False, on_takeover=on_takeover)
     return found.holder or other
 
 
@@ -260,7 +263,8 @@ class FleetLock:
 
         def one(host: Host) -> Tuple[str, Optional[Holder]]:
             try:
-                return "ok", try_acquire(self._connect(host), self.me, now)
+                took = lambda stale: self.took_over.__setitem__(host.name, stale)  # noqa: E731
+                return "ok", try_acquire(self._connect(host), self.me, now, on_takeover=took)
             except Exception as exc:  # any failure on one host is that host's, noted
                 return f"{type(exc).__name__}: {exc}", None
 

@@ -34,9 +34,17 @@ from mlfleet.agent.protocol import (
     selection_to_dict,
 )
 from mlfleet.agent.selection import select_variant
+from mlfleet.controller import fleet_lock
 from mlfleet.controller.hostops import _PROBE, MARK, agent_path
 from mlfleet.controller.hosts import Host
 from mlfleet.controller.transport import CommandResult, HostUnreachable, StreamHandler
+
+_LOCK_SCRIPTS = {
+    fleet_lock._ACQUIRE: "acquire",
+    fleet_lock._REPLACE: "replace",
+    fleet_lock._RELEASE: "release",
+    fleet_lock._SHOW: "show",
+}
 
 
 @dataclass
@@ -62,6 +70,7 @@ class FakeHost:
     applied: List[str] = field(default_factory=list)  # tags applied, in order
     files: Dict[str, bytes] = field(default_factory=dict)
     crontab: str = ""
+    fleet_lock: Optional[str] = None  # the holder JSON of its fleet lock (None: free)
     # The pull credential each apply received on its stdin (None: none was sent).
     credentials: List[Optional[RegistryCredential]] = field(default_factory=list)
 
@@ -91,6 +100,8 @@ class FakeTransport:
         if argv[0] == "crontab" or (argv[:2] == ["sh", "-c"] and "cron.update" in argv):
             self.fake.crontab = (stdin or b"").decode()
             return CommandResult(0, "", "")
+        if argv[:2] == ["sh", "-c"] and argv[2] in _LOCK_SCRIPTS:
+            return self._fleet_lock(_LOCK_SCRIPTS[argv[2]], argv[4:])
         if argv[:2] == [self.host.python, "-c"]:  # --transfer auto: can it reach the registry?
             return CommandResult(0, "", "")
         if argv[:3] == [self.host.python, "-S", agent_path(self.host)]:
@@ -112,6 +123,28 @@ class FakeTransport:
         self.closed = True
 
     # --- what the host does ---------------------------------------------------------------
+
+    def _fleet_lock(self, script: str, args: List[str]) -> CommandResult:
+        """What controller/fleet_lock.py's scripts do on a host (tested for real there)."""
+        held = self.fake.fleet_lock
+        if script == "acquire":
+            if held is None:
+                self.fake.fleet_lock = args[2]
+                return CommandResult(0, "MLFLEET-LOCK-TAKEN\n", "")
+            return CommandResult(0, f"MLFLEET-LOCK-HELD\n{held}\n", "")
+        if script == "replace":
+            if held is None:
+                return CommandResult(0, "MLFLEET-LOCK-GONE\n", "")
+            if f'"token": "{args[2]}"' in held:
+                self.fake.fleet_lock = args[1]
+                return CommandResult(0, "MLFLEET-LOCK-MINE\n", "")
+            return CommandResult(0, f"MLFLEET-LOCK-HELD\n{held}\n", "")
+        if script == "release":
+            if not args[1] or (held is not None and f'"token": "{args[1]}"' in held):
+                self.fake.fleet_lock = None
+                return CommandResult(0, "MLFLEET-LOCK-GONE\n", "")
+            return CommandResult(0, "MLFLEET-LOCK-HELD\n", "")
+        return CommandResult(0, held or "", "")  # show
 
     def _probe(self, args: List[str], stdin: Optional[bytes],
                on_stderr_line: Optional[Callable[[str], None]]) -> CommandResult:  # fmt: skip

@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
@@ -28,6 +29,7 @@ from mlfleet.controller.commands import (
 )
 from mlfleet.controller.deploy import RolloutOptions, deploy
 from mlfleet.controller.errors import ConfigError, ExitCode
+from mlfleet.controller.fleet_lock import FleetLockHeld, Holder
 from mlfleet.controller.hosts import Host
 from mlfleet.controller.outcomes import DeployReport, Outcome
 from mlfleet.controller.playbook import load_playbook
@@ -572,3 +574,26 @@ def test_an_answer_the_controller_cannot_read_is_that_hosts_agent_failure(
     state, reason = rows.pop("edge-t4")
     assert state == "agent_failed" and said in (reason or ""), reason
     assert {s for s, _ in rows.values()} == {FINE[command]}
+
+
+def test_a_fleet_lock_held_on_one_host_by_another_controller_stops_before_any_host(
+    fleet: Fleet,
+) -> None:
+    """Another operator's deployment holds the lock on edge-mi210 (kept on the host):
+    this one is refused with their name, applies nothing anywhere, and leaves no lock of
+    its own behind; once theirs is gone, it runs and gives its locks back."""
+    on(fleet, "v2")
+    theirs = Holder("ab" * 16, "ann", "ann-laptop", 4242, time.time(), time.time() + 3600,
+                    "deploy sentiment v9")  # fmt: skip
+    fleet.fakes["edge-mi210"].fleet_lock = theirs.to_json()
+    with pytest.raises(
+        FleetLockHeld, match="the fleet lock on edge-mi210 is held by ann@ann-laptop"
+    ):
+        fleet.deploy("v3")
+    assert not any(f.applied for f in fleet.fakes.values())
+    assert [n for n, f in fleet.fakes.items() if f.fleet_lock] == ["edge-mi210"]
+    assert fleet.state.lock_status() is None  # the state DB's own lock given back too
+    fleet.fakes["edge-mi210"].fleet_lock = Holder(**{**theirs.__dict__, "expires": 0.0}).to_json()
+    report = fleet.deploy("v3")  # their lease ran out: taken over
+    assert report.status == "succeeded"
+    assert not any(f.fleet_lock for f in fleet.fakes.values())

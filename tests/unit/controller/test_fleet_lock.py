@@ -214,3 +214,37 @@ def test_holder_from_text_refuses_what_is_not_a_holder() -> None:
     assert Holder.from_text(good.to_json()) == good
     for text in ("", "null", "[]", '{"token": 1}', good.to_json().replace("ab", "zz"), "{"):
         assert Holder.from_text(text) is None, text
+
+
+class _Session:
+    """What `mlfleet lock status|release` use of a FleetSession."""
+
+    def __init__(self, hosts: List[Host]):
+        self.hosts = hosts
+
+    def transport(self, host: Host) -> LocalTransport:
+        return LocalTransport(host)
+
+    def each(
+        self, fn: Callable[[Host], Any], hosts: Optional[Sequence[Host]] = None
+    ) -> Dict[str, Any]:
+        return each(fn, list(hosts if hosts is not None else self.hosts))
+
+
+def test_lock_status_and_release_read_the_hosts(tmp_path: Path) -> None:
+    from mlfleet.controller.commands import fleet_lock_release, fleet_lock_status
+
+    hosts = fleet(tmp_path, 3)
+    hosts[2] = Host("h3", {"mlfleet_agent_dir": str(tmp_path / "h3"), "down": True})
+    theirs = lock(hosts[:1], "deploy sentiment v9")
+    theirs.acquire()
+    session = _Session(hosts)
+    rows = {r["host"]: r for r in fleet_lock_status(session)}  # type: ignore[arg-type]
+    assert (
+        rows["h1"]["holder"]["reason"] == "deploy sentiment v9"
+        and not rows["h1"]["holder"]["stale"]
+    )
+    assert rows["h2"] == {"host": "h2", "holder": None, "error": None}
+    assert rows["h3"]["holder"] is None and "Unable to connect" in rows["h3"]["error"]
+    assert fleet_lock_release(session) == ["h1"]  # type: ignore[arg-type]
+    assert all(r["holder"] is None for r in fleet_lock_status(session))  # type: ignore[arg-type]
