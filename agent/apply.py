@@ -184,8 +184,9 @@ def _unchanged(host: AgentHost, current: Release, desired: DesiredState, variant
     info = host.engine.container_inspect(current.container_id)
     if not info or not info["State"]["Running"]:
         return False
-    target = health_target(host, DesiredState.from_dict(current.spec), current.container_id, info)
-    return all(p.ok for p in health.probe_once(target, DesiredState.from_dict(current.spec).health))
+    recorded = DesiredState.from_record(current.spec)
+    target = health_target(host, recorded, current.container_id, info)
+    return all(p.ok for p in health.probe_once(target, recorded.health))
 
 
 def _digest_of(variant: Variant, image_info: Dict[str, Any]) -> Optional[str]:
@@ -459,7 +460,7 @@ def _start(host: AgentHost, desired: DesiredState, variant: Variant, release: Re
     strategy = Strategy(desired.strategy)
     old_ports = None
     if current is not None and strategy is Strategy.AUTO:  # only `auto` reads the old spec
-        old_ports = _host_ports(DesiredState.from_dict(current.spec))
+        old_ports = _host_ports(DesiredState.from_record(current.spec))
     order = start_order(strategy, _host_ports(desired), old_ports)
     if current and current.container_id and order.stop_first:
         host.say(EventKind.STOP, f"stopping {current.container_name} first (its port is needed)")
@@ -564,7 +565,7 @@ def _roll_back(
 def restore(host: AgentHost, release: Release) -> health.Verdict:
     """Start a kept release's container (recreate it from its record if it is gone) and
     wait until it is healthy."""
-    desired = DesiredState.from_dict(release.spec)
+    desired = DesiredState.from_record(release.spec)
     info = host.engine.container_inspect(release.container_id) if release.container_id else None
     if info is None:
         try:

@@ -75,7 +75,7 @@ class Obstacle:
 def find_obstacle(host: AgentHost, release: Release) -> Optional[Obstacle]:
     """What stands in the way of (re)starting the release, or None. Reads the host's
     facts, its mount sources and who holds its host ports; changes nothing."""
-    desired = DesiredState.from_dict(release.spec)
+    desired = DesiredState.from_record(release.spec)
     facts = host.facts()
     unfit = _unfit(_variant(desired, release), facts)
     if unfit is not None and unfit.cause is Cause.GPU_LOST:
@@ -132,7 +132,7 @@ def recreate(host: AgentHost, release: Release, on_variant: Optional[str] = None
     is healthy; the release's record then names the new container. `on_variant`: another
     of the release's variants, for a host that no longer fits its own (the record then
     names that variant and its image). RepairFailed when it cannot even be started."""
-    desired = DesiredState.from_dict(release.spec)
+    desired = DesiredState.from_record(release.spec)
     if on_variant is not None and on_variant != release.variant:
         fallback = next((v for v in desired.parsed_variants() if v.name == on_variant), None)
         if fallback is None:

@@ -112,7 +112,7 @@ def tick(host: AgentHost) -> HostStatus:
         current = host.store.current(app)
         if current is not None:
             _keep_serving(host, current, actions)
-            collect_garbage(host, app, DesiredState.from_dict(current.spec).retain)
+            collect_garbage(host, app, DesiredState.from_record(current.spec).retain)
         else:
             _revive(host, app, actions)
     status = host_status(host, actions)
@@ -341,7 +341,7 @@ def _keep_serving(host: AgentHost, current: Release, actions: List[str]) -> None
 def _observe(host: AgentHost, current: Release) -> Tuple[Observation, str]:
     """The facts `decide` needs (reads the engine and the store, probes a running
     container once; writes nothing), with the probe's detail for the health record."""
-    desired = DesiredState.from_dict(current.spec)
+    desired = DesiredState.from_record(current.spec)
     info = host.engine.container_inspect(current.container_id) if current.container_id else None
     repair = _repair_record(host, current)
     obstacle = None if info and info["State"]["Running"] else _obstacle(host, current)

@@ -3,6 +3,7 @@ tick against a fake engine and a real SQLite store."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import replace
@@ -796,3 +797,16 @@ def test_a_key_that_is_not_one_is_a_repair_that_says_so(host: FakeHost) -> None:
         " key for env values (a file of 32 bytes); move it away and the agent makes a new one"
         " (releases recorded before then cannot be recreated without a deployment)"
     ]
+
+
+def test_a_release_recorded_before_the_mount_rules_still_heals(host: FakeHost) -> None:
+    """A release an older agent recorded mounting what a deployment may no longer mount
+    (/etc/ssl) is read as it was recorded: the tick brings it back, as it was deployed."""
+    deploy(host, make_desired("v1"))
+    spec = serving(host).spec
+    spec["container"]["mounts"] = [{"source": "/etc/ssl", "target": "/certs", "read_only": True}]
+    host.store.db.execute(
+        "UPDATE releases SET spec = ? WHERE id = ?", (json.dumps(spec), serving(host).id)
+    )
+    host.engine.stop(serving_container(host))
+    assert tick(host).actions == ["sentiment: restarted v1"]
