@@ -8,17 +8,22 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import unicodedata
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Set, Tuple
 
 from mlfleet.controller.errors import ConfigError
+from mlfleet.controller.yamlsource import shown
 
 TRANSFER_MODES = ("pull", "relay", "auto")
 REGISTRY_SCHEMES = ("https", "http")
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 
-_DIGITS = re.compile(r"^[0-9]+$")
-_HOST_PORT = re.compile(r"^[A-Za-z0-9.-]+:[0-9]{1,5}$")
+_DIGITS = re.compile(r"[0-9]{1,18}")  # Ansible accepts "2222"; longer is no port or count
+_HOST_PORT = re.compile(r"[A-Za-z0-9.-]+:[0-9]{1,5}")
+# A login name: no `/` (it names the host's crontab file) and no leading `-`.
+_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]*\$?")
+MAX_BWLIMIT_KBIT = 100_000_000  # 100 Gbit/s
 _TRUE = frozenset({"true", "yes", "on", "y", "t", "1"})
 _FALSE = frozenset({"false", "no", "off", "n", "f", "0"})
 
@@ -49,7 +54,10 @@ class Host:
     @property
     def address(self) -> str:
         """Where SSH connects: `ansible_host` (or `ansible_ssh_host`), else the name."""
-        return self._text("ansible_ssh_host", "ansible_host") or self.name
+        var, text = self._word("ansible_ssh_host", "ansible_host")
+        if var is not None and text.startswith("-"):
+            raise self._error(var, "a host name or an address", text)
+        return text or self.name
 
     @property
     def port(self) -> int:
@@ -59,7 +67,10 @@ class Host:
     @property
     def user(self) -> str:
         """SSH user: `ansible_user` (or `ansible_ssh_user`), default root."""
-        return self._text("ansible_ssh_user", "ansible_user") or "root"
+        var, text = self._word("ansible_ssh_user", "ansible_user")
+        if var is not None and not _USER.fullmatch(text):
+            raise self._error(var, "a login name (letters, digits, _ . @ -)", text)
+        return text or "root"
 
     @property
     def ssh_key(self) -> Optional[str]:
@@ -112,11 +123,13 @@ class Host:
     def python(self) -> str:
         """The host's Python 3 for the agent: `mlfleet_python`, else a fixed
         `ansible_python_interpreter`, else python3."""
-        text = self._text("mlfleet_python")
-        if text is None:
-            text = self._text("ansible_python_interpreter")
-            if text is not None and text.startswith("auto"):  # Ansible's interpreter discovery
-                text = None
+        var, text = self._word("mlfleet_python")
+        if var is None:
+            var, text = self._word("ansible_python_interpreter")
+            if text.startswith("auto"):  # Ansible's interpreter discovery
+                var, text = None, ""
+        if var is not None and text.startswith("-"):
+            raise self._error(var, "a path or command such as /usr/bin/python3", text)
         return text or "python3"
 
     @property
@@ -127,8 +140,10 @@ class Host:
     @property
     def docker_host(self) -> Optional[str]:
         """The host's Docker engine in DOCKER_HOST form, or None for the default socket."""
-        text = self._text("mlfleet_docker_host")
-        if text is not None and "://" not in text:
+        var, text = self._word("mlfleet_docker_host")
+        if var is None:
+            return None
+        if "://" not in text:
             raise self._error(
                 "mlfleet_docker_host", "a DOCKER_HOST address", text,
                 hint="e.g. unix:///var/run/docker.sock or tcp://127.0.0.1:2375",
@@ -160,7 +175,15 @@ class Host:
     @property
     def registry(self) -> Optional[str]:
         """The registry the host pulls from (`host:port`), or None."""
-        return self._text("mlfleet_registry")
+        var, text = self._word("mlfleet_registry")
+        if var is None:
+            return None
+        if "://" in text:
+            raise self._error(
+                var, "a registry's host:port", text,
+                hint="without the scheme: it goes in mlfleet_registry_scheme (https or http)",
+            )  # fmt: skip
+        return text
 
     @property
     def registry_scheme(self) -> str:
@@ -209,7 +232,7 @@ class Host:
     @property
     def bwlimit_kbit(self) -> Optional[int]:
         """Bandwidth cap for image transfers in kbit/s, or None."""
-        return self._int(("mlfleet_bwlimit_kbit",), None, 1, None)
+        return self._int(("mlfleet_bwlimit_kbit",), None, 1, MAX_BWLIMIT_KBIT)
 
     @property
     def relay_registry(self) -> Optional[str]:
@@ -221,16 +244,29 @@ class Host:
         text = self._text("mlfleet_relay_registry")
         if text is None:
             return None
-        if text in ("upstream", "cache") or _HOST_PORT.match(text):
+        if text in ("upstream", "cache") or _HOST_PORT.fullmatch(text):
             return text
         raise self._error(
             "mlfleet_relay_registry", "upstream, cache or a registry's host:port", text
         )
 
-    def validate(self) -> None:
-        """Read every typed setting once, so a bad value fails early with its file:line."""
-        for name in _SETTINGS:
-            getattr(self, name)
+    def validate(self, checked: Optional[Set[Tuple[str, Tuple[int, ...]]]] = None) -> None:
+        """Read every typed setting once, so a bad value fails early with its file:line.
+
+        `checked`, shared by the hosts of one inventory, remembers the values already found
+        good (by identity: the very objects of the same group's variables), so that only
+        the settings a host's own variables change are read again for it.
+        """
+        if checked is None:
+            for setting in _SETTINGS:
+                getattr(self, setting)
+            return
+        settings = {s for var in self.vars if var in _SETTINGS_OF for s in _SETTINGS_OF[var]}
+        for setting in settings:
+            key = (setting, tuple(id(self.vars.get(var)) for var in _SETTINGS[setting]))
+            if key not in checked:
+                getattr(self, setting)
+                checked.add(key)
 
     # --- typed readers -------------------------------------------------------------------
 
@@ -247,8 +283,29 @@ class Host:
             return None
         if not isinstance(value, str) or not value.strip():
             raise self._error(var, "non-empty text", value)
+        text = value.strip()
+        if not text.isprintable():
+            odd = next(c for c in text if not c.isprintable())
+            what = "a control" if unicodedata.category(odd) == "Cc" else "an unprintable"
+            raise ConfigError(
+                f"host {shown(self.name)}: `{var}` holds {what} character ({shown(odd)}), "
+                "which would reach the host's commands",
+                where=self.origins.get(var, self.where) or None,
+                hint=f"write {var} without it",
+            )
         _no_template(self, var, value)
-        return value.strip()
+        return text
+
+    def _word(self, *names: str) -> Tuple[Optional[str], str]:
+        """(the variable set, its text) for a setting that is one word: a name, an address,
+        a command; (None, "") when unset."""
+        text = self._text(*names)
+        if text is None:
+            return None, ""
+        var, _ = self._get(*names)
+        if any(c.isspace() for c in text):
+            raise self._error(var or names[0], "one word, without spaces", text)
+        return var, text
 
     def _int(
         self, names: Tuple[str, ...], default: Optional[int], low: int, high: Optional[int]
@@ -258,7 +315,7 @@ class Host:
             return default
         number = as_int(value)
         if number is None or number < low or (high is not None and number > high):
-            span = f"from {low} to {high}" if high is not None else f"of at least {low}"
+            span = f"from {_n(low)} to {_n(high)}" if high is not None else f"of at least {low}"
             raise self._error(var, f"a whole number {span}", value)
         return number
 
@@ -285,7 +342,8 @@ class Host:
                 return (var, jump) if jump.lower() != "none" else (None, None)
             if proxy_command:
                 raise ConfigError(
-                    f"host {self.name!r}: `{var}` sets a ProxyCommand, which mlfleet does not run",
+                    f"host {shown(self.name)}: `{var}` sets a ProxyCommand, which mlfleet does not "
+                    "run",
                     where=self.origins.get(var, self.where) or None,
                     hint="set `mlfleet_jump_host: user@bastion:22` for this host or group",
                 )
@@ -295,27 +353,59 @@ class Host:
         self, var: str, expected: str, value: Any, hint: Optional[str] = None
     ) -> ConfigError:
         return ConfigError(
-            f"host {self.name!r}: `{var}` must be {expected}, not {value!r}",
+            f"host {shown(self.name)}: `{var}` must be {expected}, not {shown(value)}",
             where=self.origins.get(var, self.where) or None,
             hint=hint,
         )
 
 
-_SETTINGS = (
-    "address", "port", "user", "ssh_key", "known_hosts", "jump_host", "become", "python",
-    "agent_dir", "docker_host", "root", "device_root", "cron_dir", "tick_interval", "registry",
-    "registry_scheme", "registry_auth_file", "registry_ca", "store_pull_credentials",
-    "transfer", "bwlimit_kbit", "relay_registry",
-)  # fmt: skip
+# Each typed setting and the variables it reads (the first one set wins): validate() reads
+# a setting again only for a host whose values of these differ.
+_SETTINGS: Dict[str, Tuple[str, ...]] = {
+    "address": ("ansible_ssh_host", "ansible_host"),
+    "port": ("ansible_ssh_port", "ansible_port"),
+    "user": ("ansible_ssh_user", "ansible_user"),
+    "ssh_key": ("ansible_ssh_private_key_file", "ansible_private_key_file"),
+    "known_hosts": ("mlfleet_known_hosts",),
+    "jump_host": (
+        "mlfleet_jump_host", "ansible_ssh_args", "ansible_ssh_common_args",
+        "ansible_ssh_extra_args",
+    ),
+    "become": ("mlfleet_become", "ansible_become"),
+    "python": ("mlfleet_python", "ansible_python_interpreter"),
+    "agent_dir": ("mlfleet_agent_dir",),
+    "docker_host": ("mlfleet_docker_host",),
+    "root": ("mlfleet_root",),
+    "device_root": ("mlfleet_device_root",),
+    "cron_dir": ("mlfleet_cron_dir",),
+    "tick_interval": ("mlfleet_tick_interval",),
+    "registry": ("mlfleet_registry",),
+    "registry_scheme": ("mlfleet_registry_scheme",),
+    "registry_auth_file": ("mlfleet_registry_auth_file",),
+    "registry_ca": ("mlfleet_registry_ca",),
+    "store_pull_credentials": ("mlfleet_store_pull_credentials",),
+    "transfer": ("mlfleet_transfer",),
+    "bwlimit_kbit": ("mlfleet_bwlimit_kbit",),
+    "relay_registry": ("mlfleet_relay_registry",),
+}  # fmt: skip
+_SETTINGS_OF: Dict[str, Tuple[str, ...]] = {
+    var: tuple(s for s, names in _SETTINGS.items() if var in names)
+    for var in {v for names in _SETTINGS.values() for v in names}
+}
 
 
 def _no_template(host: Host, var: str, value: str) -> None:
     if "{{" in value or "{%" in value:
         raise ConfigError(
-            f"host {host.name!r}: `{var}` is a Jinja template, which mlfleet does not evaluate",
+            f"host {shown(host.name)}: `{var}` is a Jinja template, which mlfleet does not "
+            "evaluate",
             where=host.origins.get(var, host.where) or None,
             hint="write the value out",
         )
+
+
+def _n(number: int) -> str:
+    return f"{number:,}" if number >= 100_000 else str(number)  # 65535, but 100,000,000
 
 
 def as_int(value: Any) -> Optional[int]:
@@ -323,7 +413,7 @@ def as_int(value: Any) -> Optional[int]:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and _DIGITS.match(value.strip()):  # Ansible accepts "2222"
+    if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
         return int(value)
     return None
 
@@ -340,6 +430,8 @@ def parse_jump_host(text: str) -> JumpHost:
         raise ValueError("only one jump host is supported, not a chain")
     if not text or any(c.isspace() for c in text):
         raise ValueError("expected [user@]host[:port]")
+    if not text.isprintable():
+        raise ValueError("it holds a control character")
     user, at, rest = text.rpartition("@")
     if at and not user:
         raise ValueError("the user before '@' is empty")

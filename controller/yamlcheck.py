@@ -12,14 +12,14 @@ import re
 from typing import Any, Optional, Sequence
 
 from mlfleet.controller.errors import ConfigError
-from mlfleet.controller.yamlsource import LocatedDict, LocatedList
+from mlfleet.controller.yamlsource import LocatedDict, LocatedList, printable, shown
 
 # Whitespace, NUL and shell metacharacters: never in a value that reaches a host.
 UNSAFE = re.compile(r"[\s;`\x00]|\$\(")
-DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|h|m|s))+$")
-DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+DURATION = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?(?:ms|h|m|s))+")  # fullmatch
+DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|h|m|s)")
 DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-SIZE = re.compile(r"^(\d+(?:\.\d+)?)([kmg])b?$", re.IGNORECASE)
+SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)([kmg])b?", re.IGNORECASE)  # fullmatch
 SIZE_KIB = {"k": 1, "m": 1024, "g": 1024 * 1024}
 
 
@@ -31,7 +31,8 @@ def known_keys(
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)
             raise ConfigError(
-                f"unknown key {key!r} in {path or 'the playbook'}; known keys: {', '.join(known)}",
+                f"unknown key {shown(key)} in {path or 'the playbook'}; known keys: "
+                f"{', '.join(known)}",
                 where=m.where(key),
                 hint=f"did you mean {close[0]!r}?" if close else None,
             )
@@ -61,7 +62,7 @@ def string(value: Any, where: str, path: str) -> str:
 
 def boolean(value: Any, where: str, path: str) -> bool:
     if not isinstance(value, bool):
-        raise bad(where, path, f"expected true or false, got {value!r}")
+        raise bad(where, path, f"expected true or false, got {shown(value)}")
     return value
 
 
@@ -75,40 +76,44 @@ def whole_number(
         or (maximum is not None and value > maximum)
     ):
         bounds = f"{minimum}-{maximum}" if maximum is not None else f">= {minimum}"
-        raise bad(where, path, f"expected a whole number {bounds}; got {value!r}")
+        raise bad(where, path, f"expected a whole number {bounds}; got {shown(value)}")
     return value
 
 
 def integer(value: Any, where: str, path: str) -> int:
     """A whole number (its bounds are the agent's to judge)."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise bad(where, path, f"expected a whole number; got {value!r}")
+        raise bad(where, path, f"expected a whole number; got {shown(value)}")
     return value
 
 
 def real(value: Any, where: str, path: str) -> float:
     """A finite number (its bounds are the agent's to judge)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok:
-        raise bad(where, path, f"expected a number; got {value!r}")
+    if not _finite(value):
+        raise bad(where, path, f"expected a number; got {shown(value)}")
     return float(value)
 
 
 def choice(value: Any, where: str, path: str, options: Sequence[str]) -> str:
     if value not in options:
-        raise bad(where, path, f"one of {', '.join(options)}; got {value!r}")
+        raise bad(where, path, f"one of {', '.join(options)}; got {shown(value)}")
     return value
 
 
 def duration(value: Any, where: str, path: str) -> float:
     """A duration in seconds: `"500ms"`, `"5s"`, `"2m"`, `"1h"`, `"1m30s"`, or a number."""
     if isinstance(value, str):
-        if not DURATION.match(value):
-            raise bad(where, path, f'{value!r} is not a duration like "500ms", "5s", "2m" or "1h"')
-        return sum(float(n) * DURATION_UNITS[u] for n, u in DURATION_PART.findall(value))
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if not DURATION.fullmatch(value):
+            raise bad(
+                where, path, f'{shown(value)} is not a duration like "500ms", "5s", "2m" or "1h"'
+            )
+        seconds = sum(float(n) * DURATION_UNITS[u] for n, u in DURATION_PART.findall(value))
+        if not math.isfinite(seconds):
+            raise bad(where, path, f"{shown(value)} is longer than any duration")
+        return seconds
+    if not _finite(value):
         raise bad(
-            where, path, f'expected a duration like "5s" or a number of seconds; got {value!r}'
+            where, path, f'expected a duration like "5s" or a number of seconds; got {shown(value)}'
         )
     return float(value)
 
@@ -117,12 +122,12 @@ def size_mib(value: Any, where: str, path: str) -> int:
     """A size: `512m`, `1.5g`, `2048k` (a whole number of MiB) or a plain number of MiB."""
     if isinstance(value, int) and not isinstance(value, bool):
         return whole_number(value, where, path, 1)
-    match = SIZE.match(value) if isinstance(value, str) else None
+    match = SIZE.fullmatch(value) if isinstance(value, str) else None
     if not match:
-        raise bad(where, path, f'{value!r} is not a size like "512m", "2g" or a number of MiB')
+        raise bad(where, path, f'{shown(value)} is not a size like "512m", "2g" or a number of MiB')
     kib = float(match.group(1)) * SIZE_KIB[match.group(2).lower()]
-    if kib < 1024 or kib % 1024:
-        raise bad(where, path, f"{value!r} is not a whole number of MiB (at least 1m)")
+    if not math.isfinite(kib) or kib < 1024 or kib % 1024:
+        raise bad(where, path, f"{shown(value)} is not a whole number of MiB (at least 1m)")
     return int(kib // 1024)
 
 
@@ -131,10 +136,10 @@ def json_data(value: Any, where: str, path: str) -> Any:
     if isinstance(value, dict):
         for key in value:
             if not isinstance(key, str):
-                raise bad(where, path, f"key {key!r}: JSON object keys are strings; quote it")
+                raise bad(where, path, f"key {shown(key)}: JSON object keys are strings; quote it")
         located = value if isinstance(value, LocatedDict) else None
         return {
-            k: json_data(v, located.where(k) if located else where, f"{path}.{k}")
+            k: json_data(v, located.where(k) if located else where, f"{path}.{printable(k)}")
             for k, v in value.items()
         }
     if isinstance(value, list):
@@ -144,7 +149,7 @@ def json_data(value: Any, where: str, path: str) -> Any:
             for i, v in enumerate(value)
         ]
     if isinstance(value, float) and not math.isfinite(value):
-        raise bad(where, path, f"{value!r} is not a JSON number")
+        raise bad(where, path, f"{shown(value)} is not a JSON number")
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     if isinstance(value, (datetime.date, datetime.datetime)):
@@ -153,7 +158,19 @@ def json_data(value: Any, where: str, path: str) -> Any:
 
 
 def bad(where: str, path: str, what: str, hint: Optional[str] = None) -> ConfigError:
-    return ConfigError(f"`{path}`: {what}", where=where, hint=hint)
+    """The error for a value at `path` (its control characters escaped: keys come from
+    the file)."""
+    return ConfigError(f"`{printable(path)}`: {what}", where=where, hint=hint)
+
+
+def _finite(value: Any) -> bool:
+    """A number (not a boolean) a float can hold: an int past 1e308 is not one."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def join_path(path: str, key: Any) -> str:
@@ -166,9 +183,9 @@ def kind(value: Any) -> str:
     if isinstance(value, bool):
         return f"the boolean {value}"
     if isinstance(value, (int, float)):
-        return f"the number {value}"
+        return f"the number {shown(value)}"
     if isinstance(value, str):
-        return f"the string {value!r}"
+        return f"the string {shown(value)}"
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):

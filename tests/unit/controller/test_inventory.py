@@ -282,7 +282,7 @@ def test_jump_host_from_variable_or_from_ansible_ssh_args():
         ("mlfleet_agent_dir: var/lib", "`mlfleet_agent_dir` must be an absolute path", 5),
         (
             "mlfleet_bwlimit_kbit: 0",
-            "`mlfleet_bwlimit_kbit` must be a whole number of at least 1",
+            "`mlfleet_bwlimit_kbit` must be a whole number from 1 to 100,000,000",
             5,
         ),
         ("mlfleet_docker_host: /run/docker.sock", "must be a DOCKER_HOST address", 5),
