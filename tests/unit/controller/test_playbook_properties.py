@@ -27,22 +27,15 @@ TRICKY = st.sampled_from(
      "512m", "25%", "per-variant", "cap_net_raw", "ALL", "127.0.0.1", "::1%eth0", "[/x]"]
 )  # fmt: skip
 TEXT = st.one_of(TRICKY, st.text(max_size=12), TRICKY.map(lambda t: t + "\n"))
-# Integers past a float's range (10**400) are left to test_a_number_past_a_floats_range:
-# controller/yamlcheck.py (not this module's) still raises OverflowError on them.
 NUMBERS = st.one_of(
     st.integers(min_value=-(2**70), max_value=2**70),
-    st.sampled_from([2**63, 0, -1, 65536]),
+    st.sampled_from([10**400, 2**63, 0, -1, 65536]),
     st.floats(allow_nan=True, allow_infinity=True),
 )
 SCALARS = st.one_of(st.none(), st.booleans(), NUMBERS, TEXT)
-# Keys inside nested values have no control characters: controller/yamlcheck.py's
-# json_data (not this module's) still puts them raw into its key path (an inference
-# `request` key "a\n" breaks the line); test_a_control_character_in_a_request_key keeps it
-# in view. Keys the playbook reads itself get every TEXT (mutated's add_key, env names).
-KEYS = st.text(st.characters(blacklist_categories=["Cc", "Cs"]), max_size=8)
 VALUES = st.recursive(
     SCALARS,
-    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(KEYS, inner, max_size=3)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(TEXT, inner, max_size=3)),
     max_leaves=10,
 )
 
@@ -82,6 +75,8 @@ VALID: Dict[str, Any] = {
     "strategy": "auto",
     "rollout": {"canary": 1, "batch": "25%", "max_fail": 0, "on_failure": "pause"},
 }
+
+MINIMAL = "app: m\nimage: reg/m\nvariants:\n  - {name: cpu}\n"  # what a test adds is line 5
 
 KeyPath = Tuple[Any, ...]
 
@@ -173,38 +168,34 @@ def test_the_unmutated_playbook_loads(playbook_file: Path) -> None:
     assert load_playbook(playbook_file).container.cap_add == ["NET_BIND_SERVICE"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="controller/yamlcheck.py real() and duration() call math.isfinite on an int past"
-    " a float's range (reported to its owner); strict: this fails once that is fixed",
-)
+def refused_in_one_line(path: Path, text: str) -> str:
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_playbook(path)
+    line = str(info.value)
+    assert "\n" not in line and "\r" not in line, line
+    return line
+
+
 @pytest.mark.parametrize(
-    "tail", ["container:\n  cpus: 1" + "0" * 400 + "\n", "monitor: 1" + "0" * 400 + "\n"]
-)
-def test_a_number_past_a_floats_range(playbook_file: Path, tail: str) -> None:
-    judged(playbook_file, "app: m\nimage: reg/m\nvariants:\n  - {name: cpu}\n" + tail)
+    ("tail", "key"),
+    [("container:\n  cpus: 1" + "0" * 400 + "\n", "6: `container.cpus"),
+     ("monitor: 1" + "0" * 400 + "\n", "5: `monitor")],
+)  # fmt: skip
+def test_a_number_past_a_floats_range(playbook_file: Path, tail: str, key: str) -> None:
+    line = refused_in_one_line(playbook_file, MINIMAL + tail)
+    assert f"p.yml:{key}`" in line
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="controller/yamlcheck.py json_data puts a key's control characters raw into the"
-    " message's key path (reported to its owner); strict: this fails once that is fixed",
-)
 def test_a_control_character_in_a_request_key(playbook_file: Path) -> None:
-    judged(playbook_file, (
-        'app: m\nimage: reg/m\nvariants:\n  - {name: cpu}\ncontainer: {ports: ["80:80"]}\n'
+    line = refused_in_one_line(playbook_file, MINIMAL + (
+        'container: {ports: ["80:80"]}\n'
         'health:\n  inference:\n    - {port: 80, path: /p, expect: {}, request: {"a\\n": .inf}}\n'
     ))  # fmt: skip
+    assert "p.yml:8: " in line and "inf is not a JSON number" in line
 
 
 @pytest.mark.parametrize("value", ["[1]", "{a: 1}", "null", "true"])
 def test_an_env_name_with_a_newline_stays_on_one_line(playbook_file: Path, value: str) -> None:
-    path = playbook_file
-    path.write_text(
-        f'app: m\nimage: reg/m\nvariants:\n  - {{name: cpu}}\ncontainer:\n  env:\n    "A\\nB": {value}\n'
-    )
-    with pytest.raises(ConfigError) as info:
-        load_playbook(path)
-    assert "`container.env['A\\nB']`" in str(info.value) and "\n" not in str(info.value)
+    text = MINIMAL + f'container:\n  env:\n    "A\\nB": {value}\n'
+    assert "p.yml:7: `container.env['A\\nB']`" in refused_in_one_line(playbook_file, text)
