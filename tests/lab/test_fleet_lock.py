@@ -44,7 +44,7 @@ def test_a_second_controller_is_refused_with_the_holders_name(agent_hosts, tmp_p
     )  # fmt: skip
     shown = subprocess.run(argv(lab, tmp_path / "laptop-b.db", "lock", "status", "--json"),
                            capture_output=True, text=True, timeout=300)  # fmt: skip
-    out, rest = first.communicate(timeout=900)
+    _, rest = first.communicate(timeout=900)
     said.append(rest)
     # The second: one line, exit 4, the holder named; nothing of its own touched.
     lines = [line for line in second.stderr.splitlines() if line.strip()]

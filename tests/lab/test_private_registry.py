@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from mlfleet.controller.lab import lab_registry, registry_tls
+from mlfleet.controller.lab.images import push_payload_image
 from mlfleet.controller.lab.layout import LabLayout
 from mlfleet.controller.relay_cache import cache_root
 from tests.conftest import TEST_LAB
@@ -206,8 +207,9 @@ def test_a_login_revoked_mid_rollout_fails_the_hosts_not_yet_updated(agent_hosts
     lab = agent_hosts
     names = ("edge-cpu", "edge-4090")
     before = {n: serving(lab["hosts_by_name"][n]) for n in names}
-    tag = next(t for t in ("v1", "v2", "v3")
-               if not any((b or "").startswith(t + "/") for b in before.values()))  # fmt: skip
+    # A tag no host has pulled yet (a host holding the image by its digest needs no registry).
+    tag = f"revoked{time.monotonic_ns() % 10**6}"
+    push_payload_image(lab_registry.client(lab["registry"]), LabLayout(TEST_LAB).cache, tag, 1)
     argv = [sys.executable, "-m", "mlfleet.controller", "-i", str(lab["inventory"]),
             "-p", str(PLAYBOOK), "--state", str(tmp_path / "state.db"), "--limit",
             ",".join(names), "deploy", "--tag", tag, "--canary", "1", "--batch", "100%",
