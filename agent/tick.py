@@ -2,7 +2,7 @@
 record a release whose container (or image) is gone, bring back the last good release of an
 app that serves nothing, repair an apply that was killed half-way, roll back a fresh release
 that turned sick, restart one that stays sick, collect old images, and report (status JSON,
-Prometheus textfile). A repair that fails is tried again with backoff, and after
+Prometheus textfile, both 0600), keeping cron's tick.log under a bound. A repair that fails is tried again with backoff, and after
 MAX_REPAIR_ATTEMPTS the release is handed to an operator (`needs_operator`).
 
 Per app: `_observe` reads the engine and the record (and probes once), `decide` is pure and
