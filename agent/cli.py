@@ -170,10 +170,10 @@ def _make_private(agent_dir: str) -> None:
     """Tighten what an older agent (or an operator) left open to other users in the agent's
     directory, before anything there is read or written, and say so in the history (once:
     then nothing is left open)."""
-    from mlfleet.agent.private_dir import EVENT_KIND, summary, tighten
+    from mlfleet.agent.private_dir import EVENT_KIND, summary, tighten, worth_saying
 
     tightened = tighten(agent_dir)
-    if not tightened:
+    if not worth_saying(agent_dir, tightened):
         return
     try:
         store = _open_store(agent_dir)

@@ -18,7 +18,10 @@ from typing import List
 PRIVATE_UMASK = 0o077
 SHOWN = 5
 # The kind of the history's event (with no app) that says what was tightened.
-EVENT_KIND = "secured"  # changes named in the history's line; the rest are counted
+EVENT_KIND = "secured"
+# The agent's own code, as the controller installs it (0755) on each install or upgrade:
+# tightened like the rest, but not news (the same bytes as on the controller; no data).
+AGENT_ARCHIVE = "mlfleet-agent.pyz"  # changes named in the history's line; the rest are counted
 
 
 def private_mode(mode: int) -> int:
@@ -80,6 +83,14 @@ def tighten(agent_dir: str) -> List[Tightened]:
     visit(agent_dir, top)
     walk(agent_dir)
     return changed
+
+
+def worth_saying(agent_dir: str, tightened: List[Tightened]) -> bool:
+    """Whether what `tighten` changed held anything of the agent's (pure): not when only the
+    directory and the agent's code were open, as a fresh install or an upgrade leaves them
+    (a directory's listing shows names; a file's own mode guards what it holds)."""
+    quiet = {os.path.abspath(agent_dir), os.path.abspath(os.path.join(agent_dir, AGENT_ARCHIVE))}
+    return any(os.path.abspath(t.path) not in quiet for t in tightened)
 
 
 def summary(agent_dir: str, tightened: List[Tightened]) -> str:

@@ -78,3 +78,16 @@ def test_an_older_agents_open_directory_is_tightened_and_said_once(
     ]
     again = _history(agent, capsys)
     assert [e["kind"] for e in again["events"]] == ["secured", "succeeded"]
+
+
+def test_a_fresh_install_is_made_private_without_a_word(
+    tmp_path: Path, loose_umask: None, capsys: pytest.CaptureFixture
+) -> None:
+    """As the controller leaves a host it installed (or upgraded): the directory and the
+    agent 0755. Made private; nothing in them was anyone's to read, nothing to say."""
+    agent = tmp_path / "agent"
+    agent.mkdir(mode=0o755)
+    (agent / "mlfleet-agent.pyz").write_text("#!/usr/bin/env python3\n")
+    (agent / "mlfleet-agent.pyz").chmod(0o755)
+    assert _history(agent, capsys)["events"] == []
+    assert _modes(agent)["."] == "0o700" and _modes(agent)["mlfleet-agent.pyz"] == "0o700"

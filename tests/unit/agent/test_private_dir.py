@@ -9,7 +9,7 @@ from typing import Dict
 
 import pytest
 
-from mlfleet.agent.private_dir import Tightened, private_mode, summary, tighten
+from mlfleet.agent.private_dir import Tightened, private_mode, summary, tighten, worth_saying
 
 
 def _modes(top: Path) -> Dict[str, str]:
@@ -96,3 +96,14 @@ def test_the_historys_line_names_the_first_changes_and_counts_the_rest() -> None
         " 0700, f0 0644 -> 0600, f1 0644 -> 0600, f2 0644 -> 0600, f3 0644 -> 0600 and 2 more);"
         " the agent keeps it 0700 and its files 0600"
     )
+
+
+def test_only_what_held_the_agents_data_is_news() -> None:
+    """A fresh install or an upgrade leaves the directory and the agent's code 0755 (the
+    controller's copy): tightened without a word; a record left readable is said."""
+    agent = "/var/lib/mlfleet"
+    fresh = [Tightened(agent, 0o755, 0o700), Tightened(f"{agent}/mlfleet-agent.pyz", 0o755, 0o700)]
+    assert not worth_saying(agent, fresh)
+    assert not worth_saying(agent, [])
+    assert worth_saying(agent, [*fresh, Tightened(f"{agent}/state.db", 0o644, 0o600)])
+    assert worth_saying(agent + "/", [Tightened(f"{agent}/tick.log", 0o644, 0o600)])
