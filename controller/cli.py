@@ -463,7 +463,11 @@ def plan_lines(report: PlanReport) -> List[str]:
     from mlfleet.controller.rollout import describe_plan
 
     head = f"canary: {report.canary}; failure budget per wave: {report.budget}, then {report.on_failure.value}"
-    return [head, *(f"  {line}" for line in describe_plan(report.waves))]
+    relaxed = [f"container: {line}" for line in report.hardening] or [
+        "container: hardened defaults (all capabilities dropped, read-only root filesystem, "
+        "pids limit, no-new-privileges, non-root)"
+    ]
+    return [head, *(f"  {line}" for line in describe_plan(report.waves)), *relaxed]
 
 
 @cli.command("deploy")

@@ -28,7 +28,7 @@ from mlfleet.controller.outcomes import (
     StatusRow,
 )
 from mlfleet.controller.plaintext import printable
-from mlfleet.controller.playbook import Playbook
+from mlfleet.controller.playbook import Playbook, hardening_lines
 from mlfleet.controller.session import FleetSession
 
 
@@ -104,7 +104,8 @@ def plan(
     variant_of = expected_variants(playbook, stored_facts_of(session))
     variant_of.update({h.host: h.variant for h in hosts if h.outcome is None})
     waves, canary_text = plan_rollout([h.name for h in session.hosts], options, variant_of)
-    return PlanReport(tag, hosts, waves, options.budget, options.on_failure, canary_text)
+    return PlanReport(tag, hosts, waves, options.budget, options.on_failure, canary_text,
+                      hardening_lines(playbook))  # fmt: skip
 
 
 def fleet_status(session: FleetSession, app: Optional[str]) -> List[StatusRow]:

@@ -193,9 +193,11 @@ class PlanReport:
     budget: FailureBudget
     on_failure: Action
     canary: str  # how the canary was chosen, in words
+    hardening: List[str] = field(default_factory=list)  # what the playbook relaxes, in words
 
     def to_dict(self) -> Dict[str, Any]:
         return {
+            "hardening": list(self.hardening),
             "tag": self.tag,
             "hosts": [h.to_dict() for h in self.hosts],
             "waves": [{"name": w.name, "hosts": list(w.hosts)} for w in self.waves],

@@ -32,7 +32,7 @@ from mlfleet.controller.errors import ConfigError, ExitCode
 from mlfleet.controller.fleet_lock import FleetLockHeld, Holder
 from mlfleet.controller.hosts import Host
 from mlfleet.controller.outcomes import DeployReport, Outcome
-from mlfleet.controller.playbook import load_playbook
+from mlfleet.controller.playbook import hardening_lines, load_playbook
 from mlfleet.controller.rollout import PER_VARIANT, Action, BatchSpec, Canary, parse_budget
 from mlfleet.controller.session import FleetSession
 from mlfleet.controller.state import ControllerState
@@ -423,6 +423,10 @@ def test_plan_carries_the_waves_and_the_budget(fleet: Fleet) -> None:
     assert (data["budget"], data["on_failure"]) == ("10%", "rollback")
     assert {h["host"]: h["variant"] for h in data["hosts"]} == VARIANT
     assert {h["host"]: h["change"] for h in data["hosts"]}["edge-t4"] == "install v3 (cuda11)"
+    # What the playbook relaxes of the hardened containers is in the plan: here only the
+    # port published on every address (playbooks/sentiment.yml keeps every other default).
+    assert data["hardening"] == hardening_lines(PLAYBOOK) and len(data["hardening"]) == 1
+    assert data["hardening"][0].startswith("ports published on every address")
 
 
 def test_rollback_returns_each_host_to_its_previous_release(fleet: Fleet) -> None:
