@@ -53,7 +53,15 @@ class _Range:
         return str(value).zfill(self.width) if isinstance(value, int) else value
 
     def names(self) -> List[str]:
-        return [self.head + self.item(i) + self.tail for i in range(len(self.items))]
+        head, tail, width = self.head, self.tail, self.width
+        if isinstance(self.items, str):
+            return [head + letter + tail for letter in self.items]
+        return [head + str(i).zfill(width) + tail for i in self.items]
+
+    @property
+    def last(self) -> bool:
+        """Whether the names are final: no bracket is left around this range."""
+        return not any(b in self.head or b in self.tail for b in "[]")
 
 
 def count_host_pattern(pattern: str) -> int:
@@ -89,7 +97,8 @@ def expand_host_pattern(pattern: str, limit: int = MAX_RANGE_HOSTS) -> List[str]
             if first is None:
                 expanded.append((text, True))
             else:
-                expanded += ((name, False) for name in first.names())
+                final = first.last
+                expanded += ((name, final) for name in first.names())
             if len(expanded) > limit:  # a guard only: the count above is exact
                 raise HostRangeTooLarge(pattern, limit + 1, limit)
         names = expanded

@@ -35,28 +35,67 @@ Variable precedence, lowest to highest (Ansible's rule):
 Where Ansible only warns (an unknown key in a group, a `--limit` term that matches nothing),
 mlfleet refuses with the file:line. Ansible orders a group's own `hosts:` after the hosts of
 its `children:`; here hosts keep the order in which they first appear in the file.
+
+Limits, each refused in one line naming the file:line before the work is done: a host range
+expands to at most 100,000 names (`hostrange.MAX_RANGE_HOSTS`), an inventory holds at most
+`MAX_HOSTS` hosts and `MAX_MEMBERSHIPS` places of a host in a group (its groups' ancestors
+included). Groups may nest (`children:`) as deep as a file lists them: they are walked
+without recursion, and resolving is linear in hosts, groups and memberships.
 """
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
+import importlib
 import ipaddress
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    FrozenSet,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+)
 
 from mlfleet.controller.errors import ConfigError
-from mlfleet.controller.hostrange import expand_host_pattern
+from mlfleet.controller.hostrange import (
+    MAX_RANGE_HOSTS,
+    HostRangeError,
+    HostRangeTooLarge,
+    count_host_pattern,
+    expand_host_pattern,
+)
 from mlfleet.controller.hosts import Host, as_int
-from mlfleet.controller.yamlsource import LocatedDict, LocatedList, load_yaml_file, plain
+from mlfleet.controller.yamlsource import (
+    LocatedDict,
+    LocatedList,
+    load_yaml_file,
+    plain,
+    printable,
+    shown,
+)
 
 GROUP_KEYS = ("hosts", "children", "vars")
+MAX_HOSTS = 100_000  # hosts in one inventory
+MAX_MEMBERSHIPS = 1_000_000  # (host, group) places, ancestors included, summed over hosts
+MAX_RESOLVE_STEPS = 5_000_000  # parent links followed to find the groups of all hosts
+MAX_LIMIT_TERMS = 10_000  # terms of one --limit
 
-_GROUP_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_GROUP_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 # Ansible's vars-file lookup: `<name>` (file or directory) first, then these extensions.
 _VARS_EXTENSIONS = ("", ".yml", ".yaml", ".json")
+_MAX_REGEX_CHARS = 1_000
+_SPLIT_ON_COLONS = re.compile(r"(?:[^\s:\[\]]|\[[^\]]*\])+")
 
 # ("group" | "host", name) -> that name's mappings from group_vars/ or host_vars/
 VarsLookup = Callable[[str, str], Sequence[LocatedDict]]
@@ -84,6 +123,11 @@ class Inventory:
         terms = split_host_pattern(pattern)
         if not terms:
             raise ConfigError("empty --limit", hint="name hosts or groups, e.g. edge-t4,nvidia")
+        if len(terms) > MAX_LIMIT_TERMS:
+            raise ConfigError(
+                f"--limit has {len(terms):,} terms; the limit is {MAX_LIMIT_TERMS:,}",
+                hint="name groups instead of their hosts",
+            )
         plain = [t for t in terms if t[0] not in "!&"] or ["all"]
         chosen: Dict[str, None] = {}
         for term in plain:
@@ -112,16 +156,19 @@ class Inventory:
             return list(self.hosts)
         if not term:
             raise ConfigError("empty term in --limit", hint="write `!name` or `&name`")
-        matches = self._matcher(term)
         is_pattern = term.startswith("~") or any(c in term for c in "*?[")
-        groups = [
-            g for g in self.groups if matches(g) and not (is_pattern and g in ("all", "ungrouped"))
-        ]
+        if not is_pattern:  # a name: looked up, not matched against every name
+            if term in self.groups:
+                return list(self.groups[term])
+            if term in self.hosts:
+                return [term]
+            return self._range_or_fail(term)
+        matches = self._matcher(term)
+        groups = [g for g in self.groups if g not in ("all", "ungrouped") and matches(g)]
         found: Dict[str, None] = {}
         for group in groups:
             found.update(dict.fromkeys(self.groups[group]))
-        if not groups or is_pattern:
-            found.update(dict.fromkeys(h for h in self.hosts if matches(h)))
+        found.update(dict.fromkeys(h for h in self.hosts if matches(h)))
         if groups or found:
             return list(found)
         return self._range_or_fail(term)
@@ -129,12 +176,7 @@ class Inventory:
     @staticmethod
     def _matcher(term: str) -> Callable[[str], bool]:
         if term.startswith("~"):
-            try:
-                regex = re.compile(term[1:])
-            except re.error as exc:
-                raise ConfigError(
-                    f"{term!r} in --limit is not a valid regular expression: {exc}"
-                ) from None
+            regex = limit_regex(term)
             return lambda name: regex.match(name) is not None
         if any(c in term for c in "*?["):
             return lambda name: fnmatch.fnmatchcase(name, term)
@@ -145,23 +187,26 @@ class Inventory:
         if "[" in term and not term.startswith("~"):
             try:
                 names = expand_host_pattern(term)
-            except ValueError:
+            except HostRangeTooLarge as exc:
+                raise ConfigError(f"{exc} (in --limit)") from None
+            except HostRangeError:
                 names = []
         missing = [n for n in names if n not in self.hosts]
         if names and not missing:
             return names
         if names:
             raise ConfigError(
-                f"unknown host {missing[0]!r} in --limit (from {term!r})",
+                f"unknown host {shown(missing[0])} in --limit (from {shown(term)})",
                 hint=_close_names(missing[0], self._names()),
             )
         if term.startswith("~") or any(c in term for c in "*?["):
             raise ConfigError(
-                f"no host or group matches {term!r} in --limit",
+                f"no host or group matches {shown(term)} in --limit",
                 hint=_close_names(term, self._names()),
             )
         raise ConfigError(
-            f"unknown host or group {term!r} in --limit", hint=_close_names(term, self._names())
+            f"unknown host or group {shown(term)} in --limit",
+            hint=_close_names(term, self._names()),
         )
 
     def _names(self) -> List[str]:
@@ -176,8 +221,73 @@ def split_host_pattern(pattern: str) -> List[str]:
     elif _is_ipv6(pattern.strip()):
         parts = [pattern]
     else:
-        parts = re.findall(r"(?:[^\s:\[\]]|\[[^\]]*\])+", pattern)
+        if pattern.count("[") != pattern.count("]"):
+            raise ConfigError(
+                f"unbalanced brackets in --limit {shown(pattern)}",
+                hint="a range looks like edge[01:03]; separate terms with commas",
+            )
+        parts = _SPLIT_ON_COLONS.findall(pattern)
     return [p.strip() for p in parts if p.strip()]
+
+
+def limit_regex(term: str) -> re.Pattern[str]:
+    """The regex of a `~regex` term in --limit; one that does not compile, or that repeats
+    a repetition (`(a+)+`, whose matching can take exponential time), is a ConfigError."""
+    if len(term) > _MAX_REGEX_CHARS:
+        raise ConfigError(
+            f"the regular expression {shown(term)} in --limit is longer than "
+            f"{_MAX_REGEX_CHARS:,} characters"
+        )
+    try:
+        regex = re.compile(term[1:])
+    except (re.error, RecursionError, OverflowError) as exc:
+        raise ConfigError(
+            f"{shown(term)} in --limit is not a valid regular expression: {printable(str(exc))}"
+        ) from None
+    if _nested_repeat(term[1:]):
+        raise ConfigError(
+            f"{shown(term)} in --limit repeats a repetition (like `(a+)+`), which can take "
+            "exponential time to match",
+            hint="write it without the outer repetition, e.g. ~(a+) or ~edge-.*",
+        )
+    return regex
+
+
+def _nested_repeat(pattern: str) -> bool:
+    """Whether a repeat (`+`, `*`, `{2,}`) holds another one, read from Python's own regex
+    parser (a private module: without it, the check is skipped)."""
+    try:
+        parser: Any = importlib.import_module("re._parser")
+        tree = parser.parse(pattern)
+    except Exception:  # compile() above already judged the syntax
+        return False
+    repeats = {parser.MAX_REPEAT, parser.MIN_REPEAT, getattr(parser, "POSSESSIVE_REPEAT", None)}
+
+    def inner(op: Any, arg: Any) -> List[Any]:
+        if op is parser.SUBPATTERN:
+            return [arg[-1]]
+        if op is parser.BRANCH:
+            return list(arg[1])
+        if op in (parser.ASSERT, parser.ASSERT_NOT):
+            return [arg[1]]
+        if op is getattr(parser, "ATOMIC_GROUP", None):
+            return [arg]
+        return []
+
+    def walk(items: Any, inside: bool) -> bool:
+        for op, arg in items:
+            if op in repeats:
+                many = arg[1] is parser.MAXREPEAT or arg[1] > 1
+                if (many and inside) or walk(arg[2], inside or many):
+                    return True
+            elif any(walk(sub, inside) for sub in inner(op, arg)):
+                return True
+        return False
+
+    try:
+        return walk(tree, False)
+    except RecursionError:
+        return True
 
 
 def _is_ipv6(text: str) -> bool:
@@ -188,13 +298,13 @@ def _is_ipv6(text: str) -> bool:
 
 
 def _close_names(term: str, names: Iterable[str]) -> str:
-    core = term.lstrip("~")
-    close = difflib.get_close_matches(core, list(dict.fromkeys(names)), n=5, cutoff=0.5)
+    core = term.lstrip("~")[:200]
+    known = list(dict.fromkeys(names))
+    close = difflib.get_close_matches(core, known[:20_000], n=5, cutoff=0.5)
     if close:
         return "did you mean " + ", ".join(close) + "?"
-    known = list(dict.fromkeys(names))
-    shown = ", ".join(known[:12]) + (", ..." if len(known) > 12 else "")
-    return f"known hosts and groups: {shown}"
+    shown_names = ", ".join(known[:12]) + (", ..." if len(known) > 12 else "")
+    return f"known hosts and groups: {shown_names}"
 
 
 # --- loading -----------------------------------------------------------------------------
@@ -203,24 +313,54 @@ def _close_names(term: str, names: Iterable[str]) -> str:
 def load_inventory(path: Path) -> Inventory:
     """Read an inventory file and the `group_vars/` and `host_vars/` beside it."""
     doc = load_yaml_file(path)
-    base = path.parent
-    return parse_inventory(
-        doc, str(path), vars_files=lambda kind, name: find_vars_files(base, kind, name)
-    )
+    return parse_inventory(doc, str(path), vars_files=VarsFiles(path.parent))
+
+
+def load_selected_hosts(path: Path, limit: Optional[str]) -> List[Host]:
+    """The hosts `limit` selects from the inventory at `path`, every setting of every host
+    checked, without touching a host: what `mlfleet check` and each command read first.
+    Any bad input is one ConfigError line."""
+    return load_inventory(path).select(limit)
 
 
 def find_vars_files(base: Path, kind: str, name: str) -> List[LocatedDict]:
     """The variable mappings of `<base>/<kind>_vars/<name>` (kind: group or host), found and
     ordered as Ansible does: `<name>` (a file, or a directory read recursively in sorted
     order), else `<name>.yml`, `.yaml` or `.json`."""
-    if "/" in name or name.startswith("."):
-        return []
-    docs = [_vars_doc(f) for f in _vars_files(base / f"{kind}_vars", name)]
-    return [d for d in docs if d is not None]
+    return VarsFiles(base)(kind, name)
 
 
-def _vars_files(directory: Path, name: str) -> List[Path]:
+class VarsFiles:
+    """The `group_vars/` and `host_vars/` beside an inventory, as a VarsLookup. Each
+    directory is listed once, so a name without a file costs no file-system call (an
+    inventory may name 100,000 hosts)."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self._listings: Dict[str, FrozenSet[str]] = {}
+
+    def __call__(self, kind: str, name: str) -> List[LocatedDict]:
+        if "/" in name or "\x00" in name or name.startswith("."):
+            return []
+        directory = self.base / f"{kind}_vars"
+        present = self._listing(directory)
+        docs = [_vars_doc(f) for f in _vars_files(directory, name, present)]
+        return [d for d in docs if d is not None]
+
+    def _listing(self, directory: Path) -> FrozenSet[str]:
+        key = str(directory)
+        if key not in self._listings:
+            try:
+                self._listings[key] = frozenset(os.listdir(directory))
+            except OSError:  # no such directory (the usual case), or not one
+                self._listings[key] = frozenset()
+        return self._listings[key]
+
+
+def _vars_files(directory: Path, name: str, present: FrozenSet[str]) -> List[Path]:
     for ext in _VARS_EXTENSIONS:
+        if name + ext not in present:
+            continue
         candidate = directory / (name + ext)
         if candidate.is_dir():
             return _dir_vars_files(candidate)
@@ -229,15 +369,20 @@ def _vars_files(directory: Path, name: str) -> List[Path]:
     return []
 
 
-def _dir_vars_files(directory: Path) -> List[Path]:
+def _dir_vars_files(top: Path) -> List[Path]:
     found: List[Path] = []
-    for path in sorted(directory.iterdir()):
-        if path.name.startswith(".") or path.name.endswith("~"):
-            continue
-        if path.is_dir() and not path.suffix:
-            found += _dir_vars_files(path)
-        elif path.is_file() and path.suffix in _VARS_EXTENSIONS:
-            found.append(path)
+    todo = [top]  # depth first, each directory's entries in sorted order
+    while todo:
+        directory = todo.pop()
+        below: List[Path] = []
+        for path in sorted(directory.iterdir()):
+            if path.name.startswith(".") or path.name.endswith("~"):
+                continue
+            if path.is_dir() and not path.suffix and not path.is_symlink():
+                below.append(path)
+            elif path.is_file() and path.suffix in _VARS_EXTENSIONS:
+                found.append(path)
+        todo += reversed(below)
     return found
 
 
@@ -249,6 +394,8 @@ def _vars_doc(path: Path) -> Optional[LocatedDict]:
         raise ConfigError(
             "a vars file must be a mapping of variable names to values", where=_where(doc, path)
         )
+    for key in doc:
+        _check_var_name(key, doc.where(key))
     return doc
 
 
@@ -265,7 +412,9 @@ def parse_inventory(
     """
     if doc is None:
         raise ConfigError(
-            "the inventory is empty", where=source, hint="expected e.g. `all:` with `hosts:`"
+            "the inventory is empty",
+            where=printable(source),
+            hint="expected e.g. `all:` with `hosts:`",
         )
     if not isinstance(doc, LocatedDict):
         raise ConfigError(
@@ -304,6 +453,11 @@ class _HostEntry:
     where: str
     vars: Dict[str, Any] = field(default_factory=dict)
     origins: Dict[str, str] = field(default_factory=dict)
+    groups: Dict[str, None] = field(default_factory=dict)  # groups listing it directly
+
+
+# A host's groups in the order their variables apply, with those variables merged.
+_Resolved = Tuple[Tuple[str, ...], Dict[str, Any], Dict[str, str]]
 
 
 class _Builder:
@@ -313,6 +467,8 @@ class _Builder:
         self.source = source
         self.groups: Dict[str, _Group] = {"all": _Group("all", all_where)}
         self.hosts: Dict[str, _HostEntry] = {}
+        self.listings = 0  # host names listed under groups, ranges expanded
+        self.steps = 0  # parent links followed to find hosts' groups
 
     def group(self, name: str, body: Any, where: str) -> None:
         group = self.groups.setdefault(name, _Group(name, where))
@@ -320,7 +476,7 @@ class _Builder:
             return
         if not isinstance(body, LocatedDict):
             raise ConfigError(
-                f"group {name!r} must be a mapping, not {_kind(body)}",
+                f"group {shown(name)} must be a mapping, not {_kind(body)}",
                 where=where,
                 hint="a group has `hosts:`, `children:` and `vars:` (each optional)",
             )
@@ -334,7 +490,7 @@ class _Builder:
                 self._children(group, value, loc)
             else:
                 raise ConfigError(
-                    f"unknown key {key!r} in group {name!r}",
+                    f"unknown key {shown(key)} in group {shown(name)}",
                     where=loc,
                     hint="a group has `hosts:`, `children:` and `vars:`; "
                     "group variables go under `vars:`",
@@ -345,7 +501,7 @@ class _Builder:
             return
         if not isinstance(doc, LocatedDict):
             raise ConfigError(
-                f"`vars` of group {group.name!r} must be a mapping, not {_kind(doc)}",
+                f"`vars` of group {shown(group.name)} must be a mapping, not {_kind(doc)}",
                 where=where,
                 hint="write one `name: value` per line",
             )
@@ -356,8 +512,8 @@ class _Builder:
                 priority = as_int(value)
                 if priority is None:
                     raise ConfigError(
-                        f"`ansible_group_priority` of group {group.name!r} must be a whole "
-                        f"number, not {value!r}",
+                        f"`ansible_group_priority` of group {shown(group.name)} must be a whole "
+                        f"number, not {shown(value)}",
                         where=loc,
                     )
                 group.priority = priority
@@ -365,34 +521,64 @@ class _Builder:
             group.vars[key], group.origins[key] = value, loc
 
     def _hosts(self, group: _Group, doc: Any, where: str) -> None:
-        for key, body, loc in _entries(doc, where, f"`hosts` of group {group.name!r}", _HOSTS_HINT):
+        what = f"`hosts` of group {shown(group.name)}"
+        for key, body, loc in _entries(doc, where, what, _HOSTS_HINT):
             pattern, port = _split_port(_name_text(key, "host", loc), loc)
-            try:
-                names = expand_host_pattern(pattern)
-            except ValueError as exc:
-                raise ConfigError(str(exc), where=loc, hint=_RANGE_HINT) from None
+            names = self._expand(group, pattern, loc)
             if body is not None and not isinstance(body, LocatedDict):
                 raise ConfigError(
-                    f"host {pattern!r}: expected its variables as a mapping, not {_kind(body)}",
+                    f"host {shown(pattern)}: expected its variables as a mapping, not "
+                    f"{_kind(body)}",
                     where=loc,
-                    hint=f"e.g. `{pattern}: {{ansible_host: 10.0.0.5}}`, or nothing after the colon",
+                    hint="e.g. `web1: {ansible_host: 10.0.0.5}`, or nothing after the colon",
                 )
             located: Optional[LocatedDict] = body
+            if located is not None:
+                for var in located:
+                    _check_var_name(var, located.where(var))
             for name in names:
-                if any(c.isspace() for c in name):
-                    raise ConfigError(f"host name {name!r} contains whitespace", where=loc)
-                entry = self.hosts.setdefault(name, _HostEntry(loc))
+                entry = self.hosts.get(name)
+                if entry is None:
+                    _check_host_name(name, loc)
+                    if len(self.hosts) >= MAX_HOSTS:
+                        raise ConfigError(
+                            f"the inventory names more than {MAX_HOSTS:,} hosts (the limit), "
+                            f"reached at {shown(pattern)}",
+                            where=loc,
+                            hint="split the fleet into several inventories",
+                        )
+                    entry = self.hosts[name] = _HostEntry(loc)
                 group.hosts[name] = None
+                entry.groups[group.name] = None
                 if port is not None:
                     entry.vars["ansible_port"], entry.origins["ansible_port"] = port, loc
-                if located is None:
-                    continue
-                for var, value in located.items():
-                    _check_var_name(var, located.where(var))
-                    entry.vars[var], entry.origins[var] = value, located.where(var)
+                if located is not None:
+                    for var, value in located.items():
+                        entry.vars[var], entry.origins[var] = value, located.where(var)
+
+    def _expand(self, group: _Group, pattern: str, where: str) -> List[str]:
+        """The names of a host pattern, its count checked against the limits first."""
+        try:
+            count = count_host_pattern(pattern)
+            if count > MAX_RANGE_HOSTS:
+                raise HostRangeTooLarge(pattern, count, MAX_RANGE_HOSTS)
+            if self.listings + count > MAX_MEMBERSHIPS:
+                raise ConfigError(
+                    f"groups list hosts more than {MAX_MEMBERSHIPS:,} times (the limit), "
+                    f"reached at {shown(pattern)} in group {shown(group.name)}",
+                    where=where,
+                    hint="list a host in fewer groups, or split the fleet into inventories",
+                )
+            names = expand_host_pattern(pattern)
+        except HostRangeTooLarge as exc:
+            raise ConfigError(str(exc), where=where) from None
+        except HostRangeError as exc:
+            raise ConfigError(str(exc), where=where, hint=_RANGE_HINT) from None
+        self.listings += len(names)
+        return names
 
     def _children(self, group: _Group, doc: Any, where: str) -> None:
-        what = f"`children` of group {group.name!r}"
+        what = f"`children` of group {shown(group.name)}"
         hint = "list child groups as keys: `gpu:` on its own line, or `gpu: {hosts: ...}`"
         for key, body, loc in _entries(doc, where, what, hint):
             name = _group_name(key, loc)
@@ -401,10 +587,12 @@ class _Builder:
                     "`all` cannot be a child group", where=loc, hint="every group is inside `all`"
                 )
             if name == group.name:
-                raise ConfigError(f"group {name!r} lists itself as a child", where=loc)
+                raise ConfigError(f"group {shown(name)} lists itself as a child", where=loc)
             group.children.setdefault(name, loc)
             self.group(name, body, loc)
             self.groups[name].parents[group.name] = None
+
+    # --- resolving: linear in groups, their links, hosts and memberships ----------------
 
     def finish(self, vars_files: VarsLookup) -> Inventory:
         self._place_ungrouped()
@@ -413,96 +601,156 @@ class _Builder:
                 self.groups["all"].children.setdefault(group.name, group.where)
                 group.parents["all"] = None
         self._refuse_cycles()
-        depth: Dict[str, int] = {}
-        for name in self.groups:
-            self._depth(name, depth)
-        group_files = {g: vars_files("group", g) for g in self.groups}
+        depth = self._depths()
+        order = sorted(self.groups, key=lambda g: (depth[g], self.groups[g].priority, g))
+        rank = {name: i for i, name in enumerate(order)}
+        group_files = {g: _checked(vars_files("group", g)) for g in self.groups}
+        resolved: Dict[FrozenSet[str], _Resolved] = {}
+        checked: Set[Tuple[str, Tuple[int, ...]]] = set()  # settings found good (Host.validate)
+        memberships = 0
         hosts: Dict[str, Host] = {}
         for name, entry in self.hosts.items():
-            names = sorted(
-                self._ancestry(name), key=lambda g: (depth[g], self.groups[g].priority, g)
-            )
-            own_files = vars_files("host", name)
-            merged, origins = self._merge(entry, names, group_files, own_files)
-            host = Host(name, merged, tuple(names), origins, entry.where)
-            host.validate()
+            key = frozenset(entry.groups)
+            if key not in resolved:
+                resolved[key] = self._resolve(key, rank, group_files)
+            names, group_vars, group_origins = resolved[key]
+            memberships += len(names)
+            if memberships > MAX_MEMBERSHIPS:
+                raise ConfigError(
+                    f"hosts are in groups more than {MAX_MEMBERSHIPS:,} times, counting each "
+                    f"group's ancestors (the limit), reached at host {shown(name)}",
+                    where=entry.where,
+                    hint="nest groups less deeply or list hosts in fewer groups",
+                )
+            merged, origins = dict(group_vars), dict(group_origins)
+            for values, where in [
+                (entry.vars, entry.origins.__getitem__),
+                *((d, d.where) for d in _checked(vars_files("host", name))),
+            ]:
+                for var, value in values.items():
+                    merged[var], origins[var] = value, where(var)
+            host = Host(name, merged, names, origins, entry.where)
+            host.validate(checked)
             hosts[name] = host
-        members = {g: [h for h, host in hosts.items() if g in host.groups] for g in self.groups}
+        members: Dict[str, List[str]] = {g: [] for g in self.groups}
+        for name, host in hosts.items():
+            for group_name in host.groups:
+                members[group_name].append(name)
         return Inventory(source=self.source, hosts=hosts, groups=members)
 
     def _place_ungrouped(self) -> None:
         """Hosts in no group but `all` go to `ungrouped`; nobody else stays there."""
         ungrouped = self.groups.setdefault("ungrouped", _Group("ungrouped", self.source))
-        listed = {
-            h for g in self.groups.values() if g.name not in ("all", "ungrouped") for h in g.hosts
-        }
-        ungrouped.hosts = {h: None for h in self.hosts if h not in listed}
+        for entry in self.hosts.values():
+            entry.groups.pop("ungrouped", None)
+        ungrouped.hosts = {}
+        for name, entry in self.hosts.items():
+            if not any(g != "all" for g in entry.groups):
+                ungrouped.hosts[name] = None
+                entry.groups["ungrouped"] = None
 
     def _refuse_cycles(self) -> None:
+        """A loop of `children:` is refused with its chain; depth first, without recursion
+        (a chain of groups may be thousands long)."""
         state: Dict[str, int] = {}  # 1: on the current path, 2: done
+        for root in self.groups:
+            if root in state:
+                continue
+            path = [root]
+            state[root] = 1
+            stack = [iter(self.groups[root].children.items())]
+            while stack:
+                for child, loc in stack[-1]:
+                    if state.get(child) == 1:
+                        raise ConfigError(
+                            f"groups form a loop: {_chain([*path[path.index(child) :], child])}",
+                            where=loc,
+                            hint="a group cannot contain one of its ancestors",
+                        )
+                    if child not in state:
+                        state[child] = 1
+                        path.append(child)
+                        stack.append(iter(self.groups[child].children.items()))
+                        break
+                else:
+                    state[path.pop()] = 2
+                    stack.pop()
 
-        def visit(name: str, path: List[str]) -> None:
-            state[name] = 1
-            for child, loc in self.groups[name].children.items():
-                if state.get(child) == 1:
-                    chain = " -> ".join([*path[path.index(child) :], child])
-                    raise ConfigError(
-                        f"groups form a loop: {chain}",
-                        where=loc,
-                        hint="a group cannot contain one of its ancestors",
-                    )
-                if child not in state:
-                    visit(child, [*path, child])
-            state[name] = 2
+    def _depths(self) -> Dict[str, int]:
+        """Each group's longest chain of `children:` down from `all` (groups in topological
+        order: a group once all its parents are placed)."""
+        depth = {"all": 0}
+        waiting = {name: len(group.parents) for name, group in self.groups.items()}
+        ready = ["all"]
+        while ready:
+            name = ready.pop()
+            for child in self.groups[name].children:
+                depth[child] = max(depth.get(child, 0), depth[name] + 1)
+                waiting[child] -= 1
+                if waiting[child] == 0:
+                    ready.append(child)
+        return depth
 
-        for name in self.groups:
-            if name not in state:
-                visit(name, [name])
-
-    def _depth(self, name: str, depth: Dict[str, int]) -> int:
-        if name not in depth:
-            parents = self.groups[name].parents
-            depth[name] = max((self._depth(p, depth) + 1 for p in parents), default=0)
-        return depth[name]
-
-    def _ancestry(self, host: str) -> List[str]:
-        found: Dict[str, None] = {}
-        todo = [g.name for g in self.groups.values() if host in g.hosts] + ["all"]
-        while todo:
-            name = todo.pop()
-            if name not in found:
-                found[name] = None
-                todo.extend(self.groups[name].parents)
-        return list(found)
-
-    def _merge(
+    def _resolve(
         self,
-        entry: _HostEntry,
-        groups: List[str],
+        direct: FrozenSet[str],
+        rank: Mapping[str, int],
         group_files: Mapping[str, Sequence[LocatedDict]],
-        own_files: Sequence[LocatedDict],
-    ) -> Tuple[Dict[str, Any], Dict[str, str]]:
-        """Apply the layers in precedence order (see the module docstring)."""
-        others = [g for g in groups if g != "all"]
+    ) -> _Resolved:
+        """The groups of a host listed directly in `direct` (their ancestors and `all`), in
+        the order their variables apply, and those variables merged (see the module
+        docstring): the same for every host listed in the same groups."""
+        found: Dict[str, None] = dict.fromkeys([*direct, "all"])
+        todo = list(found)
+        while todo:
+            parents = self.groups[todo.pop()].parents
+            self.steps += len(parents) + 1
+            for parent in parents:
+                if parent not in found:
+                    found[parent] = None
+                    todo.append(parent)
+        if self.steps > MAX_RESOLVE_STEPS:
+            raise ConfigError(
+                f"the groups' `children:` links take more than {MAX_RESOLVE_STEPS:,} steps to "
+                f"resolve (the limit), reached at a host of group {shown(min(direct))}",
+                where=self.groups[min(direct)].where,
+                hint="list a group under fewer parents: under one of its ancestors is enough",
+            )
+        names = tuple(sorted(found, key=rank.__getitem__))
+        others = [g for g in names if g != "all"]
         layers: List[Tuple[Mapping[str, Any], Callable[[str], str]]] = []
         everyone = self.groups["all"]
         layers.append((everyone.vars, everyone.origins.__getitem__))
         layers += [(d, d.where) for d in group_files.get("all", ())]
         layers += [(self.groups[g].vars, self.groups[g].origins.__getitem__) for g in others]
         layers += [(d, d.where) for g in others for d in group_files.get(g, ())]
-        layers.append((entry.vars, entry.origins.__getitem__))
-        layers += [(d, d.where) for d in own_files]
         merged: Dict[str, Any] = {}
         origins: Dict[str, str] = {}
         for values, where in layers:
             for var, value in values.items():
-                _check_var_name(var, where(var))
                 merged[var], origins[var] = value, where(var)
-        return merged, origins
+        return names, merged, origins
 
 
 _RANGE_HINT = "ranges look like edge[01:20] or node-[a:c]"
 _HOSTS_HINT = "write each host as a key: `web1:` on its own line, or `web1: {ansible_host: ...}`"
+
+
+def _checked(docs: Sequence[LocatedDict]) -> Sequence[LocatedDict]:
+    """Vars-file mappings with their variable names checked (a lookup may come from a
+    caller of parse_inventory, not only from VarsFiles)."""
+    for doc in docs:
+        for key in doc:
+            _check_var_name(key, doc.where(key))
+    return docs
+
+
+def _chain(names: List[str]) -> str:
+    if len(names) <= 8:
+        return " -> ".join(names)
+    return (
+        f"{' -> '.join(names[:3])} -> ... -> {' -> '.join(names[-3:])} ({len(names) - 1:,} groups)"
+    )
 
 
 def _entries(doc: Any, where: str, what: str, hint: str) -> List[Tuple[Any, Any, str]]:
@@ -529,7 +777,7 @@ def _split_port(pattern: str, where: str) -> Tuple[str, Optional[int]]:
         address, _, tail = pattern[1:].partition("]")
         head, port_text = address, tail[1:] if tail.startswith(":") else None
         if tail and port_text is None:
-            raise ConfigError(f"host {pattern!r}: expected [address]:port", where=where)
+            raise ConfigError(f"host {shown(pattern)}: expected [address]:port", where=where)
     elif len(colons) == 1:
         head, port_text = pattern[: colons[0]], pattern[colons[0] + 1 :]
     else:
@@ -539,7 +787,7 @@ def _split_port(pattern: str, where: str) -> Tuple[str, Optional[int]]:
     port = as_int(port_text)
     if port is None or not 1 <= port <= 65535:
         raise ConfigError(
-            f"host {pattern!r}: port {port_text!r} is not a number from 1 to 65535",
+            f"host {shown(pattern)}: port {shown(port_text)} is not a number from 1 to 65535",
             where=where,
             hint="write host:port, e.g. web1:2222",
         )
@@ -548,15 +796,28 @@ def _split_port(pattern: str, where: str) -> Tuple[str, Optional[int]]:
 
 def _name_text(key: Any, what: str, where: str) -> str:
     if isinstance(key, bool) or not isinstance(key, (str, int, float)) or not str(key).strip():
-        raise ConfigError(f"{what} name {key!r} is not a name", where=where)
+        raise ConfigError(f"{what} name {shown(key)} is not a name", where=where)
     return str(key)
+
+
+def _check_host_name(name: str, where: str) -> None:
+    if name and name.isprintable() and " " not in name:  # the usual case, at C speed
+        return
+    if not name or any(c.isspace() for c in name):
+        raise ConfigError(f"host name {shown(name)} contains whitespace", where=where)
+    if not name.isprintable():
+        raise ConfigError(
+            f"host name {shown(name)} contains a control or other unprintable character",
+            where=where,
+            hint="a host name is printable text; its address can go in `ansible_host`",
+        )
 
 
 def _group_name(key: Any, where: str) -> str:
     name = _name_text(key, "group", where)
-    if not _GROUP_NAME.match(name):
+    if not _GROUP_NAME.fullmatch(name):
         raise ConfigError(
-            f"group name {name!r} is not valid",
+            f"group name {shown(name)} is not valid",
             where=where,
             hint="use letters, digits and underscores; dashes and dots are accepted",
         )
@@ -565,14 +826,19 @@ def _group_name(key: Any, where: str) -> str:
 
 def _check_var_name(name: Any, where: str) -> None:
     if not isinstance(name, str) or not name.strip():
-        raise ConfigError(f"variable name {name!r} is not text", where=where)
+        raise ConfigError(f"variable name {shown(name)} is not text", where=where)
+    if not name.isprintable():
+        raise ConfigError(
+            f"variable name {shown(name)} contains a control or other unprintable character",
+            where=where,
+        )
 
 
 def _kind(value: Any) -> str:
     if isinstance(value, list):
         return "a list"
-    return repr(value)
+    return shown(value)
 
 
 def _where(doc: Any, source: Any) -> str:
-    return doc.where() if isinstance(doc, (LocatedDict, LocatedList)) else str(source)
+    return doc.where() if isinstance(doc, (LocatedDict, LocatedList)) else printable(str(source))

@@ -8,11 +8,13 @@ from typing import List
 
 import pytest
 
+from mlfleet.controller import inventory
 from mlfleet.controller.errors import ConfigError
 from mlfleet.controller.hosts import JumpHost, parse_jump_host
 from mlfleet.controller.inventory import (
     Inventory,
     load_inventory,
+    load_selected_hosts,
     parse_inventory,
     split_host_pattern,
 )
@@ -20,6 +22,7 @@ from mlfleet.controller.lab.inventory_file import render_inventory
 from mlfleet.controller.yamlsource import load_yaml_text
 from tests.paths import FIXTURES as ALL_FIXTURES
 from tests.paths import REPO
+from tests.unit.controller.bounded import CAP_SECONDS, within
 
 FIXTURES = ALL_FIXTURES / "inventories"
 FLEET = FIXTURES / "fleet.yml"
@@ -550,3 +553,170 @@ def test_missing_file_and_bad_vars_file(tmp_path: Path):
 def test_relay_registry_forms(value: str, expected):
     inv = parse(f"all:\n  hosts:\n    web1:\n      ansible_host: 10.0.0.1\n      {value}\n")
     assert inv.hosts["web1"].relay_registry == expected
+
+
+# --- hostile and huge input: one line naming file:line, answered at once ----------------
+
+
+def refused(text: str, source: str = "inv.yml") -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        within(CAP_SECONDS, parse, text, source)
+    line = str(info.value)
+    assert len(line.splitlines()) == 1 and line.isprintable(), line
+    return info.value
+
+
+def chain_of_groups(depth: int) -> str:
+    """g0 lists g1 as a child, g1 lists g2, ... each group written at the top level."""
+    groups = "".join(f"g{i}:\n  children:\n    g{i + 1}:\n" for i in range(depth))
+    return groups + f"g{depth}:\n  hosts:\n    deep[1:2]:\n"
+
+
+def test_a_huge_host_range_is_refused_before_it_is_expanded():
+    err = refused("all:\n  hosts:\n    web1:\n    h[0:99999999]:\n")
+    assert str(err) == (
+        "inv.yml:4: host range 'h[0:99999999]' expands to 100,000,000 hosts; the limit is 100,000"
+    )
+
+
+def test_the_hosts_of_an_inventory_are_capped(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(inventory, "MAX_HOSTS", 10)
+    assert len(parse("all:\n  hosts:\n    a[1:5]:\n    b[1:5]:\n").hosts) == 10
+    err = refused("all:\n  hosts:\n    a[1:5]:\n    b[1:5]:\n    a3:\n    c1:\n")
+    assert str(err) == (
+        "inv.yml:6: the inventory names more than 10 hosts (the limit), reached at 'c1' "
+        "(split the fleet into several inventories)"
+    )
+
+
+def test_listings_and_memberships_are_capped(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(inventory, "MAX_MEMBERSHIPS", 100)
+    many = "".join(f"    g{i}:\n      hosts:\n        h[1:30]:\n" for i in range(4))
+    err = refused("all:\n  children:\n" + many)
+    assert err.where == "inv.yml:14" and err.message == (
+        "groups list hosts more than 100 times (the limit), reached at 'h[1:30]' in group 'g3'"
+    )
+    # 30 hosts in 2 listed groups and `all`, 90 places: fine; nested one deeper, 120 are not
+    assert len(parse("all:\n  children:\n" + many[: many.index("    g2")]).hosts) == 30
+    nested = "all:\n  children:\n    top:\n      children:\n" + "".join(
+        f"        g{i}:\n          hosts:\n            h[1:30]:\n" for i in range(2)
+    )
+    assert "hosts are in groups more than 100 times, counting each group's ancestors" in str(
+        refused(nested)
+    )
+
+
+def test_a_2000_deep_chain_of_children_resolves_at_once():
+    inv = within(CAP_SECONDS, parse, chain_of_groups(2000))
+    assert inv.hosts["deep1"].groups[:3] == ("all", "g0", "g1")
+    assert inv.hosts["deep2"].groups[-1] == "g2000" and len(inv.hosts["deep2"].groups) == 2002
+    assert inv.groups["g0"] == ["deep1", "deep2"]
+
+
+def test_a_2000_long_loop_of_children_is_one_short_line():
+    loop = "".join(f"g{i}:\n  children:\n    g{(i + 1) % 2000}:\n" for i in range(2000))
+    assert str(refused(loop)) == (
+        "inv.yml:6000: groups form a loop: g0 -> g1 -> g2 -> ... -> g1998 -> g1999 -> g0 "
+        "(2,000 groups) (a group cannot contain one of its ancestors)"
+    )
+
+
+def test_groups_nested_400_deep_in_yaml_are_refused_at_the_limit():
+    text = "all:\n" + "".join(
+        "  " * (2 * i + 1) + "children:\n" + "  " * (2 * i + 2) + f"g{i}:\n" for i in range(200)
+    )
+    err = refused(text)
+    assert err.message == "nested more than 100 levels deep" and err.where == "inv.yml:100"
+
+
+def test_a_billion_laughs_in_group_vars_is_refused_at_the_alias(tmp_path: Path):
+    laughs = "".join(
+        f"    a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]\n" for i in range(1, 10)
+    )
+    path = tmp_path / "hosts.yml"
+    path.write_text("all:\n  hosts: {web1: }\n  vars:\n    a0: &a0 [lol, lol]\n" + laughs)
+    with pytest.raises(ConfigError) as info:
+        within(CAP_SECONDS, load_inventory, path)
+    assert str(info.value).startswith(f"{path}:10: aliases repeat more than 1,000,000 nodes")
+
+
+def test_many_groups_sharing_their_hosts_resolve_in_linear_time():
+    groups = "".join(f"    g{i}:\n      hosts:\n        h[1:20]:\n" for i in range(5000))
+    inv = within(CAP_SECONDS, parse, "all:\n  children:\n" + groups)
+    assert len(inv.hosts["h7"].groups) == 5001 and len(inv.groups["g4999"]) == 20
+
+
+def test_entangled_children_links_are_capped(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(inventory, "MAX_RESOLVE_STEPS", 50)
+    text = "".join(
+        f"g{i}:\n  hosts: {{h{i}: }}\n  children: {{"
+        + ", ".join(f"g{j}: " for j in range(i + 1, 12))
+        + "}\n"
+        for i in range(12)
+    )
+    err = refused(text)
+    assert err.message.startswith(
+        "the groups' `children:` links take more than 50 steps to resolve (the limit)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "message"),
+    [
+        ("all:\n  children:\n    \"gpu\\n\":\n", "inv.yml:3", "group name 'gpu\\n' is not valid"),
+        ("all:\n  hosts:\n    \"web\\x1b\":\n", "inv.yml:3", "host name 'web\\x1b' contains a control or other unprintable character"),
+        ("all:\n  hosts:\n    \"web\\u2028x\":\n", "inv.yml:3", "host name 'web\\u2028x' contains whitespace"),
+        ("all:\n  hosts:\n    ? [a, b]\n    : 1\n", "inv.yml:3", "a key must be a name or a number, not a list"),
+        ("all:\n  vars:\n    \"x\\ty\": 1\n", "inv.yml:3", "variable name 'x\\ty' contains a control"),
+        ("all:\n  vars:\n    port: !!int 22x\n", "inv.yml:3", "'22x' is not a valid whole number (!!int)"),
+        ("all:\n  hosts:\n    web1: {ansible_port: !!timestamp x}\n", "inv.yml:3", "'x' is not a valid date or time"),
+        ("all:\n  hosts:\n    web1:\n  vars: {ansible_become: !!bool maybe}\n", "inv.yml:4", "'maybe' is not a valid boolean"),
+        ("all:\n  hosts:\n    web1:\x07\n", "inv.yml:3", "the character \\x07 (#x0007) is not allowed"),
+        ("all:\n  hosts:\n    web1:" + "9" * 30 + ":\n", "inv.yml:3", "port '99999999999"),
+        ("all:\n  hosts:\n    web1: {ansible_port: '" + "9" * 5000 + "'}\n", "inv.yml:3", "`ansible_port` must be a whole number from 1 to 65535"),
+        ("all:\n  vars:\n    mlfleet_registry_scheme: ftp\n  hosts: {w: }\n", "inv.yml:3", "`mlfleet_registry_scheme` must be https or http, not 'ftp'"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_printable_line(text: str, where: str, message: str):
+    err = refused(text)
+    assert err.where == where and message in err.message
+
+
+def test_a_vars_file_that_is_not_utf8_is_one_line(tmp_path: Path):
+    (tmp_path / "hosts.yml").write_text("all:\n  hosts: {web1: }\n")
+    (tmp_path / "group_vars").mkdir()
+    (tmp_path / "group_vars" / "all.yml").write_bytes(b"color: \xff\n")
+    with pytest.raises(ConfigError, match=r"all\.yml: not UTF-8 text \(byte 0xff at offset 7\)"):
+        load_inventory(tmp_path / "hosts.yml")
+
+
+def test_load_selected_hosts_reads_and_checks_without_touching_a_host(tmp_path: Path):
+    (tmp_path / "hosts.yml").write_text("all:\n  hosts:\n    edge[1:3]: {ansible_host: 10.0.0.1}\n")
+    hosts = load_selected_hosts(tmp_path / "hosts.yml", "edge[1:2]")
+    assert [h.name for h in hosts] == ["edge1", "edge2"]
+    with pytest.raises(ConfigError, match="expands to 100,000,000 hosts"):
+        load_selected_hosts(tmp_path / "hosts.yml", "edge[0:99999999]")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [
+        ("~(a+)+$", "'~(a+)+$' in --limit repeats a repetition (like `(a+)+`)"),
+        ("~(x*y?)*", "repeats a repetition"),
+        ("~" + "a" * 1001, "is longer than 1,000 characters"),
+        ("edge[01:03", "unbalanced brackets in --limit 'edge[01:03'"),
+        ("nvidia:\x1b[2J", "unbalanced brackets in --limit 'nvidia:\\x1b[2J'"),
+        ("x" + ",x" * 10_000, "--limit has 10,001 terms; the limit is 10,000"),
+        ("nvidia,we\x07b", "unknown host or group 'we\\x07b' in --limit"),
+    ],
+)
+def test_bad_limit_patterns_are_one_line(fleet: Inventory, pattern: str, message: str):
+    with pytest.raises(ConfigError) as err:
+        within(CAP_SECONDS, fleet.select, pattern)
+    line = str(err.value)
+    assert message in line and len(line.splitlines()) == 1 and line.isprintable()
+
+
+def test_regexes_that_repeat_once_are_fine(fleet: Inventory):
+    assert names(fleet.select("~edge-?(cpu|0[1-2])+")) == ["edge01", "edge02", "edge-cpu"]
+    assert names(fleet.select("~node-[a-b]{1}$")) == ["node-a", "node-b"]
