@@ -15,10 +15,12 @@ import stat
 from dataclasses import dataclass
 from typing import List
 
+from mlfleet.agent.protocol import EventKind
+
 PRIVATE_UMASK = 0o077
 SHOWN = 5
 # The kind of the history's event (with no app) that says what was tightened.
-EVENT_KIND = "secured"
+EVENT_KIND = EventKind.SECURED.value
 # The agent's own code, as the controller installs it (0755) on each install or upgrade:
 # tightened like the rest, but not news (the same bytes as on the controller; no data).
 AGENT_ARCHIVE = "mlfleet-agent.pyz"  # changes named in the history's line; the rest are counted

@@ -119,6 +119,7 @@ class EventKind(str, Enum):
     MISSING = "missing"
     RESTARTED = "restarted"
     UNHEALTHY = "unhealthy"
+    SECURED = "secured"  # what an older agent left open to others was made private
 
     @property
     def milestone(self) -> bool:

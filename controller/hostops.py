@@ -77,7 +77,8 @@ def cron_line(host: Host) -> str:
     argv = agent_argv(host, args)
     quoted = " ".join(shlex.quote(a) for a in argv)
     log = shlex.quote(posixpath.join(host.agent_dir, "tick.log"))
-    line = f"* * * * * {quoted} >> {log} 2>&1 {CRON_MARK}"
+    # umask 077: tick.log (and all the agent writes) private from the first tick on
+    line = f"* * * * * umask 077; {quoted} >> {log} 2>&1 {CRON_MARK}"
     if _cron_breaker(line) is not None:  # every value in it is checked above: a new one was not
         raise AssertionError(f"cron line of {host.name} is not one plain line: {line!r}")
     return line
@@ -207,7 +208,7 @@ def _copy_agent(conn: Transport, bundle: AgentBundle) -> None:
     directory, a full disk) is AgentFailed with what to do, a dropped connection is not."""
     path = agent_path(conn.host)
     try:
-        conn.put(bundle.path.read_bytes(), path, 0o755)
+        conn.put(bundle.path.read_bytes(), path, 0o700)  # the agent's user's alone
     except OSError as exc:
         if is_connection_error(exc):
             raise

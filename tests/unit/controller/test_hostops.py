@@ -143,7 +143,7 @@ def test_a_trailing_newline_is_what_yaml_block_scalars_give_and_is_stripped_as_b
     from mlfleet.controller.hostops import cron_line
 
     line = cron_line(_host(mlfleet_agent_dir="/opt/mlfleet\n"))
-    assert line.startswith("* * * * * python3 -S /opt/mlfleet/mlfleet-agent.pyz tick ")
+    assert line.startswith("* * * * * umask 077; python3 -S /opt/mlfleet/mlfleet-agent.pyz tick ")
 
 
 @settings(max_examples=100, deadline=1000)

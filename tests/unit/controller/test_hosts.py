@@ -52,10 +52,10 @@ def test_the_cron_entry_ticks_each_minute_or_runs_a_daemon_for_the_minute():
     from mlfleet.controller.hostops import cron_line
 
     minute = cron_line(host(mlfleet_agent_dir="/opt/mlfleet"))
-    assert minute.startswith("* * * * * python3 -S /opt/mlfleet/mlfleet-agent.pyz tick ")
+    assert minute.startswith("* * * * * umask 077; python3 -S /opt/mlfleet/mlfleet-agent.pyz tick ")
     seconds = cron_line(host(mlfleet_agent_dir="/opt/mlfleet", mlfleet_tick_interval=5))
     assert seconds.startswith(
-        "* * * * * python3 -S /opt/mlfleet/mlfleet-agent.pyz daemon --interval 5 "
+        "* * * * * umask 077; python3 -S /opt/mlfleet/mlfleet-agent.pyz daemon --interval 5 "
     )
     assert " --for 60 " in seconds and seconds.endswith("# mlfleet-agent")
 
