@@ -11,7 +11,9 @@ and stops, naming the holder.
 
 Stale-lock rule: a lock is a lease (`LEASE_S`, one hour); its holder renews it as waves go
 by (at most every `RENEW_EVERY_S`), so a lock whose lease ran out belongs to a controller
-that died or lost its fleet, and the next deployment takes it over and says so.
+that died or lost its fleet, and the next deployment takes it over and says so. A lock
+whose controller ran on this same machine and is gone (killed mid-deployment) is stale at
+once, as the state DB's own lock is.
 `mlfleet lock status` reads it from the hosts; `mlfleet lock release` removes it.
 
 The host side is three fixed `sh` scripts whose only inputs are positional arguments
@@ -124,7 +126,11 @@ class Holder:
         return holder if all(c in "0123456789abcdef" for c in holder.token) else None
 
     def stale(self, now: float) -> bool:
-        return self.expires < now
+        """Its lease ran out, or its controller ran on this machine and is gone (killed
+        mid-deployment: the operator's next deployment finishes the job at once)."""
+        if self.expires < now:
+            return True
+        return self.machine == socket.gethostname() and self.pid > 0 and not _pid_alive(self.pid)
 
     def describe(self) -> str:
         since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.since))
@@ -304,6 +310,16 @@ class FleetLock:
         hosts = [h for h in self.hosts if h.name in self.taken]
         self._each(lambda h: _quietly(lambda: release(self._connect(h), self.me.token)), hosts)
         self.taken = []
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _quietly(fn: Callable[[], object]) -> object:

@@ -34,7 +34,10 @@ def test_every_default_host_serves_from_a_hardened_container(agent_hosts, tmp_pa
         host = lab["hosts_by_name"][name]
         assert results[name]["result"] in ("updated", "unchanged"), results[name]
         assert (serving(host) or "").startswith("v2/"), name
-        code, out, err = ssh(host, f"docker inspect {results[name]['container']}")
+        code, cid, err = ssh(host, "docker ps -q --filter label=io.mlfleet.app=sentiment")
+        assert code == 0 and len(cid.split()) == 1, (name, cid, err)  # the one serving
+        cid = cid.strip()
+        code, out, err = ssh(host, f"docker inspect {cid}")
         assert code == 0, err
         (inspected,) = json.loads(out)
         hc = inspected["HostConfig"]
@@ -45,7 +48,7 @@ def test_every_default_host_serves_from_a_hardened_container(agent_hosts, tmp_pa
         user = inspected["Config"]["User"]
         assert user and user.split(":")[0].lstrip("0") not in ("", "root"), (name, user)
         # Inside: the process is not root and the root filesystem cannot be written.
-        code, out, _ = ssh(host, f"docker exec {results[name]['container']} sh -c "
+        code, out, _ = ssh(host, f"docker exec {cid} sh -c "
                                  "'id -u; touch /etc/x 2>&1; touch /tmp/x && echo tmp-ok'")  # fmt: skip
         lines = out.splitlines()
         assert lines[0] != "0" and "Read-only file system" in out and "tmp-ok" in out, out

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import subprocess
 import time
@@ -248,3 +249,21 @@ def test_lock_status_and_release_read_the_hosts(tmp_path: Path) -> None:
     assert rows["h3"]["holder"] is None and "Unable to connect" in rows["h3"]["error"]
     assert fleet_lock_release(session) == ["h1"]  # type: ignore[arg-type]
     assert all(r["holder"] is None for r in fleet_lock_status(session))  # type: ignore[arg-type]
+
+
+def test_a_lock_of_a_controller_killed_on_this_machine_is_taken_over_at_once(
+    tmp_path: Path,
+) -> None:
+    hosts = fleet(tmp_path, 2)
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that was this machine's controller and is no more
+    dead = lock(hosts, "deploy sentiment v1")
+    dead.me = Holder(**{**dead.me.__dict__, "pid": gone.pid})
+    dead.acquire()
+    mine = lock(hosts)
+    mine.acquire()
+    assert sorted(mine.took_over) == ["h1", "h2"] and sorted(mine.taken) == ["h1", "h2"]
+    # Another machine's live-looking holder is not: only its lease decides.
+    elsewhere = Holder("cd" * 16, "bob", "not-" + socket.gethostname(), gone.pid, time.time(),
+                       time.time() + 60, "deploy x")  # fmt: skip
+    assert not elsewhere.stale(time.time())
