@@ -118,6 +118,11 @@ class _Loader(Composer, SafeConstructor):
             if target is not None:
                 self._count_alias(event, target)
             return super().compose_node(parent, index)
+        if isinstance(event, yaml.ScalarEvent):
+            node = super().compose_node(parent, index)
+            if node is not None:
+                self._sizes[id(node)] = 1
+            return node
         if self._depth >= MAX_DEPTH:
             raise ConfigError(
                 f"nested more than {MAX_DEPTH} levels deep",

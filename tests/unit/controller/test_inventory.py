@@ -626,7 +626,7 @@ def test_groups_nested_400_deep_in_yaml_are_refused_at_the_limit():
         "  " * (2 * i + 1) + "children:\n" + "  " * (2 * i + 2) + f"g{i}:\n" for i in range(200)
     )
     err = refused(text)
-    assert err.message == "nested more than 100 levels deep" and err.where == "inv.yml:100"
+    assert err.message == "nested more than 100 levels deep" and err.where == "inv.yml:101"
 
 
 def test_a_billion_laughs_in_group_vars_is_refused_at_the_alias(tmp_path: Path):

@@ -102,15 +102,16 @@ def test_a_source_name_with_control_characters_is_printed_escaped():
 
 
 def test_nesting_is_limited():
-    ok = "a: " + "[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1) + "\n"
+    ok = "a: " + "[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1) + "\n"  # and the mapping
     assert load_yaml_text(ok, "f.yml") is not None
+    assert "nested more than" in refusal("a: " + "[" * MAX_DEPTH + "]" * MAX_DEPTH + "\n")
     deep = "a: " + "[" * 400 + "]" * 400 + "\n"
     assert refusal(deep) == (
         f"f.yml:1: nested more than {MAX_DEPTH} levels deep "
         "(flatten the structure; no mlfleet file needs that depth)"
     )
     block = "".join(" " * i + f"k{i}:\n" for i in range(400))
-    assert refusal(block).startswith(f"f.yml:{MAX_DEPTH}: nested more than {MAX_DEPTH} levels")
+    assert refusal(block).startswith(f"f.yml:{MAX_DEPTH + 1}: nested more than {MAX_DEPTH} levels")
 
 
 def test_a_billion_laughs_is_refused_at_the_alias_at_once():
