@@ -7,7 +7,7 @@ answers within the safety cap. `--limit` patterns over a small inventory likewis
 from __future__ import annotations
 
 import json
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 from hypothesis import HealthCheck, example, given, settings
@@ -64,7 +64,7 @@ VALUES = st.recursive(
     max_leaves=6,
 )
 HOSTVARS = st.one_of(st.none(), st.dictionaries(VAR_NAMES, VALUES, max_size=4), SCALARS)
-GROUP_BODY = st.deferred(
+GROUP_BODY: st.SearchStrategy[Any] = st.deferred(
     lambda: st.one_of(
         st.none(),
         SCALARS,
