@@ -76,14 +76,8 @@ from mlfleet.controller.hostrange import (
     expand_host_pattern,
 )
 from mlfleet.controller.hosts import Host, as_int
-from mlfleet.controller.yamlsource import (
-    LocatedDict,
-    LocatedList,
-    load_yaml_file,
-    plain,
-    printable,
-    shown,
-)
+from mlfleet.controller.plaintext import printable
+from mlfleet.controller.yamlsource import LocatedDict, LocatedList, load_yaml_file, plain, shown
 
 GROUP_KEYS = ("hosts", "children", "vars")
 MAX_HOSTS = 100_000  # hosts in one inventory

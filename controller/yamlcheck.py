@@ -12,7 +12,8 @@ import re
 from typing import Any, Optional, Sequence
 
 from mlfleet.controller.errors import ConfigError
-from mlfleet.controller.yamlsource import LocatedDict, LocatedList, printable, shown
+from mlfleet.controller.plaintext import printable
+from mlfleet.controller.yamlsource import LocatedDict, LocatedList, shown
 
 # Whitespace, NUL and shell metacharacters: never in a value that reaches a host.
 UNSAFE = re.compile(r"[\s;`\x00]|\$\(")

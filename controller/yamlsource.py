@@ -22,6 +22,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.resolver import Resolver
 
 from mlfleet.controller.errors import ConfigError
+from mlfleet.controller.plaintext import printable
 
 LIBYAML = bool(getattr(yaml, "__with_libyaml__", False))  # PyYAML built with libyaml
 MAX_DEPTH = 100  # levels of nested lists and mappings
@@ -65,17 +66,10 @@ class LocatedList(list):
         return f"{printable(self.source)}:{self.line}"
 
 
-def printable(text: str) -> str:
-    """`text` with its control and other unprintable characters escaped as Python writes them
-    (`\\n`, `\\x07`, `\\u2028`), so that a message quoting it stays one printable line."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
 def shown(value: Any, limit: int = MAX_SHOWN_CHARS) -> str:
-    """`value` quoted for a one-line message: repr-like, escaped, at most about `limit`
-    characters (a longer value is cut and says how long it was)."""
+    """`value` quoted for a one-line message: repr-like (every unprintable character
+    escaped), at most about `limit` characters (a longer value is cut and says how long it
+    was). Paths and other text named bare go through plaintext.printable."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
         return f"a number of about {int(value.bit_length() * 0.30103) + 1:,} digits"
     if isinstance(value, str):

@@ -16,7 +16,6 @@ from mlfleet.controller.yamlsource import (
     load_yaml_file,
     load_yaml_text,
     plain,
-    printable,
     shown,
 )
 from tests.unit.controller.bounded import CAP_SECONDS, within
@@ -175,4 +174,3 @@ def test_shown_keeps_messages_short_and_printable():
     assert shown("x" * 1000) == "'" + "x" * 60 + "'... (1,000 characters)"
     assert shown(10**5000) == "a number of about 5,001 digits"
     assert shown([1, 2, 3]) == "a list of 3 items"
-    assert printable("ok") == "ok" and printable("a\tb\x00") == "a\\tb\\x00"
