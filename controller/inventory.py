@@ -364,20 +364,35 @@ def _vars_files(directory: Path, name: str, present: FrozenSet[str]) -> List[Pat
 
 
 def _dir_vars_files(top: Path) -> List[Path]:
+    """The vars files under a directory, depth first in sorted order (a subdirectory's files
+    where its name sorts); without recursion, and each directory once (a symlink loop)."""
     found: List[Path] = []
-    todo = [top]  # depth first, each directory's entries in sorted order
-    while todo:
-        directory = todo.pop()
-        below: List[Path] = []
-        for path in sorted(directory.iterdir()):
+    seen = {top.resolve()}
+    stack = [iter(_sorted_entries(top))]
+    while stack:
+        for path in stack[-1]:
             if path.name.startswith(".") or path.name.endswith("~"):
                 continue
-            if path.is_dir() and not path.suffix and not path.is_symlink():
-                below.append(path)
+            if path.is_dir() and not path.suffix:
+                if path.resolve() not in seen:
+                    seen.add(path.resolve())
+                    stack.append(iter(_sorted_entries(path)))
+                    break
             elif path.is_file() and path.suffix in _VARS_EXTENSIONS:
                 found.append(path)
-        todo += reversed(below)
+        else:
+            stack.pop()
     return found
+
+
+def _sorted_entries(directory: Path) -> List[Path]:
+    try:
+        return sorted(directory.iterdir())
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the directory: {exc.strerror or type(exc).__name__}",
+            where=printable(str(directory)),
+        ) from None
 
 
 def _vars_doc(path: Path) -> Optional[LocatedDict]:

@@ -720,3 +720,17 @@ def test_bad_limit_patterns_are_one_line(fleet: Inventory, pattern: str, message
 def test_regexes_that_repeat_once_are_fine(fleet: Inventory):
     assert names(fleet.select("~edge-?(cpu|0[1-2])+")) == ["edge01", "edge02", "edge-cpu"]
     assert names(fleet.select("~node-[a-b]{1}$")) == ["node-a", "node-b"]
+
+
+def test_a_vars_directory_is_read_in_sorted_order_once_even_through_a_symlink_loop(
+    tmp_path: Path,
+):
+    (tmp_path / "hosts.yml").write_text("all:\n  children:\n    web:\n      hosts: {web1: }\n")
+    web = tmp_path / "group_vars" / "web"
+    (web / "20-dir").mkdir(parents=True)
+    (web / "10-base.yml").write_text("a: from-10\nb: from-10\nc: from-10\n")
+    (web / "20-dir" / "x.yml").write_text("b: from-20-dir\nc: from-20-dir\n")
+    (web / "30-more.yml").write_text("c: from-30\n")
+    (web / "20-dir" / "loop").symlink_to(web)
+    host = within(CAP_SECONDS, load_inventory, tmp_path / "hosts.yml").hosts["web1"]
+    assert (host.vars["a"], host.vars["b"], host.vars["c"]) == ("from-10", "from-20-dir", "from-30")
