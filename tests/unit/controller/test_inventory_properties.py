@@ -6,7 +6,11 @@ answers within the safety cap. `--limit` patterns over a small inventory likewis
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
@@ -15,7 +19,7 @@ from hypothesis import strategies as st
 
 from mlfleet.controller.errors import ConfigError
 from mlfleet.controller.hosts import Host
-from mlfleet.controller.inventory import Inventory, parse_inventory
+from mlfleet.controller.inventory import Inventory, load_inventory, parse_inventory
 from mlfleet.controller.yamlsource import MAX_ALIAS_NODES, MAX_DEPTH, load_yaml_text
 from tests.unit.controller.bounded import CAP_SECONDS, within
 
@@ -138,11 +142,20 @@ def deep(draw: st.DrawFn) -> Tuple[str, int, str]:
     return style, depth, groups + f"g{depth}:\n  hosts:\n    h[1:3]:\n"
 
 
+# One directory for every example's inventory file (a function-scoped tmp_path would be
+# shared across examples anyway, and hypothesis says so).
+WORKDIR = Path(tempfile.mkdtemp(prefix="mlfleet-inventory-properties-"))
+atexit.register(shutil.rmtree, WORKDIR, True)
+
+
 def judged(text: str) -> Optional[Inventory]:
-    """Load `text` as an inventory: either it loads (and its hosts' settings read), or it is
+    """Write `text` as an inventory file (a lone surrogate as the invalid UTF-8 it becomes)
+    and load it as `mlfleet` does: either it loads (and its hosts' settings read), or it is
     refused with one printable ConfigError line (then None). Anything else fails the test."""
+    path = WORKDIR / "hosts.yml"
+    path.write_bytes(text.encode("utf-8", "surrogatepass"))
     try:
-        inventory = within(CAP_SECONDS, parse_inventory, load_yaml_text(text, "inv.yml"), "inv.yml")
+        inventory = within(CAP_SECONDS, load_inventory, path)
     except ConfigError as err:
         line = str(err)
         assert line and len(line.splitlines()) == 1 and line.isprintable(), repr(line)
