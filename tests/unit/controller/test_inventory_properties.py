@@ -138,6 +138,7 @@ def deep(draw: st.DrawFn) -> Tuple[str, int, str]:
     if style == "block":
         text = "".join("  " * i + f"k{i}:\n" for i in range(depth)) + "  " * depth + "v\n"
         return style, depth, text
+    depth //= 4  # a chain's cost is in its groups; 2,000 is the example below
     groups = "".join(f"g{i}:\n  children:\n    g{i + 1}:\n" for i in range(depth))
     return style, depth, groups + f"g{depth}:\n  hosts:\n    h[1:3]:\n"
 
