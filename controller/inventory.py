@@ -39,8 +39,12 @@ its `children:`; here hosts keep the order in which they first appear in the fil
 Limits, each refused in one line naming the file:line before the work is done: a host range
 expands to at most 100,000 names (`hostrange.MAX_RANGE_HOSTS`), an inventory holds at most
 `MAX_HOSTS` hosts and `MAX_MEMBERSHIPS` places of a host in a group (its groups' ancestors
-included). Groups may nest (`children:`) as deep as a file lists them: they are walked
-without recursion, and resolving is linear in hosts, groups and memberships.
+included), and finding hosts' groups follows at most `MAX_RESOLVE_STEPS` parent links.
+Groups may nest (`children:`) as deep as a file lists them: they are walked without
+recursion, and hosts listed in the same groups share one resolution (their groups and
+merged group variables), so a fleet of 100,000 hosts resolves in about a second. The YAML
+itself is bounded by yamlsource (nesting depth, aliases). A `--limit` has at most
+`MAX_LIMIT_TERMS` terms; a `~regex` that repeats a repetition is refused.
 """
 
 from __future__ import annotations
