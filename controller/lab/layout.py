@@ -28,7 +28,7 @@ class LabLayout:
     @classmethod
     def named(cls, name: str | None = None) -> LabLayout:
         name = name or os.environ.get("MLFLEET_LAB") or DEFAULT_NAME
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise ConfigError(
                 f"lab name {name!r} is not valid", hint="1-8 lowercase letters and digits"
             )

@@ -179,7 +179,7 @@ def parse_profiles(doc: Any) -> LabSpec:
         except ValueError as exc:
             raise ConfigError(str(exc), where=loc) from None
         for name in names:
-            if not _NAME.match(name):
+            if not _NAME.fullmatch(name):
                 raise ConfigError(
                     f"host name {name!r} is not valid",
                     where=loc,
@@ -353,13 +353,13 @@ def _text(value: Any) -> str:
 
 
 def _version_text(value: Any) -> str:
-    if not isinstance(value, str) or not _VERSION.match(value):
+    if not isinstance(value, str) or not _VERSION.fullmatch(value):
         raise ValueError('expected a quoted version like "550.54.15"')
     return value
 
 
 def _compute_capability(value: Any) -> str:
-    if not isinstance(value, str) or not _CC.match(value):
+    if not isinstance(value, str) or not _CC.fullmatch(value):
         raise ValueError('expected a quoted compute capability like "8.0"')
     return value
 
