@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mlfleet.agent.container_config import container_config, labels
 from mlfleet.agent.desired import DesiredState, DesiredStateError
+from tests.mutations import mutated_documents
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -75,50 +76,6 @@ def valid() -> Dict[str, Any]:
     }
 
 
-Path = Tuple[Any, ...]
-
-
-def paths(node: Any, prefix: Path = ()) -> List[Path]:
-    """Every key path in a document (the places a mutation may hit)."""
-    out = [prefix] if prefix else []
-    if isinstance(node, dict):
-        for key, value in node.items():
-            out += paths(value, (*prefix, key))
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            out += paths(value, (*prefix, i))
-    return out
-
-
-VALID_PATHS = paths(valid())
-
-
-@st.composite
-def mutated(draw: Any) -> Dict[str, Any]:
-    """A valid document with one to three of its values replaced, removed, suffixed with a
-    newline, or keys added where they do not belong."""
-    doc = valid()
-    for _ in range(draw(st.integers(1, 3))):
-        path = draw(st.sampled_from(VALID_PATHS))
-        parent: Any = doc
-        try:
-            for key in path[:-1]:
-                parent = parent[key]
-            current = parent[path[-1]]
-        except (KeyError, IndexError, TypeError):
-            continue  # an earlier mutation removed it
-        action = draw(st.sampled_from(["replace", "remove", "newline", "add_key"]))
-        if action == "replace":
-            parent[path[-1]] = draw(JSON)
-        elif action == "remove" and isinstance(parent, dict):
-            del parent[path[-1]]
-        elif action == "newline" and isinstance(current, str):
-            parent[path[-1]] = current + "\n"
-        elif action == "add_key" and isinstance(current, dict):
-            current[draw(TEXT)] = draw(JSON)
-    return doc
-
-
 def judged(data: Any) -> None:
     """The property: a valid state (that makes a hardened body), or one line of our own."""
     try:
@@ -152,7 +109,7 @@ def test_documents_of_the_right_keys_with_any_values(data: Dict[str, Any]) -> No
 
 
 @SETTINGS
-@given(mutated())
+@given(mutated_documents(valid, JSON, TEXT))
 def test_mutated_valid_documents(data: Dict[str, Any]) -> None:
     judged(data)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator
 
 import pytest
 import yaml
@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from mlfleet.controller.errors import ConfigError
 from mlfleet.controller.playbook import hardening_lines, load_playbook
+from tests.mutations import mutated_documents
 
 # Each example parses a playbook of some 60 lines (pure-Python YAML, ~5 ms): 100 keep the
 # property tests to a second or two each.
@@ -78,46 +79,9 @@ VALID: Dict[str, Any] = {
 
 MINIMAL = "app: m\nimage: reg/m\nvariants:\n  - {name: cpu}\n"  # what a test adds is line 5
 
-KeyPath = Tuple[Any, ...]
-
-
-def paths(node: Any, prefix: KeyPath = ()) -> List[KeyPath]:
-    out = [prefix] if prefix else []
-    if isinstance(node, dict):
-        for key, value in node.items():
-            out += paths(value, (*prefix, key))
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            out += paths(value, (*prefix, i))
-    return out
-
-
-VALID_PATHS = paths(VALID)
-
-
-@st.composite
-def mutated(draw: Any) -> str:
-    """A valid playbook with one to three values changed, as YAML text."""
-    doc = copy.deepcopy(VALID)
-    for _ in range(draw(st.integers(1, 3))):
-        path = draw(st.sampled_from(VALID_PATHS))
-        parent: Any = doc
-        try:
-            for key in path[:-1]:
-                parent = parent[key]
-            current = parent[path[-1]]
-        except (KeyError, IndexError, TypeError):
-            continue
-        action = draw(st.sampled_from(["replace", "remove", "newline", "add_key"]))
-        if action == "replace":
-            parent[path[-1]] = draw(VALUES)
-        elif action == "remove" and isinstance(parent, dict):
-            del parent[path[-1]]
-        elif action == "newline" and isinstance(current, str):
-            parent[path[-1]] = current + "\n"
-        elif action == "add_key" and isinstance(current, dict):
-            current[draw(TEXT)] = draw(VALUES)
-    return yaml.safe_dump(doc, allow_unicode=False)
+MUTATED = mutated_documents(lambda: copy.deepcopy(VALID), VALUES, TEXT).map(
+    lambda doc: yaml.safe_dump(doc, allow_unicode=False)
+)  # a valid playbook with one to three values changed, as YAML text
 
 
 # Text that is hardly YAML: fragments of playbooks, indentation, flow syntax, anchors, tags.
@@ -152,7 +116,7 @@ def judged(path: Path, text: str) -> None:
 
 
 @SETTINGS
-@given(text=mutated())
+@given(text=MUTATED)
 def test_mutated_valid_playbooks(playbook_file: Path, text: str) -> None:
     judged(playbook_file, text)
 
