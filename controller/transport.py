@@ -257,10 +257,20 @@ def is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in _NETWORK_ERRNOS
 
 
+# Failures that come back at once and often go away in a second (sshd restarting, a
+# MaxStartups drop, a reset on the way). A timeout or an unreachable network is not
+# retried: the host already had the whole connect timeout, and three of them for each dead
+# host of a fleet would triple a command's time for nothing.
+_TRANSIENT_ERRNOS = frozenset(
+    {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE}
+)
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether a connect that failed with `exc` is worth another attempt (pure): refused,
-    timed out, reset or closed before or during the SSH banner. Never a refused login, a
-    host key (unknown, changed, revoked) or a name that does not resolve."""
+    reset or closed before or during the SSH banner. Never a timeout or an unreachable
+    network, a refused login, a host key (unknown, changed, revoked) or a name that does
+    not resolve."""
     if isinstance(exc, (MlfleetError, paramiko.AuthenticationException, paramiko.BadHostKeyException)):  # fmt: skip
         return False
     if isinstance(exc, NoValidConnectionsError):
@@ -269,11 +279,11 @@ def is_transient(exc: BaseException) -> bool:
         return exc.code in (2, 4)
     if isinstance(exc, paramiko.SSHException):
         return str(exc).startswith("Error reading SSH protocol banner")
-    if isinstance(exc, socket.gaierror):
+    if isinstance(exc, (socket.gaierror, socket.timeout)):
         return False
-    if isinstance(exc, (EOFError, socket.timeout, ConnectionError)):
+    if isinstance(exc, (EOFError, ConnectionResetError, ConnectionRefusedError, ConnectionAbortedError, BrokenPipeError)):  # fmt: skip
         return True
-    return isinstance(exc, OSError) and exc.errno in _NETWORK_ERRNOS
+    return isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS
 
 
 def _why_not(exc: BaseException) -> str:

@@ -229,11 +229,13 @@ def test_known_hosts_is_read_as_openssh_writes_it(keys) -> None:
     [
         (ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), True),
         (NoValidConnectionsError({("127.0.0.1", 22): ConnectionRefusedError(errno.ECONNREFUSED, "x")}), True),
-        (socket.timeout("timed out"), True),
+        # A host that did not answer within the connect timeout had its time: not again.
+        (socket.timeout("timed out"), False),
+        (OSError(errno.EHOSTUNREACH, "No route to host"), False),
         (ConnectionResetError(errno.ECONNRESET, "reset"), True),
         (EOFError(), True),
         (paramiko.SSHException("Error reading SSH protocol banner[Errno 104] reset"), True),
-        (paramiko.ChannelException(2, "Connect failed"), True),
+        (paramiko.ChannelException(2, "Connect failed"), True),  # via a jump host: refused
         (paramiko.ChannelException(1, "Administratively prohibited"), False),
         (paramiko.AuthenticationException("Authentication failed."), False),
         (paramiko.BadHostKeyException("h", paramiko.RSAKey.generate(1024), paramiko.RSAKey.generate(1024)), False),
