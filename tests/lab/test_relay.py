@@ -97,7 +97,10 @@ def serving_inside(name: str) -> Optional[str]:
     return json.loads(proc.stdout)["tag"] if proc.returncode == 0 else None
 
 
-def test_bandwidth_cap_paces_the_relay(agent_hosts, tmp_path):
+def test_bandwidth_cap_paces_the_relay_and_only_this_deployments_pulls_pass(agent_hosts, tmp_path):
+    """A capped relay paces the layer; while its tunnel is open, anyone on the host tries
+    the registry's write and listing API through it: refused by the relay (403, never
+    reaching the registry), and the deployment goes on and says so."""
     lab = agent_hosts
     state = tmp_path / "state.db"
     assert deploy(lab, state, "v1", "--transfer", "relay", limit="edge-air")["edge-air"]["result"] in (
@@ -105,10 +108,36 @@ def test_bandwidth_cap_paces_the_relay(agent_hosts, tmp_path):
     layers = payload_image(lab, "capped", 4)
     kbit = 4000
     inventory = with_host_vars(lab, tmp_path, "edge-air", mlfleet_bwlimit_kbit=kbit)
-    air = deploy(
-        lab, state, "capped", "--transfer", "relay", limit="edge-air", inventory=inventory
-    )["edge-air"]
-    assert air["result"] == "updated", air
+    argv = deploy_argv(lab, state, "capped", "--transfer", "relay", limit="edge-air",
+                       inventory=inventory)  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    said: list = []
+    port = None
+    for line in proc.stderr:
+        said.append(line)
+        if "relay: the host pulls through 127.0.0.1:" in line:
+            port = int(line.rsplit("127.0.0.1:", 1)[1].split()[0])
+            break
+    assert port, "".join(said)
+    netns = ["nsenter", f"--net=/run/netns/{LabLayout(TEST_LAB).netns('edge-air')}"]
+    base = f"http://127.0.0.1:{port}/v2"
+    code = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}"]
+    tries = {
+        "catalog": [*code, f"{base}/_catalog"],
+        "upload": [*code, "-X", "POST", f"{base}/{REPOSITORY}/blobs/uploads/"],
+        "delete": [*code, "-X", "DELETE", f"{base}/{REPOSITORY}/manifests/capped-cpu"],
+        "other repository": [*code, f"{base}/someone/else/manifests/latest"],
+        "another tag": [*code, f"{base}/{REPOSITORY}/manifests/v1-cpu"],
+    }
+    codes = {what: subprocess.run([*netns, *cmd], capture_output=True, text=True, timeout=30).stdout
+             for what, cmd in tries.items()}  # fmt: skip
+    out, rest = proc.communicate(timeout=600)
+    said.append(rest)
+    assert codes == {what: "403" for what in tries}, codes
+    air = {h["host"]: h for h in json.loads(out)["hosts"]}["edge-air"]
+    assert air["result"] == "updated", (air, "".join(said)[-2000:])
+    assert any("relay: refused 5 request(s)" in line for line in said), "".join(said)[-2000:]
     missing = layers[2].size + layers[3].size
     assert missing * 0.9 <= air["bytes"] <= missing * 1.1 + SLACK, (air["bytes"], missing)
     # The cap is a floor on the transfer time: the bytes cannot have crossed faster.
@@ -228,46 +257,3 @@ def test_relay_refuses_layers_the_disk_cannot_hold_before_sending_them(agent_hos
     ), air
     assert air["bytes"] < SLACK, air  # the manifest and config crossed, no layer
     assert serving_inside("edge-air") == "v1"
-
-
-def test_through_the_relay_tunnel_only_this_deployments_pulls_pass(agent_hosts, tmp_path):
-    """While edge-air's tunnel is open (a paced 8 MiB layer keeps it open), anyone on the
-    host tries the registry's write and listing API through it: refused by the relay, and
-    the deployment goes on and says so."""
-    lab = agent_hosts
-    payload_image(lab, "scoped", 8)
-    inventory = with_host_vars(lab, tmp_path, "edge-air", mlfleet_bwlimit_kbit=8000)
-    argv = deploy_argv(lab, tmp_path / "state.db", "scoped", "--transfer", "relay",
-                       limit="edge-air", inventory=inventory)  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    said: list = []
-    port = None
-    for line in proc.stderr:
-        said.append(line)
-        if "relay: the host pulls through 127.0.0.1:" in line:
-            port = int(line.rsplit("127.0.0.1:", 1)[1].split()[0])
-            break
-    assert port, "".join(said)
-    netns = ["nsenter", f"--net=/run/netns/{LabLayout(TEST_LAB).netns('edge-air')}"]
-    base = f"http://127.0.0.1:{port}/v2"
-    tries = {
-        "catalog": ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"{base}/_catalog"],
-        "upload": ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST",
-                   f"{base}/{REPOSITORY}/blobs/uploads/"],
-        "delete": ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "DELETE",
-                   f"{base}/{REPOSITORY}/manifests/scoped-cpu"],
-        "other repository": ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
-                             f"{base}/someone/else/manifests/latest"],
-        "another tag": ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
-                        f"{base}/{REPOSITORY}/manifests/v1-cpu"],
-    }  # fmt: skip
-    codes = {what: subprocess.run([*netns, *cmd], capture_output=True, text=True, timeout=30).stdout
-             for what, cmd in tries.items()}  # fmt: skip
-    out, rest = proc.communicate(timeout=600)
-    said.append(rest)
-    assert codes == {what: "403" for what in tries}, codes
-    air = {h["host"]: h for h in json.loads(out)["hosts"]}["edge-air"]
-    assert air["result"] == "updated", (air, "".join(said)[-2000:])
-    assert serving_inside("edge-air") == "scoped"
-    assert any("relay: refused 5 request(s)" in line for line in said), "".join(said)[-2000:]
