@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator, List, Optional
+from typing import Any, Iterator, List, Optional, Tuple
 
 import pytest
 import yaml
@@ -58,12 +58,17 @@ def secret_forms(lab) -> List[bytes]:
 
 
 class Sampler:
-    """Every process's arguments and environment, sampled while a deployment runs."""
+    """Every process's arguments and environment, with its cgroup (a container's processes
+    are told apart by it), sampled while a deployment runs."""
 
     def __init__(self) -> None:
-        self.seen: List[bytes] = []
+        self.samples: List[Tuple[str, bytes]] = []  # (cgroup, cmdline or environ)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def seen(self) -> List[bytes]:
+        return [data for _, data in self.samples]
 
     def __enter__(self) -> Sampler:
         self._thread.start()
@@ -78,11 +83,12 @@ class Sampler:
             for pid in os.listdir("/proc"):
                 if not pid.isdigit():
                     continue
-                for part in ("cmdline", "environ"):
-                    try:
-                        self.seen.append(Path(f"/proc/{pid}/{part}").read_bytes())
-                    except OSError:
-                        pass
+                try:
+                    cgroup = Path(f"/proc/{pid}/cgroup").read_text()
+                    for part in ("cmdline", "environ"):
+                        self.samples.append((cgroup, Path(f"/proc/{pid}/{part}").read_bytes()))
+                except OSError:
+                    pass
             self._stop.wait(0.2)
 
 

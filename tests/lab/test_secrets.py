@@ -8,14 +8,11 @@ its env back)."""
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import stat
 import subprocess
 import sys
-import threading
 from pathlib import Path
-from typing import List, Tuple
 
 import yaml
 
@@ -23,44 +20,13 @@ from mlfleet.controller.lab.layout import LabLayout
 from tests.conftest import TEST_LAB
 from tests.lab.sshrun import ssh
 from tests.lab.test_controller import serving
-from tests.lab.test_private_registry import files_under
+from tests.lab.test_private_registry import Sampler, files_under
 
 PLAYBOOK = Path(__file__).parents[2] / "playbooks" / "sentiment.yml"
 HOST = "edge-cpu"
 # The engine's data and exec roots (dockerd's and containerd's records of each container,
 # its env included: `docker inspect` reads them back). Not mlfleet's to keep or to clean.
 ENGINE_OWN = {"docker", "containerd", "moby"}
-
-
-class Sampler:
-    """Every process's arguments and environment with its cgroup, sampled while a
-    deployment runs (the model's own processes are told apart by their container's cgroup)."""
-
-    def __init__(self) -> None:
-        self.seen: List[Tuple[str, bytes]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for pid in os.listdir("/proc"):
-                if not pid.isdigit():
-                    continue
-                try:
-                    cgroup = Path(f"/proc/{pid}/cgroup").read_text()
-                    for part in ("cmdline", "environ"):
-                        self.seen.append((cgroup, Path(f"/proc/{pid}/{part}").read_bytes()))
-                except OSError:
-                    pass
-            self._stop.wait(0.2)
 
 
 def test_a_secret_env_value_is_kept_nowhere_but_in_the_container(agent_hosts, tmp_path):
@@ -113,8 +79,8 @@ def test_a_secret_env_value_is_kept_nowhere_but_in_the_container(agent_hosts, tm
             leaks.append(str(path))
     if secret in proc.stdout + proc.stderr:
         leaks.append("the deployment's output")
-    model = [data for cgroup, data in sampled.seen if cid in cgroup]
-    others = [data for cgroup, data in sampled.seen if cid not in cgroup]
+    model = [data for cgroup, data in sampled.samples if cid in cgroup]
+    others = [data for cgroup, data in sampled.samples if cid not in cgroup]
     leaks += [f"process sample {i}" for i, data in enumerate(others) if secret.encode() in data]
     assert any(secret.encode() in data for data in model)  # the sampler did see the model
     assert len(others) > 100
