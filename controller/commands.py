@@ -177,23 +177,20 @@ def rollback_fleet(
 def fleet_lock_status(session: FleetSession) -> List[Dict[str, Any]]:
     """Each host's fleet lock: `holder` (None: free) or `error` (it could not be read)."""
 
-    def one(host: Host) -> Dict[str, Any]:
-        try:
-            found = fleet_lock.show(session.transport(host))
-        except Exception as exc:  # that host's answer, never the command's
-            return {
-                "host": host.name,
-                "holder": None,
-                "error": printable(f"{type(exc).__name__}: {exc}"),
-            }
-        holder = found.holder.to_dict() if found and found.holder else None
+    def read(host: Host) -> Dict[str, Any]:
+        found = fleet_lock.show(session.transport(host))
         if found and not found.holder:
             return {
                 "host": host.name,
                 "holder": None,
                 "error": "held, but its holder.json is unreadable",
             }
+        holder = found.holder.to_dict() if found and found.holder else None
         return {"host": host.name, "holder": holder, "error": None}
+
+    def one(host: Host) -> Dict[str, Any]:  # that host's answer, never the command's
+        return on_host(host.name, lambda: read(host),
+                       lambda f: {"host": host.name, "holder": None, "error": printable(f.reason)})  # fmt: skip
 
     return list(session.each(one).values())
 
@@ -201,11 +198,11 @@ def fleet_lock_status(session: FleetSession) -> List[Dict[str, Any]]:
 def fleet_lock_release(session: FleetSession) -> List[str]:
     """Remove every host's fleet lock, whoever holds it. Returns the hosts where one was."""
 
+    def release(host: Host) -> bool:
+        conn = session.transport(host)
+        return fleet_lock.show(conn) is not None and fleet_lock.release(conn, "")
+
     def one(host: Host) -> bool:
-        try:
-            conn = session.transport(host)
-            return fleet_lock.show(conn) is not None and fleet_lock.release(conn, "")
-        except Exception:
-            return False
+        return on_host(host.name, lambda: release(host), lambda _failure: False)
 
     return [name for name, gone in session.each(one).items() if gone]

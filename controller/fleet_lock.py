@@ -32,7 +32,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from mlfleet.controller.errors import ExitCode, MlfleetError
+from mlfleet.controller.host_failure import on_host
 from mlfleet.controller.hosts import Host
+from mlfleet.controller.state import pid_alive
 from mlfleet.controller.transport import CommandResult, HostUnreachable
 
 LEASE_S = 3600.0
@@ -130,7 +132,7 @@ class Holder:
         mid-deployment: the operator's next deployment finishes the job at once)."""
         if self.expires < now:
             return True
-        return self.machine == socket.gethostname() and self.pid > 0 and not _pid_alive(self.pid)
+        return self.machine == socket.gethostname() and self.pid > 0 and not pid_alive(self.pid)
 
     def describe(self) -> str:
         since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.since))
@@ -268,11 +270,14 @@ class FleetLock:
         now = self._clock()
 
         def one(host: Host) -> Tuple[str, Optional[Holder]]:
-            try:
-                took = lambda stale: self.took_over.__setitem__(host.name, stale)  # noqa: E731
-                return "ok", try_acquire(self._connect(host), self.me, now, on_takeover=took)
-            except Exception as exc:  # any failure on one host is that host's, noted
-                return f"{type(exc).__name__}: {exc}", None
+            def took(stale: Holder) -> None:
+                self.took_over[host.name] = stale
+
+            return on_host(  # any failure on one host is that host's, noted
+                host.name,
+                lambda: ("ok", try_acquire(self._connect(host), self.me, now, on_takeover=took)),
+                lambda failure: (failure.reason, None),
+            )
 
         answers: Dict[str, Tuple[str, Optional[Holder]]] = self._each(one, self.hosts)
         held: Dict[str, Holder] = {}
@@ -310,16 +315,6 @@ class FleetLock:
         hosts = [h for h in self.hosts if h.name in self.taken]
         self._each(lambda h: _quietly(lambda: release(self._connect(h), self.me.token)), hosts)
         self.taken = []
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _quietly(fn: Callable[[], object]) -> object:

@@ -33,7 +33,8 @@ def default_state_path() -> Path:
     return Path(base) / "mlfleet" / "state.db"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this machine is still there (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -109,7 +110,7 @@ class ControllerState:
         if not rows:
             return None
         row = rows[0]
-        row["stale"] = row["machine"] == socket.gethostname() and not _pid_alive(row["pid"])
+        row["stale"] = row["machine"] == socket.gethostname() and not pid_alive(row["pid"])
         return row
 
     def acquire_lock(self, reason: str) -> None:
@@ -163,7 +164,7 @@ class ControllerState:
     def interrupted_deployments(self) -> List[Dict[str, Any]]:
         """Deployments still 'running' whose controller process is gone: killed mid-way."""
         rows = self.db.table("deployments").rows_where("status = 'running'")
-        return [r for r in rows if r["pid"] != os.getpid() and not _pid_alive(r["pid"])]
+        return [r for r in rows if r["pid"] != os.getpid() and not pid_alive(r["pid"])]
 
     def mark_interrupted(self) -> List[int]:
         ids = [r["id"] for r in self.interrupted_deployments()]
