@@ -45,6 +45,10 @@ def _progress(message: str) -> None:
     console.print(Text.assemble(("· ", "dim"), printable(message)), soft_wrap=True)
 
 
+def _warning_line(message: str) -> None:
+    console.print(Text.assemble(("warning: ", "yellow"), printable(message)), soft_wrap=True)
+
+
 def _error_line(message: str) -> None:
     # Text from hosts and files is printed as plain text (a Text, never markup), escaped.
     console.print(Text.assemble(("error: ", "bold red"), printable(message)), soft_wrap=True)
@@ -206,7 +210,9 @@ def _session(settings: Settings) -> Any:
     from mlfleet.controller.inventory import load_inventory
     from mlfleet.controller.session import FleetSession, ssh_connector
 
-    hosts = load_inventory(settings.inventory).select(settings.limit)
+    inventory = load_inventory(settings.inventory)
+    hosts = inventory.select(settings.limit, _warning_line)
+    inventory.touched(hosts)
     for host in hosts:  # a value that would break the agent's cron line: before any host
         check_cron_values(host)
     return FleetSession(
@@ -270,7 +276,7 @@ def inventory_cmd(settings: Settings, as_json: bool) -> None:
     from mlfleet.controller.inventory import load_inventory
 
     inv = load_inventory(settings.inventory)
-    hosts = inv.select(settings.limit)
+    hosts = inv.select(settings.limit, _warning_line)
     data = inv.to_dict()
     data["hosts"] = {h.name: data["hosts"][h.name] for h in hosts}
     table = _table(f"inventory {settings.inventory}", ("host", "address", "user", "groups"))
@@ -296,7 +302,7 @@ def check_cmd(settings: Settings, tag: Optional[str]) -> None:
     from mlfleet.controller.playbook import find_playbook
 
     playbook = settings.playbook or find_playbook(Path("playbooks"))
-    report = check_config(settings.inventory, playbook, settings.limit, tag)
+    report = check_config(settings.inventory, playbook, settings.limit, tag, _warning_line)
     out.print(Text(printable(report.summary())), soft_wrap=True)
 
 

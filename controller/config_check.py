@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from mlfleet.controller.hostops import check_cron_values
 from mlfleet.controller.inventory import load_inventory
@@ -45,11 +45,17 @@ def _count(n: int, what: str) -> str:
 
 
 def check_config(
-    inventory_path: Path, playbook_path: Path, limit: Optional[str], tag: Optional[str]
+    inventory_path: Path,
+    playbook_path: Path,
+    limit: Optional[str],
+    tag: Optional[str],
+    warn: Optional[Callable[[str], None]] = None,
 ) -> CheckReport:
-    """Load and validate; raise the first ConfigError (file:line and what to do)."""
+    """Load and validate; raise the first ConfigError (file:line and what to do). A
+    `--limit` term that matches nothing goes to `warn`, as Ansible warns."""
     inventory = load_inventory(inventory_path)
-    hosts = inventory.select(limit)
+    hosts = inventory.select(limit, warn)
+    inventory.touched(hosts)
     for host in hosts:
         check_cron_values(host)
     playbook = load_playbook(playbook_path)

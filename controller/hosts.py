@@ -10,9 +10,10 @@ import re
 import shlex
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Set, Tuple
+from typing import Any, Dict, Mapping, Optional, Set, Tuple
 
 from mlfleet.controller.errors import ConfigError
+from mlfleet.controller.templating import TemplateUnsupported, evaluate, is_template
 from mlfleet.controller.yamlsource import shown
 
 TRANSFER_MODES = ("pull", "relay", "auto")
@@ -26,6 +27,11 @@ _USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]*\$?")
 MAX_BWLIMIT_KBIT = 100_000_000  # 100 Gbit/s
 _TRUE = frozenset({"true", "yes", "on", "y", "t", "1"})
 _FALSE = frozenset({"false", "no", "off", "n", "f", "0"})
+
+
+class UnevaluatedTemplate(ConfigError):
+    """A setting holds Jinja that mlfleet does not evaluate: refused for the hosts a command
+    touches, not for every host of the inventory."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,8 @@ class Host:
 
     `groups` lists every group the host is in, `all` first, in the order their variables
     apply. `origins` maps each variable to the file:line its winning value came from.
+    A setting's value may use the Jinja that controller/templating.py evaluates (other
+    variables of the host, `lookup('env', ...)` from `environ`, the controller's own).
     """
 
     name: str
@@ -50,6 +58,9 @@ class Host:
     groups: Tuple[str, ...] = ()
     origins: Dict[str, str] = field(default_factory=dict, hash=False, compare=False, repr=False)
     where: str = ""  # file:line of its first listing
+    environ: Mapping[str, str] = field(
+        default_factory=lambda: os.environ, hash=False, compare=False, repr=False
+    )
 
     @property
     def address(self) -> str:
@@ -92,7 +103,6 @@ class Host:
                 return None
         if not isinstance(value, str):
             raise self._error(var, "a jump host like user@bastion:22", value)
-        _no_template(self, var, value)
         try:
             return parse_jump_host(value)
         except ValueError as exc:
@@ -250,32 +260,56 @@ class Host:
             "mlfleet_relay_registry", "upstream, cache or a registry's host:port", text
         )
 
-    def validate(self, checked: Optional[Set[Tuple[str, Tuple[int, ...]]]] = None) -> None:
+    def validate(
+        self, checked: Optional[Set[Tuple[str, Tuple[int, ...]]]] = None, templates: bool = True
+    ) -> None:
         """Read every typed setting once, so a bad value fails early with its file:line.
 
         `checked`, shared by the hosts of one inventory, remembers the values already found
         good (by identity: the very objects of the same group's variables), so that only
-        the settings a host's own variables change are read again for it.
+        the settings a host's own variables change are read again for it. With `templates`
+        False, a template mlfleet cannot evaluate is let through (it fails when read, for a
+        host a command touches); a setting that uses templates is never cached.
         """
         if checked is None:
-            for setting in _SETTINGS:
-                getattr(self, setting)
-            return
+            checked = set()
         settings = {s for var in self.vars if var in _SETTINGS_OF for s in _SETTINGS_OF[var]}
         for setting in settings:
-            key = (setting, tuple(id(self.vars.get(var)) for var in _SETTINGS[setting]))
-            if key not in checked:
+            values = [self.vars.get(var) for var in _SETTINGS[setting]]
+            key = (setting, tuple(id(v) for v in values))
+            if key in checked:
+                continue
+            try:
                 getattr(self, setting)
+            except UnevaluatedTemplate:
+                if templates:
+                    raise
+                continue
+            if not any(is_template(v) for v in values):
                 checked.add(key)
 
     # --- typed readers -------------------------------------------------------------------
 
     def _get(self, *names: str) -> Tuple[Optional[str], Any]:
-        """The first of `names` set (to anything but null) and its value."""
+        """The first of `names` set (to anything but null) and its value, its templates
+        evaluated."""
         for name in names:
-            if self.vars.get(name) is not None:
-                return name, self.vars[name]
+            value = self.vars.get(name)
+            if value is not None:
+                return name, self._evaluated(name, value) if is_template(value) else value
         return None, None
+
+    def _evaluated(self, var: str, text: str) -> str:
+        try:
+            return evaluate(text, self.vars, self.name, self.environ)
+        except TemplateUnsupported as exc:
+            raise UnevaluatedTemplate(
+                f"host {shown(self.name)}: `{var}` is a Jinja template mlfleet cannot evaluate:"
+                f" {exc}",
+                where=self.origins.get(var, self.where) or None,
+                hint="write the value out for this host, or leave the host out with --limit "
+                "(mlfleet evaluates {{ variable }} and {{ lookup('env', 'NAME') }})",
+            ) from None
 
     def _text(self, *names: str) -> Optional[str]:
         var, value = self._get(*names)
@@ -293,7 +327,6 @@ class Host:
                 where=self.origins.get(var, self.where) or None,
                 hint=f"write {var} without it",
             )
-        _no_template(self, var, value)
         return text
 
     def _word(self, *names: str) -> Tuple[Optional[str], str]:
@@ -331,7 +364,7 @@ class Host:
 
     def _proxy_jump_from_ssh_args(self) -> Tuple[Optional[str], Any]:
         for var in ("ansible_ssh_args", "ansible_ssh_common_args", "ansible_ssh_extra_args"):
-            args = self.vars.get(var)
+            _, args = self._get(var)
             if not isinstance(args, str):
                 continue
             try:
@@ -392,16 +425,6 @@ _SETTINGS_OF: Dict[str, Tuple[str, ...]] = {
     var: tuple(s for s, names in _SETTINGS.items() if var in names)
     for var in {v for names in _SETTINGS.values() for v in names}
 }
-
-
-def _no_template(host: Host, var: str, value: str) -> None:
-    if "{{" in value or "{%" in value:
-        raise ConfigError(
-            f"host {shown(host.name)}: `{var}` is a Jinja template, which mlfleet does not "
-            "evaluate",
-            where=host.origins.get(var, host.where) or None,
-            hint="write the value out",
-        )
 
 
 def _n(number: int) -> str:

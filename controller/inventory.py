@@ -23,14 +23,16 @@ host in no group but `all` is also in `ungrouped`.
 
 Variable precedence, lowest to highest (Ansible's rule):
 
-1. `all`'s `vars:`, then `group_vars/all`;
-2. the host's other groups' `vars:`, ordered by depth (a parent before its children; depth
-   is the longest chain of `children:` down from `all`), then by `ansible_group_priority`
-   (default 1; higher applies later, so wins), then by name (alphabetically later wins);
-   then their `group_vars/` files in the same order;
-3. the host's own variables: where the host is listed more than once, the listing later in
+1. `all`'s `vars:` in the inventory file;
+2. the host's other groups' `vars:` in the inventory file, ordered by depth (a parent before
+   its children; depth is the longest chain of `children:` down from `all`), then by
+   `ansible_group_priority` (default 1; higher applies later, so wins), then by name
+   (alphabetically later wins);
+3. `group_vars/all`, then the other groups' `group_vars/` files in the same order (so a
+   `group_vars/all` value beats any group's `vars:` in the file, as in ansible/ansible#23258);
+4. the host's own variables: where the host is listed more than once, the listing later in
    the file wins, key by key;
-4. `host_vars/<host>`.
+5. `host_vars/<host>`.
 
 Where Ansible only warns (an unknown key in a group, a `--limit` term that matches nothing),
 mlfleet refuses with the file:line. Ansible orders a group's own `hosts:` after the hosts of
@@ -100,24 +102,82 @@ VarsLookup = Callable[[str, str], Sequence[LocatedDict]]
 
 
 @dataclass
+class Selection:
+    """What a `--limit` selects: the hosts in inventory order, and a warning for each term
+    that matched nothing (Ansible ignores such a term, with the same warning)."""
+
+    hosts: List[Host]
+    unmatched: List[str]  # terms (without a subscript) that matched no host or group
+
+    @property
+    def warnings(self) -> List[str]:
+        return [f"no host or group matches {shown(t)} in --limit; ignored" for t in self.unmatched]
+
+
+@dataclass
 class Inventory:
     """Hosts (in file order) with merged variables, and every group's members (`all` and
-    `ungrouped` always among the groups, as in Ansible)."""
+    `ungrouped` always among the groups, as in Ansible). `tree` keeps each group's own hosts
+    and child groups in the order they were listed, for Ansible's order of a group's hosts
+    (what a `group[0]` subscript counts in)."""
 
     source: str
     hosts: Dict[str, Host]
     groups: Dict[str, List[str]]  # group -> host names, incl. through children
+    tree: Dict[str, Tuple[List[str], List[str]]] = field(default_factory=dict, repr=False)
+    _ordered: Dict[str, List[str]] = field(default_factory=dict, repr=False, compare=False)
+    _checked: Set[Tuple[str, Tuple[int, ...]]] = field(
+        default_factory=set, repr=False, compare=False
+    )  # settings found good (Host.validate)
 
-    def select(self, pattern: Optional[str]) -> List[Host]:
-        """Hosts matching an Ansible `--limit` pattern, in inventory order.
+    def select(
+        self, pattern: Optional[str], warn: Optional[Callable[[str], None]] = None
+    ) -> List[Host]:
+        """Hosts matching an Ansible `--limit` pattern, in inventory order (see `match`).
+
+        A term that matches nothing is passed to `warn` (as Ansible warns); a pattern that
+        selects no host at all is a ConfigError, as it is for Ansible. The settings of the
+        hosts selected are checked (`Host.validate`): a bad value is a ConfigError with its
+        file:line, while a template mlfleet cannot evaluate fails only when a command reads it
+        (`touched`), so it stops only the hosts a command really works on.
+        """
+        found = self.match(pattern)
+        if not found.hosts and self.hosts:
+            missing = found.unmatched[0] if found.unmatched else None
+            raise ConfigError(
+                f"--limit {shown(pattern)} selects no host"
+                + (f": no host or group matches {shown(missing)}" if missing else ""),
+                hint=_close_names(missing, self._names()) if missing else None,
+            )
+        for host in found.hosts:
+            host.validate(self._checked, templates=False)
+        for message in found.warnings:
+            if warn is not None:
+                warn(message)
+        return found.hosts
+
+    def touched(self, hosts: Iterable[Host]) -> None:
+        """Check the hosts a command will work on, templates included: raises the first
+        setting mlfleet cannot read (a template it does not evaluate) as one ConfigError."""
+        for host in hosts:
+            host.validate(self._checked, templates=True)
+
+    def match(self, pattern: Optional[str]) -> Selection:
+        """What an Ansible `--limit` pattern selects, by Ansible's rules (its
+        InventoryManager), pure.
 
         Terms are separated by commas (or colons); each is a host or group name, a glob
-        (`edge-*`), a regex (`~edge-(t4|cpu)`), a host range (`edge[01:03]`) or `all`/`*`.
-        `!term` excludes and `&term` intersects, applied after the plain terms. None or
-        `all` selects every host. A term that matches nothing is a ConfigError.
+        (`edge-*`, `db-[a-c]`), a regex (`~edge-(t4|cpu)`) or `all`. A name or glob may end in
+        a subscript, `group[0]`, `group[-1]`, `group[0:2]` or `group[1:]`, counted in the
+        group's host order (its own hosts, then its children's). `&term` intersects and
+        `!term` excludes, after the plain terms. None selects every host. A plain term that
+        is a host's name is that host; otherwise a term selects the hosts of the groups it
+        matches, and (when no group matches, or it is a glob or regex) the hosts it matches.
+        A term matching nothing is a warning; an `!term` that matches nothing is refused (a
+        typo there would select the very host it meant to leave out).
         """
         if pattern is None:
-            return list(self.hosts.values())
+            return Selection(list(self.hosts.values()), [])
         terms = split_host_pattern(pattern)
         if not terms:
             raise ConfigError("empty --limit", hint="name hosts or groups, e.g. edge-t4,nvidia")
@@ -126,17 +186,29 @@ class Inventory:
                 f"--limit has {len(terms):,} terms; the limit is {MAX_LIMIT_TERMS:,}",
                 hint="name groups instead of their hosts",
             )
-        plain = [t for t in terms if t[0] not in "!&"] or ["all"]
+        unmatched: List[str] = []
+        plain_terms = [t for t in terms if t[0] not in "!&"] or ["all"]
         chosen: Dict[str, None] = {}
-        for term in plain:
-            chosen.update(dict.fromkeys(self._match(term)))
+        for term in plain_terms:
+            if term in self.hosts:  # Ansible: a plain term naming a host is that host
+                chosen[term] = None
+            else:
+                chosen.update(dict.fromkeys(self._term(term, unmatched)))
         for term in (t for t in terms if t[0] == "&"):
-            keep = set(self._match(term[1:]))
+            keep = set(self._term(term[1:], unmatched))
             chosen = {name: None for name in chosen if name in keep}
         for term in (t for t in terms if t[0] == "!"):
-            drop = set(self._match(term[1:]))
+            before = len(unmatched)
+            drop = set(self._term(term[1:], unmatched))
+            if len(unmatched) > before:
+                raise ConfigError(
+                    f"no host or group matches {shown(term[1:])} in the exclusion {shown(term)} "
+                    "of --limit",
+                    hint=_close_names(term[1:], self._names()),
+                )
             chosen = {name: None for name in chosen if name not in drop}
-        return [host for name, host in self.hosts.items() if name in chosen]
+        hosts = [host for name, host in self.hosts.items() if name in chosen]
+        return Selection(hosts, unmatched)
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain data for `mlfleet inventory --json`."""
@@ -148,28 +220,69 @@ class Inventory:
             "groups": {name: list(members) for name, members in self.groups.items()},
         }
 
-    def _match(self, term: str) -> List[str]:
-        """Host names for one term: Ansible's rule, groups first, then hosts by name."""
-        if term in ("all", "*"):
-            return list(self.hosts)
+    def ordered_members(self, group: str) -> List[str]:
+        """The hosts of a group in Ansible's order (Group.get_hosts): its own hosts in the
+        order listed, then those of its child groups, level by level (children in the order
+        listed; Ansible's order below the first level depends on hashing, this is one of the
+        orders it can give)."""
+        if group not in self._ordered:
+            if group not in self.tree:
+                return list(self.groups.get(group, ()))
+            levels, seen_groups = [group], {group}
+            out: Dict[str, None] = {}
+            while levels:
+                following: List[str] = []
+                for name in levels:
+                    own, children = self.tree[name]
+                    out.update(dict.fromkeys(own))
+                    for child in children:
+                        if child not in seen_groups:
+                            seen_groups.add(child)
+                            following.append(child)
+                levels = following
+            self._ordered[group] = list(out)
+        return self._ordered[group]
+
+    def _term(self, term: str, unmatched: List[str]) -> List[str]:
+        """Host names for one term without its `!`/`&` (Ansible's _match_one_pattern)."""
         if not term:
             raise ConfigError("empty term in --limit", hint="write `!name` or `&name`")
-        is_pattern = term.startswith("~") or any(c in term for c in "*?[")
-        if not is_pattern:  # a name: looked up, not matched against every name
-            if term in self.groups:
-                return list(self.groups[term])
-            if term in self.hosts:
-                return [term]
-            return self._range_or_fail(term)
-        matches = self._matcher(term)
-        groups = [g for g in self.groups if g not in ("all", "ungrouped") and matches(g)]
-        found: Dict[str, None] = {}
+        expr, subscript = _split_subscript(term)
+        names, any_group = self._enumerate(expr)
+        if not names and not any_group:
+            unmatched.append(expr)
+        if subscript is None or not names:
+            return names
+        start, end = subscript
+        if not end:  # Ansible: [x] and [x:0] are one host
+            if not -len(names) <= start < len(names):
+                raise ConfigError(
+                    f"no host matches the subscript of {shown(term)} in --limit: "
+                    f"{shown(expr)} has {len(names)} host{'s' if len(names) != 1 else ''}",
+                    hint="subscripts count from 0: group[0] is the first host, group[-1] the last",
+                )
+            return [names[start]]
+        return names[start : (len(names) if end == -1 else end + 1)]
+
+    def _enumerate(self, expr: str) -> Tuple[List[str], bool]:
+        """Ansible's _enumerate_matches: the hosts of the groups `expr` matches, then (when
+        no group matches, or it is a glob or regex) the hosts it matches by name; and
+        whether any group matched (an empty group is no warning)."""
+        matches = self._matcher(expr)
+        is_pattern = expr.startswith("~") or any(c in expr for c in ".?*[")
+        if not expr.startswith("~") and not any(c in expr for c in "?*["):
+            groups = [expr] if expr in self.groups else []  # a name: looked up, not scanned
+        else:
+            groups = [g for g in self.groups if matches(g)]
+        found: List[str] = []
         for group in groups:
-            found.update(dict.fromkeys(self.groups[group]))
-        found.update(dict.fromkeys(h for h in self.hosts if matches(h)))
-        if groups or found:
-            return list(found)
-        return self._range_or_fail(term)
+            found.extend(self.ordered_members(group))
+        if not groups or is_pattern:
+            if not expr.startswith("~") and not any(c in expr for c in "?*["):
+                found.extend([expr] if expr in self.hosts else [])
+            else:
+                found.extend(h for h in self.hosts if matches(h))
+        return found, bool(groups)
 
     @staticmethod
     def _matcher(term: str) -> Callable[[str], bool]:
@@ -177,38 +290,28 @@ class Inventory:
             regex = limit_regex(term)
             return lambda name: regex.match(name) is not None
         if any(c in term for c in "*?["):
-            return lambda name: fnmatch.fnmatchcase(name, term)
+            glob = re.compile(fnmatch.translate(term))
+            return lambda name: glob.match(name) is not None
         return lambda name: name == term
-
-    def _range_or_fail(self, term: str) -> List[str]:
-        names: List[str] = []
-        if "[" in term and not term.startswith("~"):
-            try:
-                names = expand_host_pattern(term)
-            except HostRangeTooLarge as exc:
-                raise ConfigError(f"{exc} (in --limit)") from None
-            except HostRangeError:
-                names = []
-        missing = [n for n in names if n not in self.hosts]
-        if names and not missing:
-            return names
-        if names:
-            raise ConfigError(
-                f"unknown host {shown(missing[0])} in --limit (from {shown(term)})",
-                hint=_close_names(missing[0], self._names()),
-            )
-        if term.startswith("~") or any(c in term for c in "*?["):
-            raise ConfigError(
-                f"no host or group matches {shown(term)} in --limit",
-                hint=_close_names(term, self._names()),
-            )
-        raise ConfigError(
-            f"unknown host or group {shown(term)} in --limit",
-            hint=_close_names(term, self._names()),
-        )
 
     def _names(self) -> List[str]:
         return [*self.groups, *self.hosts]
+
+
+# Ansible's PATTERN_WITH_SUBSCRIPT: `pattern[3]`, `pattern[-1]`, `pattern[0:2]`, `pattern[1:]`
+_SUBSCRIPT = re.compile(r"(.+)\[(?:(-?[0-9]+)|([0-9]+)([:-])([0-9]*))\]")
+
+
+def _split_subscript(term: str) -> Tuple[str, Optional[Tuple[int, Optional[int]]]]:
+    """(the pattern, (start, end or None for one host; end -1: to the last)) of a term;
+    a regex has no subscript. Ansible's old `[x-y]` is read as `[x:y]`, as Ansible does."""
+    found = None if term.startswith("~") else _SUBSCRIPT.fullmatch(term)
+    if found is None:
+        return term, None
+    expr, index, start, _, end = found.groups()
+    if index is not None:
+        return expr, (int(index), None)
+    return expr, (int(start), int(end) if end else -1)
 
 
 def split_host_pattern(pattern: str) -> List[str]:
@@ -318,7 +421,10 @@ def load_selected_hosts(path: Path, limit: Optional[str]) -> List[Host]:
     """The hosts `limit` selects from the inventory at `path`, every setting of every host
     checked, without touching a host: what `mlfleet check` and each command read first.
     Any bad input is one ConfigError line."""
-    return load_inventory(path).select(limit)
+    inventory = load_inventory(path)
+    hosts = inventory.select(limit)
+    inventory.touched(hosts)
+    return hosts
 
 
 def find_vars_files(base: Path, kind: str, name: str) -> List[LocatedDict]:
@@ -437,15 +543,9 @@ def parse_inventory(
             "`ansible-inventory -i FILE --list --yaml`",
         )
     builder = _Builder(source, doc.where("all") if "all" in doc else doc.where())
-    for key, body in doc.items():
+    for key, body in doc.items():  # every top-level key is a group, `hosts:` too (Ansible)
         loc = doc.where(key)
-        if key in GROUP_KEYS:
-            raise ConfigError(
-                f"`{key}:` at the top level of the inventory",
-                where=loc,
-                hint="put it under a group, normally `all:`",
-            )
-        builder.group(_group_name(key, loc), body, loc)
+        builder.group(_group_name(key, loc), body, loc, top_level=True)
     return builder.finish(vars_files or (lambda kind, name: ()))
 
 
@@ -483,7 +583,7 @@ class _Builder:
         self.listings = 0  # host names listed under groups, ranges expanded
         self.steps = 0  # parent links followed to find hosts' groups
 
-    def group(self, name: str, body: Any, where: str) -> None:
+    def group(self, name: str, body: Any, where: str, top_level: bool = False) -> None:
         group = self.groups.setdefault(name, _Group(name, where))
         if body is None:
             return
@@ -501,6 +601,13 @@ class _Builder:
                 self._hosts(group, value, loc)
             elif key == "children":
                 self._children(group, value, loc)
+            elif top_level and name in GROUP_KEYS:  # e.g. hosts listed at the top level
+                raise ConfigError(
+                    f"unknown key {shown(key)} in group {shown(name)}",
+                    where=loc,
+                    hint=f"a top-level `{name}:` is a group named {name}, as in Ansible; "
+                    f"to list {name} of every host, put `{name}:` under `all:`",
+                )
             else:
                 raise ConfigError(
                     f"unknown key {shown(key)} in group {shown(name)}",
@@ -536,6 +643,12 @@ class _Builder:
     def _hosts(self, group: _Group, doc: Any, where: str) -> None:
         what = f"`hosts` of group {shown(group.name)}"
         for key, body, loc in _entries(doc, where, what, _HOSTS_HINT):
+            if isinstance(key, (int, float)) and not isinstance(key, bool):
+                raise ConfigError(
+                    f"host name {shown(key)} is a number, not text (Ansible refuses it too)",
+                    where=loc,
+                    hint=f"quote it: '{key}':",
+                )
             pattern, port = _split_port(_name_text(key, "host", loc), loc)
             names = self._expand(group, pattern, loc)
             if body is not None and not isinstance(body, LocatedDict):
@@ -619,7 +732,6 @@ class _Builder:
         rank = {name: i for i, name in enumerate(order)}
         group_files = {g: _checked(vars_files("group", g)) for g in self.groups}
         resolved: Dict[FrozenSet[str], _Resolved] = {}
-        checked: Set[Tuple[str, Tuple[int, ...]]] = set()  # settings found good (Host.validate)
         memberships = 0
         hosts: Dict[str, Host] = {}
         for name, entry in self.hosts.items():
@@ -642,14 +754,17 @@ class _Builder:
             ]:
                 for var, value in values.items():
                     merged[var], origins[var] = value, where(var)
-            host = Host(name, merged, names, origins, entry.where)
-            host.validate(checked)
-            hosts[name] = host
+            hosts[name] = Host(name, merged, names, origins, entry.where)
         members: Dict[str, List[str]] = {g: [] for g in self.groups}
         for name, host in hosts.items():
             for group_name in host.groups:
                 members[group_name].append(name)
-        return Inventory(source=self.source, hosts=hosts, groups=members)
+        tree = {
+            name: (list(group.hosts), list(group.children)) for name, group in self.groups.items()
+        }
+        own, children = tree["all"]  # Ansible makes `ungrouped` the first child of `all`
+        tree["all"] = (own, ["ungrouped", *(c for c in children if c != "ungrouped")])
+        return Inventory(source=self.source, hosts=hosts, groups=members, tree=tree)
 
     def _place_ungrouped(self) -> None:
         """Hosts in no group but `all` go to `ungrouped`; nobody else stays there."""
@@ -731,11 +846,13 @@ class _Builder:
             )
         names = tuple(sorted(found, key=rank.__getitem__))
         others = [g for g in names if g != "all"]
+        # Ansible's default VARIABLE_PRECEDENCE: every group's inventory-file `vars:` (`all`
+        # first), then group_vars/all, then the other groups' group_vars/ files.
         layers: List[Tuple[Mapping[str, Any], Callable[[str], str]]] = []
         everyone = self.groups["all"]
         layers.append((everyone.vars, everyone.origins.__getitem__))
-        layers += [(d, d.where) for d in group_files.get("all", ())]
         layers += [(self.groups[g].vars, self.groups[g].origins.__getitem__) for g in others]
+        layers += [(d, d.where) for d in group_files.get("all", ())]
         layers += [(d, d.where) for g in others for d in group_files.get(g, ())]
         merged: Dict[str, Any] = {}
         origins: Dict[str, str] = {}

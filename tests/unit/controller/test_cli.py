@@ -133,7 +133,7 @@ def test_check_says_what_it_checked_in_one_line(run) -> None:
     [
         ([], INVENTORY + "  vars: {mlfleet_transfer: carrier-pigeon}\n",
          "hosts.yml:7: host 'edge-cpu': `mlfleet_transfer` must be one of pull, relay, auto"),
-        (["--limit", "edge-nope"], INVENTORY, "unknown host or group 'edge-nope' in --limit"),
+        (["--limit", "edge-nope"], INVENTORY, "--limit 'edge-nope' selects no host"),
         (["--tag", "[x:B]"], INVENTORY, "tag '[x:B]' is not a Docker tag"),
         ([], INVENTORY.replace("edge-t4.invalid}", "edge-t4.invalid, mlfleet_agent_dir: \"/opt/x\\n* * * * * id\"}"),
          "hosts.yml:6: host 'edge-t4': `mlfleet_agent_dir` "),
@@ -162,7 +162,7 @@ def test_check_answers_at_once_on_hostile_input(run) -> None:
             [],
             "nest",
         ),  # nested, nesting: the loader's words
-        (INVENTORY, ["--limit", "edge[0:99999999999]"], "100,000,000,000"),
+        (INVENTORY, ["--limit", "x," * 100_000 + "x"], "--limit has 100,001 terms"),
     ]:
         started = time.monotonic()
         code, _, err = run("check", *args, inventory=inventory)

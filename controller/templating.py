@@ -1,0 +1,116 @@
+"""The part of Jinja that inventories use in connection variables, evaluated without Jinja
+(pure; the environment is passed in).
+
+Ansible evaluates any Jinja in an inventory variable when a task reads it. mlfleet reads
+connection and agent settings from the same variables, and evaluates what it can evaluate
+exactly and safely:
+
+- `{{ name }}`: another variable of the same host (itself evaluated the same way, at most
+  `MAX_DEPTH` levels deep); `inventory_hostname` is the host's name;
+- `{{ lookup('env', 'NAME') }}`: the controller's environment variable (empty when unset,
+  as Ansible's env lookup gives);
+- either followed by `| default('text')` or `| default('text', true)` (the second form also
+  replaces an empty value, as Jinja's `default(..., boolean=true)` does);
+- text around them: `{{ site }}-gw.example.com`.
+
+Anything else (other lookups and filters, `{% ... %}`, arithmetic, magic variables such as
+`ansible_playbook_python`) raises TemplateUnsupported naming the expression; the caller turns
+that into one line for the hosts a command touches, and leaves other hosts alone.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping, Optional
+
+MAX_DEPTH = 10  # variables referring to variables
+
+_EXPRESSION = re.compile(r"\{\{(.*?)\}\}", re.S)
+_STRING = r"""(?:'([^'\\]*)'|"([^"\\]*)")"""
+_NAME = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*")
+_ENV = re.compile(rf"\s*lookup\(\s*{_STRING}\s*,\s*{_STRING}\s*\)\s*")
+_DEFAULT = re.compile(
+    rf"\|\s*(?:default|d)\(\s*{_STRING}\s*(?:,\s*(true|True|false|False)\s*)?\)\s*$"
+)
+
+
+class TemplateUnsupported(ValueError):
+    """A template mlfleet does not evaluate; the message names the expression."""
+
+
+def is_template(value: Any) -> bool:
+    """Whether a value holds Jinja (`{{`, `{%` or `{#`)."""
+    return isinstance(value, str) and ("{{" in value or "{%" in value or "{#" in value)
+
+
+def evaluate(
+    text: str,
+    variables: Mapping[str, Any],
+    host_name: str,
+    environ: Mapping[str, str],
+    depth: int = 0,
+) -> str:
+    """`text` with each supported `{{ ... }}` replaced by its value."""
+    if "{%" in text or "{#" in text:
+        raise TemplateUnsupported("Jinja statements ({% ... %}) and comments are not evaluated")
+    if depth > MAX_DEPTH:
+        raise TemplateUnsupported(f"variables refer to variables more than {MAX_DEPTH} deep")
+
+    def one(match: re.Match) -> str:
+        return _expression(match.group(1), variables, host_name, environ, depth)
+
+    return _EXPRESSION.sub(one, text)
+
+
+def _expression(
+    source: str,
+    variables: Mapping[str, Any],
+    host_name: str,
+    environ: Mapping[str, str],
+    depth: int,
+) -> str:
+    body, fallback, also_empty = source, None, False
+    default = _DEFAULT.search(source)
+    if default is not None:
+        body = source[: default.start()]
+        fallback = _text(default.group(1), default.group(2))
+        also_empty = (default.group(3) or "").lower() == "true"
+    value = _value(body, variables, host_name, environ, depth)
+    if fallback is not None and (value is None or (also_empty and value == "")):
+        return fallback
+    if value is None:
+        raise TemplateUnsupported(f"{{{{{source}}}}} uses {body.strip()}, which is not defined")
+    return value
+
+
+def _value(
+    body: str,
+    variables: Mapping[str, Any],
+    host_name: str,
+    environ: Mapping[str, str],
+    depth: int,
+) -> Optional[str]:
+    """The text of a variable or env lookup; None: undefined."""
+    env = _ENV.fullmatch(body)
+    if env is not None:
+        plugin = _text(env.group(1), env.group(2))
+        if plugin != "env":
+            raise TemplateUnsupported(f"lookup('{plugin}', ...) is not evaluated")
+        return environ.get(_text(env.group(3), env.group(4)), "")
+    name = _NAME.fullmatch(body)
+    if name is None:
+        raise TemplateUnsupported(f"{{{{{body}}}}} is not evaluated")
+    key = name.group(1)
+    if key not in variables:
+        return host_name if key == "inventory_hostname" else None
+    value = variables[key]
+    if value is None or isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        what = "null" if value is None else type(value).__name__
+        raise TemplateUnsupported(f"{{{{ {key} }}}} is {what}, not text")
+    if isinstance(value, str) and is_template(value):
+        return evaluate(value, variables, host_name, environ, depth + 1)
+    return str(value)
+
+
+def _text(single: Optional[str], double: Optional[str]) -> str:
+    return single if single is not None else (double or "")
