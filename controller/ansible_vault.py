@@ -495,3 +495,32 @@ def load_vault_secrets(
     for source in _sources(cli_files, vault_ids, environ):
         secrets.append(_load(source, secrets, environ, base))
     return secrets
+
+
+class Keyring:
+    """The vault passwords of one mlfleet command: where they come from is set once, from the
+    command line (`configure`); they are read (files read, scripts run) the first time a value
+    that a command needs is vault-encrypted, and kept for the rest of the command only."""
+
+    def __init__(self, environ: Optional[Mapping[str, str]] = None) -> None:
+        self._environ = environ
+        self._files: Tuple[str, ...] = ()
+        self._ids: Tuple[str, ...] = ()
+        self._secrets: Optional[List[VaultSecret]] = None
+
+    def configure(self, password_files: Sequence[str] = (), vault_ids: Sequence[str] = ()) -> None:
+        """`--vault-password-file` and `--vault-id` options (ANSIBLE_VAULT_* are read too)."""
+        self._files, self._ids, self._secrets = tuple(password_files), tuple(vault_ids), None
+
+    def reveal(self, value: Any, what: str) -> Any:
+        """`value` with its vault-encrypted parts decrypted (see `reveal`); a value without
+        any is returned as it is, and reads no password."""
+        if not has_vault(value):
+            return value
+        if self._secrets is None:
+            environ = os.environ if self._environ is None else self._environ
+            self._secrets = load_vault_secrets(self._files, environ, vault_ids=self._ids)
+        return reveal(value, self._secrets, what)
+
+
+KEYRING = Keyring()  # the command's; cli.py configures it

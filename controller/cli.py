@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple, TypeVar
 
 import click
 from rich.console import Console
@@ -119,6 +119,14 @@ class Settings:
     forks: int
     state: Optional[Path]
     accept_new_host_keys: bool
+    vault_password_files: Tuple[str, ...] = ()
+    vault_ids: Tuple[str, ...] = ()
+
+    def configure_vault(self) -> None:
+        """Where vault passwords come from, for values a command decrypts (read only then)."""
+        from mlfleet.controller.ansible_vault import KEYRING
+
+        KEYRING.configure(self.vault_password_files, self.vault_ids)
 
 
 EXIT_CODES = """\b
@@ -150,6 +158,11 @@ def _global_options(after_command: bool) -> List[Callable[[F], F]]:
                help="Controller state DB (default $MLFLEET_STATE or ~/.local/state/mlfleet/state.db)."),
         option("--accept-new-host-keys", is_flag=True, default=False,
                help="Trust and record unknown host keys (never changed ones)."),
+        option("--vault-password-file", "vault_password_files", multiple=True, metavar="FILE",
+               help="Ansible Vault password file or script (repeatable; also "
+                    "$ANSIBLE_VAULT_PASSWORD_FILE)."),
+        option("--vault-id", "vault_ids", multiple=True, metavar="[ID@]FILE",
+               help="Ansible Vault password for a vault id (repeatable)."),
         option("--debug", is_flag=True, default=False, help="Show tracebacks."),
     ]  # fmt: skip
 
@@ -165,6 +178,9 @@ def fleet_options(fn: F) -> F:
             value = kwargs.pop(name)
             if value is not None:
                 setattr(settings, name, value)
+        for name in ("vault_password_files", "vault_ids"):  # repeatable: added to
+            setattr(settings, name, (*getattr(settings, name), *(kwargs.pop(name) or ())))
+        settings.configure_vault()
         kwargs.pop("debug")
         return fn(*args, **kwargs)
 
@@ -184,11 +200,14 @@ def _group_options(fn: F) -> F:
 @click.version_option(package_name="mlfleet")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool, inventory: Path, playbook: Optional[Path], limit: Optional[str],
-        forks: int, state: Optional[Path], accept_new_host_keys: bool) -> None:  # fmt: skip
+        forks: int, state: Optional[Path], accept_new_host_keys: bool,
+        vault_password_files: Tuple[str, ...], vault_ids: Tuple[str, ...]) -> None:  # fmt: skip
     """Deploy ML models to a fleet of heterogeneous edge hosts.
 
     The options above may also be given after the command (mlfleet deploy --tag v3 --limit edge-cpu)."""
-    ctx.obj = Settings(inventory, playbook, limit, forks, state, accept_new_host_keys)
+    ctx.obj = Settings(inventory, playbook, limit, forks, state, accept_new_host_keys,
+                       tuple(vault_password_files), tuple(vault_ids))  # fmt: skip
+    ctx.obj.configure_vault()
 
 
 def _state(settings: Settings) -> Any:

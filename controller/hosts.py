@@ -10,8 +10,9 @@ import re
 import shlex
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Set, Tuple
+from typing import Any, Dict, Iterator, Mapping, Optional, Set, Tuple
 
+from mlfleet.controller.ansible_vault import KEYRING, Keyring, VaultValue
 from mlfleet.controller.errors import ConfigError
 from mlfleet.controller.templating import TemplateUnsupported, evaluate, is_template
 from mlfleet.controller.yamlsource import shown
@@ -27,6 +28,23 @@ _USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]*\$?")
 MAX_BWLIMIT_KBIT = 100_000_000  # 100 Gbit/s
 _TRUE = frozenset({"true", "yes", "on", "y", "t", "1"})
 _FALSE = frozenset({"false", "no", "off", "n", "f", "0"})
+
+
+class _Revealing(Mapping[str, Any]):
+    """A host's variables as a template reads them: vault-encrypted ones decrypted."""
+
+    def __init__(self, host: Host) -> None:
+        self._host = host
+
+    def __getitem__(self, key: str) -> Any:
+        value = self._host.vars[key]
+        return self._host.revealed(key) if isinstance(value, VaultValue) else value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._host.vars)
+
+    def __len__(self) -> int:
+        return len(self._host.vars)
 
 
 class UnevaluatedTemplate(ConfigError):
@@ -50,7 +68,8 @@ class Host:
     `groups` lists every group the host is in, `all` first, in the order their variables
     apply. `origins` maps each variable to the file:line its winning value came from.
     A setting's value may use the Jinja that controller/templating.py evaluates (other
-    variables of the host, `lookup('env', ...)` from `environ`, the controller's own).
+    variables of the host, `lookup('env', ...)` from `environ`, the controller's own), and
+    may be vault-encrypted (decrypted by `keyring` when read, never kept).
     """
 
     name: str
@@ -61,6 +80,7 @@ class Host:
     environ: Mapping[str, str] = field(
         default_factory=lambda: os.environ, hash=False, compare=False, repr=False
     )
+    keyring: Keyring = field(default=KEYRING, hash=False, compare=False, repr=False)
 
     @property
     def address(self) -> str:
@@ -268,8 +288,9 @@ class Host:
         `checked`, shared by the hosts of one inventory, remembers the values already found
         good (by identity: the very objects of the same group's variables), so that only
         the settings a host's own variables change are read again for it. With `templates`
-        False, a template mlfleet cannot evaluate is let through (it fails when read, for a
-        host a command touches); a setting that uses templates is never cached.
+        False, a template mlfleet cannot evaluate is let through, and a vault-encrypted value
+        is not decrypted (both are read for a host a command touches); a setting that uses
+        either is never cached.
         """
         if checked is None:
             checked = set()
@@ -279,13 +300,15 @@ class Host:
             key = (setting, tuple(id(v) for v in values))
             if key in checked:
                 continue
+            if not templates and any(isinstance(v, VaultValue) for v in values):
+                continue  # decrypted only for a host a command touches
             try:
                 getattr(self, setting)
             except UnevaluatedTemplate:
                 if templates:
                     raise
                 continue
-            if not any(is_template(v) for v in values):
+            if not any(is_template(v) or isinstance(v, VaultValue) for v in values):
                 checked.add(key)
 
     # --- typed readers -------------------------------------------------------------------
@@ -295,13 +318,20 @@ class Host:
         evaluated."""
         for name in names:
             value = self.vars.get(name)
+            if isinstance(value, VaultValue):
+                value = self.revealed(name)
             if value is not None:
                 return name, self._evaluated(name, value) if is_template(value) else value
         return None, None
 
+    def revealed(self, var: str) -> Any:
+        """The variable's value with any vault-encrypted part decrypted: only for a value a
+        command uses, at the moment it uses it (never stored)."""
+        return self.keyring.reveal(self.vars.get(var), f"{var} of host {self.name}")
+
     def _evaluated(self, var: str, text: str) -> str:
         try:
-            return evaluate(text, self.vars, self.name, self.environ)
+            return evaluate(text, _Revealing(self), self.name, self.environ)
         except TemplateUnsupported as exc:
             raise UnevaluatedTemplate(
                 f"host {shown(self.name)}: `{var}` is a Jinja template mlfleet cannot evaluate:"

@@ -73,6 +73,7 @@ from typing import (
     Tuple,
 )
 
+from mlfleet.controller.ansible_vault import VaultValue
 from mlfleet.controller.errors import ConfigError
 from mlfleet.controller.hostrange import (
     MAX_RANGE_HOSTS,
@@ -214,7 +215,7 @@ class Inventory:
         """Plain data for `mlfleet inventory --json`."""
         return {
             "hosts": {
-                name: {"groups": list(host.groups), "vars": plain(host.vars)}
+                name: {"groups": list(host.groups), "vars": _listed(plain(host.vars))}
                 for name, host in self.hosts.items()
             },
             "groups": {name: list(members) for name, members in self.groups.items()},
@@ -312,6 +313,18 @@ def _split_subscript(term: str) -> Tuple[str, Optional[Tuple[int, Optional[int]]
     if index is not None:
         return expr, (int(index), None)
     return expr, (int(start), int(end) if end else -1)
+
+
+def _listed(value: Any) -> Any:
+    """A value as `ansible-inventory --list` prints it: vault-encrypted values as
+    `{"__ansible_vault": ENVELOPE}`, never decrypted."""
+    if isinstance(value, VaultValue):
+        return value.to_json()
+    if isinstance(value, dict):
+        return {k: _listed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_listed(v) for v in value]
+    return value
 
 
 def split_host_pattern(pattern: str) -> List[str]:

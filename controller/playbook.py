@@ -105,6 +105,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,8 +124,10 @@ from mlfleet.agent.imageref import ImageRef, ImageRefError, is_tag
 from mlfleet.agent.variants import Variant, VariantError, parse_variants
 from mlfleet.controller import rollout
 from mlfleet.controller import yamlcheck as check
+from mlfleet.controller.ansible_vault import KEYRING, VaultValue
 from mlfleet.controller.errors import ConfigError
 from mlfleet.controller.rollout import BatchSpec, Canary
+from mlfleet.controller.templating import TemplateUnsupported, evaluate, is_template
 from mlfleet.controller.yamlsource import LocatedDict, LocatedList, load_yaml_file, plain
 
 ON_FAILURE = ("pause", "rollback", "continue")
@@ -1023,6 +1026,8 @@ def _host_value(host_vars: Dict[str, Any], host_name: str, name: str, t: Templat
             where=t.where,
             hint=f"define {name} in the inventory, in the host's vars or a group's vars",
         )
+    if isinstance(value, VaultValue):  # decrypted for this value only, never kept
+        value = KEYRING.reveal(value, f"{name} of host {host_name}")
     if value is None or isinstance(value, (dict, list, tuple, set)):
         raise ConfigError(
             f"host {host_name}: `{t.path}` uses {{{{ {name} }}}}, which is {check.kind(value)}"
@@ -1030,6 +1035,21 @@ def _host_value(host_vars: Dict[str, Any], host_name: str, name: str, t: Templat
             where=t.where,
             hint=f"set {name} to a value for {host_name}",
         )
+    if is_template(value):  # the inventory's value is a template too, as Ansible allows
+        revealed = {
+            k: KEYRING.reveal(v, f"{k} of host {host_name}") if isinstance(v, VaultValue) else v
+            for k, v in host_vars.items()
+        }
+        try:
+            return evaluate(value, revealed, host_name, os.environ)
+        except TemplateUnsupported as exc:
+            raise ConfigError(
+                f"host {host_name}: `{t.path}` uses {{{{ {name} }}}}, a Jinja template mlfleet "
+                f"cannot evaluate: {exc}",
+                where=t.where,
+                hint=f"write {name} out for {host_name} (mlfleet evaluates {{{{ variable }}}} "
+                "and {{ lookup('env', 'NAME') }})",
+            ) from None
     return str(value)
 
 

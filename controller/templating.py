@@ -34,13 +34,21 @@ _DEFAULT = re.compile(
 )
 
 
+class UnsafeText(str):
+    """A `!unsafe` string (Ansible's tag): text that is never evaluated as a template."""
+
+
 class TemplateUnsupported(ValueError):
     """A template mlfleet does not evaluate; the message names the expression."""
 
 
 def is_template(value: Any) -> bool:
-    """Whether a value holds Jinja (`{{`, `{%` or `{#`)."""
-    return isinstance(value, str) and ("{{" in value or "{%" in value or "{#" in value)
+    """Whether a value holds Jinja (`{{`, `{%` or `{#`) to evaluate (`!unsafe` text never)."""
+    return (
+        isinstance(value, str)
+        and not isinstance(value, UnsafeText)
+        and ("{{" in value or "{%" in value or "{#" in value)
+    )
 
 
 def evaluate(

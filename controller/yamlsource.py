@@ -8,6 +8,8 @@ walks the result, e.g. to print it as JSON, sees it expanded: a "billion laughs"
 nested aliases is 10^9 nodes in a file of a few hundred bytes). A value YAML cannot build
 (`!!int abc`, `!!timestamp`, a list as a key) is refused with its line. These limits
 protect every file read here: inventories, group_vars/host_vars, playbooks, lab profiles.
+Ansible's own tags are read as Ansible reads them: `!vault` is a VaultValue (kept encrypted;
+controller/ansible_vault.py) and `!unsafe` text an UnsafeText (never a template).
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.resolver import Resolver
 
+from mlfleet.controller.ansible_vault import VaultValue
 from mlfleet.controller.errors import ConfigError
 from mlfleet.controller.plaintext import printable
+from mlfleet.controller.templating import UnsafeText
 
 LIBYAML = bool(getattr(yaml, "__with_libyaml__", False))  # PyYAML built with libyaml
 MAX_DEPTH = 100  # levels of nested lists and mappings
@@ -250,10 +254,41 @@ if LIBYAML:
             self._start(source)
 
 
+def _construct_vault(loader: _Loader, node: Node) -> VaultValue:
+    """`!vault |` (Ansible Vault): the envelope kept encrypted, exactly as written."""
+    if not isinstance(node, ScalarNode):
+        raise ConfigError(
+            "a `!vault` value must be the encrypted text, not a list or mapping",
+            where=loader._at(node.start_mark),
+            hint="write it as ansible-vault encrypt_string prints it",
+        )
+    return VaultValue(str(node.value), loader._at(node.start_mark))
+
+
+def _construct_unsafe(loader: _Loader, node: Node) -> Any:
+    """`!unsafe` (Ansible's tag): the text as written, never a template; on a list or a
+    mapping, every string in it."""
+    if isinstance(node, ScalarNode):
+        return UnsafeText(node.value)
+    if isinstance(node, SequenceNode):
+        items = _construct_sequence(loader, node)
+        for i, item in enumerate(items):
+            if isinstance(item, str):
+                items[i] = UnsafeText(item)
+        return items
+    mapping = _construct_mapping(loader, node)  # type: ignore[arg-type]
+    for key, item in mapping.items():
+        if isinstance(item, str):
+            mapping[key] = UnsafeText(item)
+    return mapping
+
+
 _LOADERS: List[Any] = [_PyLoader, _CLoader] if LIBYAML else [_PyLoader]
 for _loader in _LOADERS:
     _loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
     _loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+    _loader.add_constructor("!vault", _construct_vault)
+    _loader.add_constructor("!unsafe", _construct_unsafe)
 
 
 def _hashable(key: Any) -> bool:
