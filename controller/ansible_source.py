@@ -21,8 +21,8 @@ still encrypted (decrypted only where a command needs it, as for a YAML inventor
 wholly encrypted vars file is another matter: ansible-inventory cannot read it without the
 password (one line saying so) and, given one (`--vault-password-file`, `--vault-id`, or
 ANSIBLE_VAULT_PASSWORD_FILE / ansible.cfg, which it reads itself), prints its values
-decrypted. `!unsafe` values arrive as `{"__ansible_unsafe": text}` and are read as their
-text: mlfleet never evaluates a template, so the marker changes nothing.
+decrypted. `!unsafe` values arrive as `{"__ansible_unsafe": text}` and become
+templating.UnsafeText, as the YAML reader makes them (text never evaluated as a template).
 
 What --list does not say, and so an Inventory from it does not know: the file:line of a
 value (its origin is the source), `ansible_group_priority` (a host's groups are ordered by
@@ -48,6 +48,7 @@ from mlfleet.controller.ansible_vault import PASSWORD_HINT, VaultValue
 from mlfleet.controller.errors import ConfigError
 from mlfleet.controller.hosts import Host
 from mlfleet.controller.plaintext import printable
+from mlfleet.controller.templating import UnsafeText
 from mlfleet.controller.yamlsource import shown
 
 KINDS = ("yaml", "ini", "directory", "plugin", "script", "toml")
@@ -388,8 +389,9 @@ def inventory_from_ansible_json(doc: Any, source: str) -> inventory.Inventory:
 
     Hosts in the order Ansible walks them (`_host_order`); each host's `groups` are every
     group it is in, through children, `all` first, then by depth and name; its `vars` are
-    --list's merged hostvars (an `!unsafe` value as its text, a `!vault` value as a
-    VaultValue); their origin is `source` (`where`, as --list gives no lines). `all` and
+    --list's merged hostvars (an `!unsafe` value as UnsafeText, a `!vault` value as a
+    VaultValue, as the YAML reader makes them); their origin is `source` (`where`, as --list
+    gives no lines). `all` and
     `ungrouped` are always among the groups, and so is every group --list names (it leaves
     out empty ones except where a parent lists them as children).
     """
@@ -546,12 +548,12 @@ def _groups_of(
 def _value(value: Any, where: str) -> Any:
     """A --list value as mlfleet keeps it, at any depth: `{"__ansible_vault": envelope}` ->
     a VaultValue (still encrypted; `where` is the source, --list gives no line), and
-    `{"__ansible_unsafe": text}` -> the text; everything else as it is."""
+    `{"__ansible_unsafe": text}` -> UnsafeText (never a template); the rest as it is."""
     if isinstance(value, dict):
         if len(value) == 1 and isinstance(value.get("__ansible_vault"), str):
             return VaultValue(value["__ansible_vault"], where)
         if len(value) == 1 and isinstance(value.get("__ansible_unsafe"), str):
-            return value["__ansible_unsafe"]
+            return UnsafeText(value["__ansible_unsafe"])
         return {k: _value(v, where) for k, v in value.items()}
     if isinstance(value, list):
         return [_value(v, where) for v in value]

@@ -29,6 +29,7 @@ from mlfleet.controller.ansible_source import (
 from mlfleet.controller.ansible_vault import VaultValue
 from mlfleet.controller.errors import ConfigError
 from mlfleet.controller.inventory import Inventory
+from mlfleet.controller.templating import UnsafeText, is_template
 from tests.paths import FIXTURES as ALL_FIXTURES
 from tests.unit.controller.bounded import CAP_SECONDS, within
 
@@ -264,6 +265,7 @@ def assert_matches_list(inv: Inventory, doc: Dict[str, Any]) -> None:
                 assert isinstance(host.vars[var], VaultValue)
                 assert host.vars[var].envelope == value["__ansible_vault"]
             elif isinstance(value, dict) and set(value) == {"__ansible_unsafe"}:
+                assert isinstance(host.vars[var], UnsafeText)
                 assert host.vars[var] == value["__ansible_unsafe"]
             else:
                 assert host.vars[var] == value
@@ -350,7 +352,7 @@ def test_host_order_is_ansibles_walk():
     assert list(inv.groups)[:5] == ["all", "ungrouped", "d", "c", "a"]
 
 
-def test_vault_values_stay_encrypted_and_unsafe_values_are_text():
+def test_vault_values_stay_encrypted_and_unsafe_values_are_never_templates():
     doc = recorded("vault-unsafe")
     inv = inventory_from_ansible_json(doc, "vault-unsafe/inventory.yml")
     host = inv.hosts["h1"]
@@ -362,6 +364,8 @@ def test_vault_values_stay_encrypted_and_unsafe_values_are_text():
     assert secret.where == "vault-unsafe/inventory.yml"
     assert "ANSIBLE_VAULT" not in repr(host.vars)
     assert host.vars["unsafe_v"] == "{{ not_templated }}"
+    assert isinstance(host.vars["unsafe_v"], UnsafeText)
+    assert not is_template(host.vars["unsafe_v"])
     assert host.vars["plain"] == 1
 
 
@@ -375,7 +379,7 @@ def test_vault_and_unsafe_inside_lists_and_mappings():
     }
     value = inventory_from_ansible_json(doc, "s").hosts["h"].vars["v"]
     assert isinstance(value["a"][0], VaultValue) and value["a"][0].envelope == envelope
-    assert value["a"][1] == "{{ x }}"
+    assert value["a"][1] == "{{ x }}" and isinstance(value["a"][1], UnsafeText)
 
 
 def test_directory_script_and_plugin_sources():
@@ -726,7 +730,7 @@ def test_live_inline_vault_stays_encrypted_even_with_a_password():
     password = str(FIXTURES / "vault-file" / "password")  # not this value's: never needed
     inv = load_with_ansible(path, "yaml", binary=LIVE, vault_password_files=[password])
     assert isinstance(inv.hosts["h1"].vars["secret_var"], VaultValue)
-    assert inv.hosts["h1"].vars["unsafe_v"] == "{{ not_templated }}"
+    assert isinstance(inv.hosts["h1"].vars["unsafe_v"], UnsafeText)
 
 
 def test_module_names_its_kinds():
