@@ -444,7 +444,10 @@ def inventory_from_ansible_json(doc: Any, source: str) -> inventory.Inventory:
     for name, host in hosts.items():
         for group in host.groups:
             groups[group].append(name)
-    return inventory.Inventory(source=source, hosts=hosts, groups=groups)
+    # Each group's own hosts and children as listed, for `group[0]` subscripts (`all`'s own
+    # hosts are not in --list).
+    tree = {g: (list(hosts_of.get(g, ())), list(children_of[g])) for g in groups}
+    return inventory.Inventory(source=source, hosts=hosts, groups=groups, tree=tree)
 
 
 def _hostvars(doc: Mapping[str, Any], where: str) -> Mapping[str, Mapping[str, Any]]:

@@ -299,6 +299,7 @@ def test_kubespray_ini():
     assert inv.groups["ungrouped"] == []
     assert [h.name for h in inv.select("kube_node")] == ["cpu2"]
     assert [h.name for h in inv.select("all:!etcd")] == ["bastion", "cpu2"]
+    assert [h.name for h in inv.select("k8s_cluster[1]")] == ["cpu2"]
 
 
 def test_openshift_ini_ranges_and_all_vars():
@@ -350,6 +351,11 @@ def test_host_order_is_ansibles_walk():
     assert inv.groups["c"] == ["h2", "h3", "h1"]
     assert inv.groups["b"] == ["h3", "h1"]
     assert list(inv.groups)[:5] == ["all", "ungrouped", "d", "c", "a"]
+    # `group[0]` subscripts count in the same order
+    assert inv.ordered_members("all") == list(inv.hosts)
+    assert inv.ordered_members("c") == ["h2", "h3", "h1"]
+    assert [h.name for h in inv.select("c[0]")] == ["h2"]
+    assert [h.name for h in inv.select("c[-1]")] == ["h1"]
 
 
 def test_vault_values_stay_encrypted_and_unsafe_values_are_never_templates():
