@@ -497,6 +497,39 @@ def load_vault_secrets(
     return secrets
 
 
+class SecretText(str):
+    """Text decrypted from a wholly vault-encrypted vars file: usable as the text it is (a
+    template fills it in), but its repr, and mlfleet's listings, show only where it came
+    from."""
+
+    source: str = ""
+
+    def __repr__(self) -> str:
+        return f"<vault-encrypted in {self.source}>"
+
+    @property
+    def shown(self) -> str:
+        return repr(self)
+
+
+def hide_text(value: Any, source: str = "") -> Any:
+    """`value` (parsed YAML: dicts, lists, scalars) with every string a SecretText of
+    `source`; dicts and lists keep their class (and the lines they know)."""
+    if isinstance(value, str):
+        secret = SecretText(value)
+        secret.source = source
+        return secret
+    if isinstance(value, dict):
+        for key in list(value):
+            value[key] = hide_text(value[key], source)
+        return value
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            value[index] = hide_text(item, source)
+        return value
+    return value
+
+
 class Keyring:
     """The vault passwords of one mlfleet command: where they come from is set once, from the
     command line (`configure`); they are read (files read, scripts run) the first time a value
@@ -511,6 +544,16 @@ class Keyring:
     def configure(self, password_files: Sequence[str] = (), vault_ids: Sequence[str] = ()) -> None:
         """`--vault-password-file` and `--vault-id` options (ANSIBLE_VAULT_* are read too)."""
         self._files, self._ids, self._secrets = tuple(password_files), tuple(vault_ids), None
+
+    @property
+    def password_files(self) -> Tuple[str, ...]:
+        """The `--vault-password-file` options given (not the passwords)."""
+        return self._files
+
+    @property
+    def vault_ids(self) -> Tuple[str, ...]:
+        """The `--vault-id` options given (not the passwords)."""
+        return self._ids
 
     def reveal(self, value: Any, what: str) -> Any:
         """`value` with its vault-encrypted parts decrypted (see `reveal`); a value without

@@ -73,7 +73,7 @@ from typing import (
     Tuple,
 )
 
-from mlfleet.controller.ansible_vault import VaultValue
+from mlfleet.controller.ansible_vault import HEADER, KEYRING, SecretText, VaultValue, hide_text
 from mlfleet.controller.errors import ConfigError
 from mlfleet.controller.hostrange import (
     MAX_RANGE_HOSTS,
@@ -84,7 +84,14 @@ from mlfleet.controller.hostrange import (
 )
 from mlfleet.controller.hosts import Host, as_int
 from mlfleet.controller.plaintext import printable
-from mlfleet.controller.yamlsource import LocatedDict, LocatedList, load_yaml_file, plain, shown
+from mlfleet.controller.yamlsource import (
+    LocatedDict,
+    LocatedList,
+    load_yaml_file,
+    load_yaml_text,
+    plain,
+    shown,
+)
 
 GROUP_KEYS = ("hosts", "children", "vars")
 MAX_HOSTS = 100_000  # hosts in one inventory
@@ -317,9 +324,12 @@ def _split_subscript(term: str) -> Tuple[str, Optional[Tuple[int, Optional[int]]
 
 def _listed(value: Any) -> Any:
     """A value as `ansible-inventory --list` prints it: vault-encrypted values as
-    `{"__ansible_vault": ENVELOPE}`, never decrypted."""
+    `{"__ansible_vault": ENVELOPE}`, never decrypted; values of a wholly encrypted vars file
+    (which ansible-inventory prints in clear) as `<vault-encrypted in FILE>`."""
     if isinstance(value, VaultValue):
         return value.to_json()
+    if isinstance(value, SecretText):  # from a vault-encrypted vars file: never shown
+        return str(value.shown)
     if isinstance(value, dict):
         return {k: _listed(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -425,7 +435,20 @@ def _close_names(term: str, names: Iterable[str]) -> str:
 
 
 def load_inventory(path: Path) -> Inventory:
-    """Read an inventory file and the `group_vars/` and `host_vars/` beside it."""
+    """Read an inventory file and the `group_vars/` and `host_vars/` beside it; an inventory
+    only Ansible reads (INI, a directory, a plugin config, a script) through Ansible's own
+    ansible-inventory (controller/ansible_source.py), where it is installed."""
+    from mlfleet.controller import ansible_source
+
+    kind = ansible_source.kind_of(path)
+    if kind != "yaml":
+        return ansible_source.load_with_ansible(
+            path,
+            kind,
+            binary=ansible_source.find_ansible_inventory(os.environ),
+            vault_password_files=KEYRING.password_files,
+            vault_ids=KEYRING.vault_ids,
+        )
     doc = load_yaml_file(path)
     return parse_inventory(doc, str(path), vars_files=VarsFiles(path.parent))
 
@@ -520,6 +543,8 @@ def _sorted_entries(directory: Path) -> List[Path]:
 
 def _vars_doc(path: Path) -> Optional[LocatedDict]:
     doc = load_yaml_file(path)
+    if isinstance(doc, str) and doc.startswith(HEADER):  # a file ansible-vault encrypted
+        doc = _encrypted_vars_doc(path)
     if doc is None:
         return None
     if not isinstance(doc, LocatedDict):
@@ -529,6 +554,16 @@ def _vars_doc(path: Path) -> Optional[LocatedDict]:
     for key in doc:
         _check_var_name(key, doc.where(key))
     return doc
+
+
+def _encrypted_vars_doc(path: Path) -> Any:
+    """A whole vars file encrypted with ansible-vault: decrypted (a password is needed, as
+    Ansible needs one to read such an inventory at all), its text values kept as SecretText,
+    which no listing, message or record shows."""
+    where = printable(str(path))
+    envelope = path.read_text(encoding="utf-8")  # read as YAML already: readable, UTF-8
+    text = KEYRING.reveal(VaultValue(envelope, where), f"the vars file {where}")
+    return hide_text(load_yaml_text(text, str(path)), where)
 
 
 def parse_inventory(

@@ -78,3 +78,27 @@ def test_unsafe_text_is_kept_as_written_and_never_evaluated():
     with pytest.raises(ConfigError, match="must be one word, without spaces"):
         _ = host.user
     assert host.vars["ansible_user"] == "{{ not_a_template }}"
+
+
+def test_a_wholly_encrypted_vars_file_is_read_with_the_password_and_never_listed(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    from mlfleet.controller import ansible_vault, inventory
+
+    keyring = Keyring(environ={"ANSIBLE_VAULT_PASSWORD_FILE": str(VAULT / "default.pass")})
+    monkeypatch.setattr(inventory, "KEYRING", keyring)
+    loaded = load_inventory(VAULT / "whole-file" / "inventory.yml")
+    host = loaded.hosts["edge-1"]
+    assert host.registry == "vaulted.example.com:5000"  # decrypted, and used
+    assert host.vars["site"] == "lyon"  # the clear file beside it
+    template = Template("{{ registry_password }}", "container.env.PASSWORD", "pb.yml:3")
+    assert template.render(host.vars, host.name) == "s3cret-from-file"
+    listed = json.dumps(loaded.to_dict())
+    assert "s3cret-from-file" not in listed and "vaulted.example.com" not in listed
+    assert "<vault-encrypted in " in listed
+    assert "s3cret" not in repr(host.vars)
+    # Without a password: one line naming the file, as Ansible refuses it too.
+    monkeypatch.setattr(inventory, "KEYRING", ansible_vault.Keyring(environ={}))
+    with pytest.raises(VaultError) as err:
+        load_inventory(VAULT / "whole-file" / "inventory.yml")
+    assert "group_vars/all/vault.yml" in str(err.value) and len(str(err.value).splitlines()) == 1
