@@ -15,6 +15,7 @@ import yaml
 
 from mlfleet.controller.state import ControllerState
 from tests.conftest import TEST_LAB, mlfleet
+from tests.lab.playbooks import PLAYBOOK
 
 FIVE = ["edge-a100", "edge-t4", "edge-4090", "edge-mi210", "edge-cpu"]
 VARIANT = {
@@ -24,7 +25,6 @@ VARIANT = {
     "edge-mi210": "rocm",
     "edge-cpu": "cpu",
 }
-PLAYBOOK = Path(__file__).parents[2] / "playbooks" / "sentiment.yml"
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,8 @@ def fleet_serves(lab: Dict[str, Any], names: List[str]) -> Dict[str, Optional[st
 
 
 def test_v2_then_v3_across_the_fleet_then_v3_again_changes_nothing(ctl):
-    proc = ctl("deploy", "--tag", "v2", "--json")
+    # v2 everywhere in one wave: the starting point (the rollout itself is v3's, below).
+    proc = ctl("deploy", "--tag", "v2", "--canary", "0", "--batch", "100%", "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     proc = ctl("deploy", "--tag", "v3", "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]

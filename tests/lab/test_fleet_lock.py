@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 from typing import List
 
+from tests.lab.playbooks import PLAYBOOK
 from tests.lab.test_controller import serving
 
-PLAYBOOK = Path(__file__).parents[2] / "playbooks" / "sentiment.yml"
 HOSTS = "edge-cpu,edge-4090"
 
 

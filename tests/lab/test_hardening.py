@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.lab.playbooks import PLAYBOOK
 from tests.lab.sshrun import ssh
 from tests.lab.test_controller import FIVE, serving
-
-PLAYBOOK = Path(__file__).parents[2] / "playbooks" / "sentiment.yml"
 
 
 def cli(lab, tmp_path: Path, *args: str, playbook: Path = PLAYBOOK) -> subprocess.CompletedProcess:

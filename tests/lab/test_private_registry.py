@@ -24,10 +24,10 @@ from mlfleet.controller.lab.layout import LabLayout
 from mlfleet.controller.relay_cache import cache_root
 from tests.conftest import TEST_LAB
 from tests.lab.conftest import agent
+from tests.lab.playbooks import PLAYBOOK
 from tests.lab.sshrun import ssh
 from tests.lab.test_controller import serving
 
-PLAYBOOK = Path(__file__).parents[2] / "playbooks" / "sentiment.yml"
 SKIP_DIRS = {"overlay2", "image", "buildkit"}  # image layer contents: the registry's bytes
 BIG = 64 << 20
 

@@ -12,9 +12,8 @@ from typing import Dict, Optional
 
 from mlfleet.controller.lab import lab_registry
 from mlfleet.controller.lab.images import push_index_image
+from tests.lab.playbooks import PLAYBOOK
 from tests.lab.sshrun import ssh
-
-PLAYBOOK = Path(__file__).parents[2] / "playbooks" / "sentiment.yml"
 
 
 def cli(lab, state: Path, *args: str, limit: str = "edge-cpu") -> subprocess.CompletedProcess:

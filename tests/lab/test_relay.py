@@ -21,8 +21,8 @@ from mlfleet.controller.lab.layout import LabLayout
 from mlfleet.controller.lab.processes import pids_mentioning
 from mlfleet.controller.state import ControllerState
 from tests.conftest import TEST_LAB, mlfleet
+from tests.lab.playbooks import PLAYBOOK
 
-PLAYBOOK = Path(__file__).parents[2] / "playbooks" / "sentiment.yml"
 SLACK = 64 * 1024  # manifests, config and HTTP/TLS-free protocol bytes
 
 

@@ -18,11 +18,11 @@ import yaml
 
 from mlfleet.controller.lab.layout import LabLayout
 from tests.conftest import TEST_LAB
+from tests.lab.playbooks import PLAYBOOK
 from tests.lab.sshrun import ssh
 from tests.lab.test_controller import serving
 from tests.lab.test_private_registry import Sampler, files_under
 
-PLAYBOOK = Path(__file__).parents[2] / "playbooks" / "sentiment.yml"
 HOST = "edge-cpu"
 # The engine's data and exec roots (dockerd's and containerd's records of each container,
 # its env included: `docker inspect` reads them back). Not mlfleet's to keep or to clean.
