@@ -34,9 +34,17 @@ Variable precedence, lowest to highest (Ansible's rule):
    the file wins, key by key;
 5. `host_vars/<host>`.
 
-Where Ansible only warns (an unknown key in a group, a `--limit` term that matches nothing),
-mlfleet refuses with the file:line. Ansible orders a group's own `hosts:` after the hosts of
-its `children:`; here hosts keep the order in which they first appear in the file.
+Every top-level key is a group, as in Ansible (a top-level `hosts:` is a group named
+`hosts`). A host name that YAML reads as a number (`1234:`) is refused, as Ansible refuses
+it. Values tagged `!vault` stay encrypted (controller/ansible_vault.py) and `!unsafe` text is
+never a template; a group_vars/host_vars file wholly encrypted with ansible-vault is
+decrypted with the configured vault password. Where Ansible only warns about the file (an
+unknown key in a group, a value that is not a mapping), mlfleet refuses with the file:line.
+`Inventory.hosts` keep the order in which they first appear in the file; a group's hosts in
+Ansible's order (its own, then its children's) are `Inventory.ordered_members`, which
+`--limit` subscripts count in. Settings (controller/hosts.py) are checked for the hosts a
+`--limit` selects; a template mlfleet does not evaluate, or a vault value, is read only for
+the hosts a command touches (`Inventory.touched`).
 
 Limits, each refused in one line naming the file:line before the work is done: a host range
 expands to at most 100,000 names (`hostrange.MAX_RANGE_HOSTS`), an inventory holds at most
