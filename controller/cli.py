@@ -545,13 +545,13 @@ def _size(n: float) -> str:
 @fleet_options
 @click.pass_obj
 def rollback_cmd(settings: Settings, tag: Optional[str], as_json: bool) -> None:
-    """Return hosts to their previous (or a named) release."""
-    from mlfleet.controller.commands import rollback_fleet
+    """Return hosts to their previous (or a named) release, holding the fleet lock."""
+    from mlfleet.controller.commands import rollback_under_lock
     from mlfleet.controller.outcomes import Outcome, exit_code
 
     playbook = _playbook(settings)
     with _session(settings) as session:
-        results = rollback_fleet(session, playbook.app, tag)
+        results = rollback_under_lock(session, playbook.app, tag)
     _emit({"hosts": [r.to_dict() for r in results]}, as_json, rollback_table(results))
     _finish(exit_code((r.outcome for r in results), (Outcome.ROLLED_BACK,)))
 

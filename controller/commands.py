@@ -174,6 +174,21 @@ def rollback_fleet(
     return list(session.each(one, hosts).values())
 
 
+def rollback_under_lock(session: FleetSession, app: str, tag: Optional[str]) -> List[HostResult]:
+    """`mlfleet rollback`: `rollback_fleet` holding the fleet lock, in the state DB and on
+    every host, as a deployment holds it: a rollback and another controller's deployment
+    never work on the same hosts at once (FleetLockHeld names the holder)."""
+    why = f"rollback {app}" + (f" to {tag}" if tag else "")
+    session.state.acquire_lock(why)
+    lock = fleet_lock.FleetLock(session.transport, session.each, session.hosts, why)
+    try:
+        lock.acquire()
+        return rollback_fleet(session, app, tag)
+    finally:
+        lock.release()
+        session.state.release_lock()
+
+
 def fleet_lock_status(session: FleetSession) -> List[Dict[str, Any]]:
     """Each host's fleet lock: `holder` (None: free) or `error` (it could not be read)."""
 

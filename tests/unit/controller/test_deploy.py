@@ -26,6 +26,7 @@ from mlfleet.controller.commands import (
     install_agents,
     plan,
     rollback_fleet,
+    rollback_under_lock,
 )
 from mlfleet.controller.deploy import RolloutOptions, deploy
 from mlfleet.controller.errors import ConfigError, ExitCode
@@ -440,6 +441,25 @@ def test_rollback_returns_each_host_to_its_previous_release(fleet: Fleet) -> Non
     assert {n: (r.tag, r.health) for n, r in rows.items()} == {
         n: ("v2", "healthy") for n in VARIANT
     }
+
+
+def test_a_rollback_holds_the_fleet_lock_and_waits_for_no_deployment(fleet: Fleet) -> None:
+    """`mlfleet rollback` takes the lock a deployment takes: refused, touching nothing, while
+    another controller's deployment holds it on a host; it gives its own locks back."""
+    fleet.deploy("v2")
+    fleet.deploy("v3")
+    theirs = Holder("cd" * 16, "bob", "bob-laptop", 4343, time.time(), time.time() + 3600,
+                    "deploy sentiment v4")  # fmt: skip
+    fleet.fakes["edge-cpu"].fleet_lock = theirs.to_json()
+    with fleet.session() as session:
+        with pytest.raises(FleetLockHeld, match="held by bob@bob-laptop"):
+            rollback_under_lock(session, PLAYBOOK.app, None)
+        assert {r.tag for r in fleet_status(session, PLAYBOOK.app)} == {"v3"}
+        fleet.fakes["edge-cpu"].fleet_lock = None
+        results = rollback_under_lock(session, PLAYBOOK.app, None)
+    assert {(r.outcome, r.tag) for r in results} == {(Outcome.ROLLED_BACK, "v2")}
+    assert not any(f.fleet_lock for f in fleet.fakes.values())
+    assert fleet.state.lock_status() is None
 
 
 def test_the_agent_is_copied_once_then_left_alone(fleet: Fleet) -> None:
