@@ -303,11 +303,23 @@ def inventory_cmd(settings: Settings, as_json: bool) -> None:
         _row(
             table,
             h.name,
-            f"{h.address}:{h.port}",
-            h.user,
+            f"{_shown_setting(h, 'address', 'ansible_host')}:{_shown_setting(h, 'port', 'ansible_port')}",
+            _shown_setting(h, "user", "ansible_user"),
             ", ".join(g for g in h.groups if g != "all"),
         )
     _emit(data, as_json, table)
+
+
+def _shown_setting(host: Any, setting: str, var: str) -> str:
+    """A setting for the inventory table; one that is read only for a host a command works
+    on (a template mlfleet does not evaluate, a vault value) is shown as written."""
+    from mlfleet.controller.hosts import UnevaluatedTemplate
+
+    try:
+        return str(getattr(host, setting))
+    except (UnevaluatedTemplate, ConfigError):
+        value = host.vars.get(var)
+        return "(vault-encrypted)" if not isinstance(value, str) else value
 
 
 @cli.command("check")

@@ -337,8 +337,8 @@ class Host:
                 f"host {shown(self.name)}: `{var}` is a Jinja template mlfleet cannot evaluate:"
                 f" {exc}",
                 where=self.origins.get(var, self.where) or None,
-                hint="write the value out for this host, or leave the host out with --limit "
-                "(mlfleet evaluates {{ variable }} and {{ lookup('env', 'NAME') }})",
+                hint="write the value out for this host, or leave the host out with --limit; "
+                "mlfleet evaluates only {{ variable }} and {{ lookup('env', 'NAME') }}",
             ) from None
 
     def _text(self, *names: str) -> Optional[str]:

@@ -1047,8 +1047,8 @@ def _host_value(host_vars: Dict[str, Any], host_name: str, name: str, t: Templat
                 f"host {host_name}: `{t.path}` uses {{{{ {name} }}}}, a Jinja template mlfleet "
                 f"cannot evaluate: {exc}",
                 where=t.where,
-                hint=f"write {name} out for {host_name} (mlfleet evaluates {{{{ variable }}}} "
-                "and {{ lookup('env', 'NAME') }})",
+                hint=f"write {name} out for {host_name}; mlfleet evaluates only "
+                "{{ variable }} and {{ lookup('env', 'NAME') }}",
             ) from None
     return str(value)
 
