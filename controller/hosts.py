@@ -88,6 +88,14 @@ class Host:
         var, text = self._word("ansible_ssh_host", "ansible_host")
         if var is not None and text.startswith("-"):
             raise self._error(var, "a host name or an address", text)
+        if var is None and (any(c.isspace() for c in self.name) or self.name.startswith("-")):
+            raise ConfigError(
+                f"host {shown(self.name)} has no ansible_host, and its name cannot be an "
+                "address to connect to",
+                where=self.where or None,
+                hint="set ansible_host for it (a name with spaces is often hosts written on "
+                "one line: list each under `hosts:` as `name:`)",
+            )
         return text or self.name
 
     @property
@@ -295,6 +303,8 @@ class Host:
         if checked is None:
             checked = set()
         settings = {s for var in self.vars if var in _SETTINGS_OF for s in _SETTINGS_OF[var]}
+        if templates:
+            settings.add("address")  # the name itself, when no ansible_host is set
         for setting in settings:
             values = [self.vars.get(var) for var in _SETTINGS[setting]]
             key = (setting, tuple(id(v) for v in values))
@@ -425,7 +435,7 @@ class Host:
 # Each typed setting and the variables it reads (the first one set wins): validate() reads
 # a setting again only for a host whose values of these differ.
 _SETTINGS: Dict[str, Tuple[str, ...]] = {
-    "address": ("ansible_ssh_host", "ansible_host"),
+    "address": ("ansible_ssh_host", "ansible_host"),  # or the name itself: see validate
     "port": ("ansible_ssh_port", "ansible_port"),
     "user": ("ansible_ssh_user", "ansible_user"),
     "ssh_key": ("ansible_ssh_private_key_file", "ansible_private_key_file"),

@@ -59,6 +59,7 @@ itself is bounded by yamlsource (nesting depth, aliases). A `--limit` has at mos
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import fnmatch
 import importlib
@@ -92,6 +93,7 @@ from mlfleet.controller.hostrange import (
 )
 from mlfleet.controller.hosts import Host, as_int
 from mlfleet.controller.plaintext import printable
+from mlfleet.controller.templating import UnsafeText
 from mlfleet.controller.yamlsource import (
     LocatedDict,
     LocatedList,
@@ -141,6 +143,7 @@ class Inventory:
     hosts: Dict[str, Host]
     groups: Dict[str, List[str]]  # group -> host names, incl. through children
     tree: Dict[str, Tuple[List[str], List[str]]] = field(default_factory=dict, repr=False)
+    warnings: List[str] = field(default_factory=list)  # what Ansible warns about, skipped
     _ordered: Dict[str, List[str]] = field(default_factory=dict, repr=False, compare=False)
     _checked: Set[Tuple[str, Tuple[int, ...]]] = field(
         default_factory=set, repr=False, compare=False
@@ -167,7 +170,7 @@ class Inventory:
             )
         for host in found.hosts:
             host.validate(self._checked, templates=False)
-        for message in found.warnings:
+        for message in [*self.warnings, *found.warnings]:
             if warn is not None:
                 warn(message)
         return found.hosts
@@ -332,12 +335,17 @@ def _split_subscript(term: str) -> Tuple[str, Optional[Tuple[int, Optional[int]]
 
 def _listed(value: Any) -> Any:
     """A value as `ansible-inventory --list` prints it: vault-encrypted values as
-    `{"__ansible_vault": ENVELOPE}`, never decrypted; values of a wholly encrypted vars file
+    `{"__ansible_vault": ENVELOPE}`, never decrypted, `!unsafe` text as
+    `{"__ansible_unsafe": TEXT}`, dates in ISO form; values of a wholly encrypted vars file
     (which ansible-inventory prints in clear) as `<vault-encrypted in FILE>`."""
     if isinstance(value, VaultValue):
         return value.to_json()
     if isinstance(value, SecretText):  # from a vault-encrypted vars file: never shown
         return str(value.shown)
+    if isinstance(value, UnsafeText):
+        return {"__ansible_unsafe": str(value)}
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return value.isoformat()
     if isinstance(value, dict):
         return {k: _listed(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -636,19 +644,22 @@ class _Builder:
         self.source = source
         self.groups: Dict[str, _Group] = {"all": _Group("all", all_where)}
         self.hosts: Dict[str, _HostEntry] = {}
+        self.warnings: List[str] = []  # what Ansible warns about and skips, with file:line
         self.listings = 0  # host names listed under groups, ranges expanded
         self.steps = 0  # parent links followed to find hosts' groups
 
-    def group(self, name: str, body: Any, where: str, top_level: bool = False) -> None:
+    def group(self, name: str, body: Any, where: str, top_level: bool = False) -> bool:
+        """Read a group's body; False (with a warning, as Ansible skips it) when the body
+        is not a group definition (text, a list), which defines nothing."""
+        if body is not None and not isinstance(body, LocatedDict):
+            self.warnings.append(
+                f"{where}: skipping {shown(name)}: it is {_kind(body)}, not a group definition "
+                "(a mapping with `hosts:`, `children:`, `vars:`), as Ansible skips it"
+            )
+            return False
         group = self.groups.setdefault(name, _Group(name, where))
         if body is None:
-            return
-        if not isinstance(body, LocatedDict):
-            raise ConfigError(
-                f"group {shown(name)} must be a mapping, not {_kind(body)}",
-                where=where,
-                hint="a group has `hosts:`, `children:` and `vars:` (each optional)",
-            )
+            return True
         for key, value in body.items():
             loc = body.where(key)
             if key == "vars":
@@ -671,6 +682,7 @@ class _Builder:
                     hint="a group has `hosts:`, `children:` and `vars:`; "
                     "group variables go under `vars:`",
                 )
+        return True
 
     def _group_vars(self, group: _Group, doc: Any, where: str) -> None:
         if doc is None:
@@ -770,8 +782,16 @@ class _Builder:
                 )
             if name == group.name:
                 raise ConfigError(f"group {shown(name)} lists itself as a child", where=loc)
+            if not self.group(name, body, loc) and name not in self.groups:
+                # Ansible links a skipped child only if that group exists already.
+                raise ConfigError(
+                    f"{shown(name)} under group {shown(group.name)} is not a known group, and "
+                    "what is written under it is no group definition",
+                    where=loc,
+                    hint="define the group (`hosts:`, `children:`, `vars:` under it) or list "
+                    "its hosts under `hosts:`",
+                )
             group.children.setdefault(name, loc)
-            self.group(name, body, loc)
             self.groups[name].parents[group.name] = None
 
     # --- resolving: linear in groups, their links, hosts and memberships ----------------
@@ -820,7 +840,9 @@ class _Builder:
         }
         own, children = tree["all"]  # Ansible makes `ungrouped` the first child of `all`
         tree["all"] = (own, ["ungrouped", *(c for c in children if c != "ungrouped")])
-        return Inventory(source=self.source, hosts=hosts, groups=members, tree=tree)
+        return Inventory(
+            source=self.source, hosts=hosts, groups=members, tree=tree, warnings=self.warnings
+        )
 
     def _place_ungrouped(self) -> None:
         """Hosts in no group but `all` go to `ungrouped`; nobody else stays there."""
@@ -987,10 +1009,13 @@ def _name_text(key: Any, what: str, where: str) -> str:
 
 
 def _check_host_name(name: str, where: str) -> None:
-    if name and name.isprintable() and " " not in name:  # the usual case, at C speed
+    """An empty or unprintable host name is refused; spaces are accepted, as Ansible accepts
+    them (`hosts: node1 node2` is one host named "node1 node2"): such a name cannot be an
+    SSH address, which `Host.address` says for a host a command touches."""
+    if name and name.isprintable():  # the usual case, at C speed
         return
-    if not name or any(c.isspace() for c in name):
-        raise ConfigError(f"host name {shown(name)} contains whitespace", where=where)
+    if not name.strip():
+        raise ConfigError(f"host name {shown(name)} is empty", where=where)
     if not name.isprintable():
         raise ConfigError(
             f"host name {shown(name)} contains a control or other unprintable character",

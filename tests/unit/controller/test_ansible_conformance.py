@@ -40,14 +40,7 @@ RECORDER = REPO / "scripts" / "record-ansible-conformance"
 # removed. Measured against the committed controller at dc12010 (at ba4d60f, when issue 16
 # was filed, 24 entries: group_vars/all precedence, Jinja in connection variables, !vault and
 # !unsafe, a group named `hosts`, integer host names, INI files, subscripts, `b[1:5]`).
-KNOWN_DIFFERENCES: Dict[str, str] = {
-    "ansible-examples-hosts-ex3": "a group body given as a bare host name under `children:` "
-    "(`webservers: gamma3.example.org`): Ansible warns 'Skipping ... not a valid group "
-    "definition' and reads the rest (webservers a child of other, without gamma3); mlfleet "
-    "refuses the file",
-    "kubespray-pr6709-inventory": "`hosts:` written as a multi-line plain scalar is one host "
-    "named 'node1 node2 node3' for Ansible; mlfleet refuses a host name with whitespace",
-}
+KNOWN_DIFFERENCES: Dict[str, str] = {}
 
 MAX_LINES = 20  # differences shown per failure
 

@@ -361,6 +361,35 @@ def test_a_template_mlfleet_cannot_evaluate_stops_only_the_hosts_a_command_touch
     )
 
 
+def test_a_group_body_that_is_no_definition_is_skipped_with_a_warning_as_in_ansible():
+    # Ansible's own example (ansible-examples-hosts-ex3): `webservers: gamma3` under
+    # `children:` keeps webservers (defined above) as a child, and gamma3 nowhere.
+    inv = parse(
+        "webservers:\n  hosts: {g1: null}\n"
+        "other:\n  children:\n    webservers:\n      gamma3\n"
+        "broken: [a, b]\n"
+    )  # fmt: skip
+    assert inv.groups["other"] == ["g1"] and "gamma3" not in inv.hosts
+    assert "broken" not in inv.groups
+    warned: List[str] = []
+    inv.select("all", warned.append)
+    assert warned == [
+        "inv.yml:5: skipping 'webservers': it is 'gamma3', not a group definition (a mapping "
+        "with `hosts:`, `children:`, `vars:`), as Ansible skips it",
+        "inv.yml:7: skipping 'broken': it is a list, not a group definition (a mapping with "
+        "`hosts:`, `children:`, `vars:`), as Ansible skips it",
+    ]
+
+
+def test_a_host_name_with_spaces_is_listed_and_refused_only_as_an_address():
+    # kubespray-pr6709: `hosts:` followed by names on lines of their own is one host.
+    inv = parse("all:\n  hosts:\n    node1 node2:\n    node3: {ansible_host: 10.0.0.3}\n")
+    assert list(inv.hosts) == ["node1 node2", "node3"]
+    assert names(touched(inv, "node3")) == ["node3"]
+    with pytest.raises(ConfigError, match="has no ansible_host, and its name cannot be an"):
+        touched(inv, "all")
+
+
 def test_a_bad_group_value_is_reported_where_the_group_sets_it():
     with pytest.raises(ConfigError) as err:
         touched(
@@ -596,11 +625,11 @@ def test_ansible_inventory_yaml_output_loads():
         ("all:\n  hosts:\n    web1: 10.0.0.1\n", "inv.yml:3", "host 'web1': expected its variables as a mapping"),
         ("all:\n  vars: [a, b]\n", "inv.yml:2", "`vars` of group 'all' must be a mapping"),
         ("all:\n  children:\n    - web\n", "inv.yml:2", "`children` of group 'all' must be a mapping"),
-        ("all:\n  children:\n    web: [a]\n", "inv.yml:3", "group 'web' must be a mapping, not a list"),
+        ("all:\n  children:\n    web: [a]\n", "inv.yml:3", "'web' under group 'all' is not a known group"),
         ("all:\n  children:\n    web servers:\n", "inv.yml:3", "group name 'web servers' is not valid"),
         ("all:\n  children:\n    all:\n", "inv.yml:3", "`all` cannot be a child group"),
         ("all:\n  hosts:\n    edge[3:1]:\n", "inv.yml:3", "range start 3 is after its end 1"),
-        ("all:\n  hosts:\n    'web 1':\n", "inv.yml:3", "host name 'web 1' contains whitespace"),
+        ("all:\n  hosts:\n    'web 1':\n", "inv.yml:3", "host 'web 1' has no ansible_host, and its name cannot be an address"),
         ("all:\n  hosts:\n    web1:22x:\n", "inv.yml:3", "port '22x' is not a number"),
         ("all:\n  hosts:\n    web1:\n      1: x\n", "inv.yml:4", "variable name 1 is not text"),
         ("all:\n  hosts:\n    web1:\n    web1:\n", "inv.yml:4", "duplicate key 'web1'"),
@@ -616,7 +645,7 @@ def test_ansible_inventory_yaml_output_loads():
 )  # fmt: skip
 def test_bad_input_names_file_and_line(text: str, where: str, message: str):
     with pytest.raises(ConfigError) as err:
-        parse(text)
+        touched(parse(text))
     assert err.value.where == where
     assert message in err.value.message
 
@@ -760,7 +789,7 @@ def test_entangled_children_links_are_capped(monkeypatch: pytest.MonkeyPatch):
     [
         ("all:\n  children:\n    \"gpu\\n\":\n", "inv.yml:3", "group name 'gpu\\n' is not valid"),
         ("all:\n  hosts:\n    \"web\\x1b\":\n", "inv.yml:3", "host name 'web\\x1b' contains a control or other unprintable character"),
-        ("all:\n  hosts:\n    \"web\\u2028x\":\n", "inv.yml:3", "host name 'web\\u2028x' contains whitespace"),
+        ("all:\n  hosts:\n    \"web\\u2028x\":\n", "inv.yml:3", "host name 'web\\u2028x' contains a control or other unprintable character"),
         ("all:\n  hosts:\n    ? [a, b]\n    : 1\n", "inv.yml:3", "a key must be a name or a number, not a list"),
         ("all:\n  vars:\n    \"x\\ty\": 1\n", "inv.yml:3", "variable name 'x\\ty' contains a control"),
         ("all:\n  vars:\n    port: !!int 22x\n", "inv.yml:3", "'22x' is not a valid whole number (!!int)"),
