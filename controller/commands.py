@@ -53,20 +53,22 @@ def install_agents(session: FleetSession) -> List[InstallResult]:
 
 
 def gather_facts(session: FleetSession) -> List[FactsResult]:
-    """Detection on every host; stored for `plan`, `deploy`'s image check and its canary."""
+    """Detection on every host; stored for `plan`, `deploy`'s image check and its canary
+    (in one transaction once every host answered: facts are read again at will, so a run
+    cut short records none rather than paying one write per host)."""
     bundle = session.bundle()
 
     def one(host: Host) -> FactsResult:
         def work() -> FactsResult:
-            facts = hostops.facts(session.transport(host), bundle)
-            session.state.save_facts(host.name, facts.to_dict())
-            return FactsResult(host.name, facts)
+            return FactsResult(host.name, hostops.facts(session.transport(host), bundle))
 
         return on_host(
             host.name, work, lambda f: FactsResult(host.name, outcome=f.outcome, reason=f.reason)
         )
 
-    return list(session.each(one).values())
+    results = list(session.each(one).values())
+    session.state.save_facts_of({r.host: r.facts.to_dict() for r in results if r.facts})
+    return results
 
 
 def plan(

@@ -226,10 +226,23 @@ class ControllerState:
     # --- facts and events ------------------------------------------------------------------
 
     def save_facts(self, host: str, data: Dict[str, Any]) -> None:
+        self.save_facts_of({host: data})
+
+    def save_facts_of(self, hosts: Dict[str, Dict[str, Any]]) -> None:
+        """Many hosts' facts in one transaction (one fsync for a fleet, not one per host)."""
+        if not hosts:
+            return
+        now = time.time()
+        rows = [{"host": h, "at": now, "data": json.dumps(d)} for h, d in hosts.items()]
         with self._writing:
-            self.db.table("facts").upsert(
-                {"host": host, "at": time.time(), "data": json.dumps(data)}, pk="host"
-            )
+            conn = self.db.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self.db.table("facts").upsert_all(rows, pk="host")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def facts(self, host: str) -> Optional[Dict[str, Any]]:
         rows = list(self.db.table("facts").rows_where("host = ?", [host]))

@@ -23,3 +23,13 @@ def test_concurrent_writes_from_threads(tmp_path: Path) -> None:
         list(pool.map(one, range(200)))
     assert len(state.host_results(deployment_id=deployment, limit=500)) == 200
     assert state.facts("h199") == {"i": 199}
+
+
+def test_a_fleets_facts_are_saved_in_one_transaction(tmp_path) -> None:
+    state = ControllerState(tmp_path / "state.db")
+    commits = []
+    state.db.conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+    state.save_facts_of({f"h{i}": {"i": i} for i in range(500)})
+    state.db.conn.set_trace_callback(None)
+    assert len(commits) == 1
+    assert state.facts("h499") == {"i": 499} and state.facts("h0") == {"i": 0}
