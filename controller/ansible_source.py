@@ -319,9 +319,19 @@ def ansible_failure(stderr: str, returncode: int, path: Path, kind: str) -> Conf
         else f"`ansible-inventory -i {shlex.quote(str(path))} --list` shows Ansible's whole message"
     )
     return ConfigError(
-        f"ansible-inventory cannot read it: {printable(reason)}",
-        where=printable(origin or str(path)),
+        f"ansible-inventory cannot read it: {_visible(reason)}",
+        where=_visible(origin or str(path)),
         hint=hint,
+    )
+
+
+def _visible(text: str) -> str:
+    """Ansible's words as one printable line: controls escaped (plaintext.printable), and
+    so is any other character Python does not call printable (an unassigned code point from
+    the file quoted back)."""
+    return "".join(
+        c if c.isprintable() else f"\\u{ord(c):04x}" if ord(c) > 0xFF else f"\\x{ord(c):02x}"
+        for c in printable(text)
     )
 
 
@@ -438,6 +448,7 @@ def inventory_from_ansible_json(doc: Any, source: str) -> inventory.Inventory:
                 f"each group's ancestors (the limit), reached at host {shown(name)}",
                 where=where,
             )
+        inventory.check_host_name(name, where)  # printable: it reaches the terminal
         variables = {var: _value(value, where) for var, value in hostvars.get(name, {}).items()}
         hosts[name] = Host(name, variables, resolved[key], {}, where)
     groups: Dict[str, List[str]] = {g: [] for g in _group_order(children_of)}

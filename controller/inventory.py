@@ -733,7 +733,7 @@ class _Builder:
             for name in names:
                 entry = self.hosts.get(name)
                 if entry is None:
-                    _check_host_name(name, loc)
+                    check_host_name(name, loc)
                     if len(self.hosts) >= MAX_HOSTS:
                         raise ConfigError(
                             f"the inventory names more than {MAX_HOSTS:,} hosts (the limit), "
@@ -1008,7 +1008,7 @@ def _name_text(key: Any, what: str, where: str) -> str:
     return str(key)
 
 
-def _check_host_name(name: str, where: str) -> None:
+def check_host_name(name: str, where: str) -> None:
     """An empty or unprintable host name is refused; spaces are accepted, as Ansible accepts
     them (`hosts: node1 node2` is one host named "node1 node2"): such a name cannot be an
     SSH address, which `Host.address` says for a host a command touches."""

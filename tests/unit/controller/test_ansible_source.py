@@ -517,11 +517,15 @@ def test_vault_file_without_password():
         ),
         ("", "it exited with status 3"),
         ("[ERROR]: a bell \x07 rings\n", "a bell \\x07 rings"),
+        (  # the file's own text quoted back: an unassigned code point
+            "[ERROR]: Error parsing host definition ''\U00018d09': No closing quotation\n",
+            "Error parsing host definition ''\\u18d09': No closing quotation",
+        ),
     ],
 )
 def test_failure_is_one_line_whatever_ansible_printed(stderr: str, reason: str):
     error = ansible_failure(stderr, 3, Path("/x/h"), "ini")
-    assert reason in error.message
+    assert reason in error.message and str(error).isprintable()
     assert error.message.startswith("ansible-inventory cannot read it: ")
     assert "\n" not in str(error) and "\x1b" not in str(error)
     assert "Traceback" not in str(error)
