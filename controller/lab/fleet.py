@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from mlfleet.controller.errors import LabError
-from mlfleet.controller.lab import images, lab_registry, network, registry_tls
+from mlfleet.controller.lab import images, lab_registry, neighbours, network, registry_tls
 from mlfleet.controller.lab.hardware import (
     driver_vendors,
     remove_root,
@@ -198,6 +198,9 @@ def _create(layout: LabLayout, spec: LabSpec, progress: Progress) -> Dict[str, A
     _keygen(layout.ssh_key, f"mlfleet-lab-{layout.name}")
     (layout.ssh_dir / "authorized_keys").write_text(layout.ssh_key.with_suffix(".pub").read_text())
     ctrl = spec.controller_address
+    raised = neighbours.reserve(layout.name, len(spec.hosts), layout.run_root / "neighbours.json")
+    if raised:
+        progress(f"neighbour table raised for {len(spec.hosts)} hosts: {raised}")
     network.create_bridge(layout.bridge, ctrl, spec.subnet.prefixlen)
     registry_state = lab_registry.start(layout, ctrl, secure=spec.registry == "secure")
     registry = lab_registry.client(registry_state)
@@ -456,6 +459,7 @@ def _down(layout: LabLayout) -> None:
         if ns.startswith(layout.netns_prefix):
             network.delete_netns(ns)
     network.delete_interface(layout.bridge)
+    neighbours.release(layout.name, layout.run_root / "neighbours.json")
     for path in (layout.run, layout.base):
         network.unmount_all(path)
     for path in (layout.run, layout.base):
