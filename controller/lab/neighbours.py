@@ -71,11 +71,14 @@ def _registry(path: Path) -> Iterator[Dict[str, object]]:
             path.write_text(json.dumps(record, sort_keys=True))
         else:
             path.unlink(missing_ok=True)
+            path.with_suffix(".lock").unlink(missing_ok=True)
 
 
 def reserve(lab: str, hosts: int, record: Path, sysctl: Path = SYSCTL) -> Optional[Dict[str, int]]:
     """Raise the thresholds for `lab` if its hosts need it; returns what was set (None:
-    nothing was needed)."""
+    nothing was needed). A lab that needs nothing leaves no file behind."""
+    if not record.exists() and needed(hosts, read(sysctl)) is None:
+        return None
     with _registry(record) as shared:
         current = read(sysctl)
         original = shared.get("original")
@@ -96,6 +99,8 @@ def reserve(lab: str, hosts: int, record: Path, sysctl: Path = SYSCTL) -> Option
 def release(lab: str, record: Path, sysctl: Path = SYSCTL) -> bool:
     """`lab` no longer needs the room; when no lab does, the values found before are put
     back (True), unless they were changed since mlfleet set them."""
+    if not record.exists():
+        return False
     with _registry(record) as shared:
         labs = dict(shared.get("labs", {}))  # type: ignore[call-overload]
         if lab not in labs:

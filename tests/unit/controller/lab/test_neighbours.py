@@ -38,6 +38,7 @@ def test_raised_while_big_labs_are_up_and_given_back_after_the_last(tmp_path: Pa
     assert neighbours.read(sysctl)["gc_thresh3"] == 4512
     assert neighbours.release("fan", record, sysctl) is True
     assert neighbours.read(sysctl) == DEFAULTS and not record.exists()
+    assert not record.parent.exists() or not any(record.parent.iterdir())  # nothing left
     assert neighbours.release("fan", record, sysctl) is False  # once only
 
 
