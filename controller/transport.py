@@ -1,5 +1,5 @@
 """SSH to fleet hosts (paramiko): host keys verified against known_hosts (a key marked
-`@revoked` there is refused), key files and ssh-agent, jump hosts, sudo, timeouts, a few
+`@revoked` there is refused; each file parsed once per run, `KnownHostsCache`), key files and ssh-agent, jump hosts, sudo, timeouts, a few
 retries of a connect that failed for a passing reason (never of a refused key or login).
 Commands are argv lists, quoted here and nowhere else, so no shell line is ever built from
 unquoted input."""
@@ -10,6 +10,7 @@ import base64
 import binascii
 import errno
 import hashlib
+import hmac
 import logging
 import os
 import posixpath
@@ -18,8 +19,8 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Callable, List, Optional, Protocol, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 import paramiko
 from paramiko.hostkeys import HostKeyEntry, InvalidHostKey
@@ -120,16 +121,78 @@ class RevokedKey:
     where: str  # file:line
 
 
+@dataclass(frozen=True)
+class _HashedName:
+    """A `|1|salt|hash` name of a known_hosts line (OpenSSH's HashKnownHosts): a name
+    matches when its HMAC-SHA1 under the salt is the hash, as paramiko's lookup tests it."""
+
+    text: bytes  # the name as written in the file
+    prefix: str  # `|1|<salt>|`, the salt as paramiko's hash_host writes it
+    salt: bytes
+
+    @classmethod
+    def read(cls, text: str) -> Optional[_HashedName]:
+        """The name's salt; None when it is no hashed name paramiko could test (a salt that
+        is not 20 bytes of base64 fails paramiko's own lookup with an AssertionError)."""
+        fields = text.split("|")
+        if len(fields) != 4 or fields[:2] != ["", "1"]:
+            return None
+        try:
+            salt = base64.decodebytes(fields[2].encode())
+        except (binascii.Error, ValueError):
+            return None
+        if len(salt) != hashlib.sha1().digest_size:
+            return None
+        return cls(text.encode(), "|1|" + base64.b64encode(salt).decode() + "|", salt)
+
+    def matches(self, name: str) -> bool:
+        """Whether `name` hashes to this name, compared as paramiko compares it: the text
+        `|1|salt|hash` it would write for `name`, against the file's."""
+        digest = hmac.digest(self.salt, name.encode(), "sha1")
+        mine = (self.prefix + base64.b64encode(digest).decode()).encode()
+        return hmac.compare_digest(mine, self.text)
+
+
 @dataclass
 class KnownHosts:
     """A known_hosts file as mlfleet reads it: its host keys (`(names, key)` per line, a
     revoked key left out wherever it is listed) and its `@revoked` keys. A revoked key is
     refused for every host, whatever names its line lists ("must not ever be accepted",
-    sshd(8)); `@cert-authority` lines are skipped (paramiko does not check certificates)."""
+    sshd(8)); `@cert-authority` lines are skipped (paramiko does not check certificates).
+
+    Indexed once for lookups by name (`keys_for`): a plain name in a dict, a hashed one by
+    its HMAC, so a connection costs one dict lookup and one HMAC per hashed name, not a
+    parse of the file."""
 
     path: str
     entries: List[Tuple[List[str], paramiko.PKey]]
     revoked: List[RevokedKey]
+    # (name, key) in the order paramiko would hold them had it loaded the file, the first
+    # key of a type for a name winning (the order decides which key type paramiko asks
+    # the host for, and which key of a type it compares).
+    _by_name: Dict[str, List[Tuple[int, paramiko.PKey]]] = field(init=False, repr=False, compare=False)  # fmt: skip
+    _hashed: List[Tuple[int, _HashedName, paramiko.PKey]] = field(init=False, repr=False, compare=False)  # fmt: skip
+    _revoked_by_blob: Dict[bytes, RevokedKey] = field(init=False, repr=False, compare=False)  # fmt: skip
+    _pairs: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._by_name, self._hashed, self._revoked_by_blob, self._pairs = {}, [], {}, 0
+        for r in self.revoked:
+            self._revoked_by_blob.setdefault(r.blob, r)
+        for names, key in self.entries:
+            self._index(names, key)
+
+    def _index(self, names: Sequence[str], key: paramiko.PKey) -> None:
+        for name in names:
+            held = self._by_name.get(name, [])
+            if any(k.get_name() == key.get_name() for _, k in held):
+                continue  # the first key of a type for a name wins, as in paramiko
+            order, self._pairs = self._pairs, self._pairs + 1
+            # A new list, not an append: a lookup in another thread sees the old or the new.
+            self._by_name[name] = [*held, (order, key)]
+            hashed = _HashedName.read(name) if name.startswith("|1|") else None
+            if hashed is not None:
+                self._hashed.append((order, hashed, key))
 
     @classmethod
     def parse(cls, text: str, path: str) -> KnownHosts:
@@ -161,44 +224,180 @@ class KnownHosts:
                 entries.append((list(entry.hostnames), entry.key))
         return cls(path, entries, revoked)
 
-    @classmethod
-    def load(cls, path: str, host: str) -> KnownHosts:
-        """The file at `path` (none there: no keys); unreadable: a ConfigError."""
-        try:
-            with open(path, encoding="utf-8", errors="replace") as fh:
-                text = fh.read()
-        except FileNotFoundError:
-            text = ""
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot read known_hosts {path}: {exc.strerror or exc}", where=host
-            ) from None
-        return cls.parse(text, path)
-
     def revocation(self, key: paramiko.PKey) -> Optional[RevokedKey]:
         """The `@revoked` line of `key`, if it has one."""
-        blob = key.asbytes()
-        return next((r for r in self.revoked if r.blob == blob), None)
+        return self._revoked_by_blob.get(key.asbytes())
 
-    def fill(self, keys: paramiko.HostKeys) -> None:
-        """Put the (unrevoked) host keys into a client's key store; the first key of a
-        type for a name wins, as with paramiko's own loading."""
-        seen = set()
-        for names, key in self.entries:
-            for name in names:
-                if (name, key.get_name()) not in seen:
-                    seen.add((name, key.get_name()))
-                    keys.add(name, key.get_name(), key)
+    def keys_for(self, name: str) -> List[Tuple[str, paramiko.PKey]]:
+        """The `(name as listed, key)` pairs paramiko's `HostKeys.lookup(name)` would find
+        had it loaded the whole file, in its order: the same name, or a hashed name whose
+        HMAC matches (`name` is `host` on port 22, else `[host]:port`, as paramiko's
+        `SSHClient.connect` looks it up)."""
+        found = [(order, name, key) for order, key in self._by_name.get(name, ())]
+        if not name.startswith("|1|"):  # paramiko tests no hash of a hashed name
+            found += [(o, h.text.decode(), k) for o, h, k in list(self._hashed) if h.matches(name)]
+        return [(listed, key) for _, listed, key in sorted(found, key=lambda f: f[0])]
+
+    def fill(self, keys: paramiko.HostKeys, name: str) -> None:
+        """Put into a client's key store the keys it will look up for `name` (and no
+        others: paramiko's own store is a list it scans per lookup and per add)."""
+        for listed, key in self.keys_for(name):
+            keys.add(listed, key.get_name(), key)
+
+    def add(self, name: str, key: paramiko.PKey) -> None:
+        """Know `key` for `name` from now on (a key just appended to the file)."""
+        self.entries.append(([name], key))
+        self._index([name], key)
+
+
+@dataclass(frozen=True)
+class _FileVersion:
+    """What tells one content of a file from another without reading it (a file replaced
+    by a rename has another inode; one written in place another mtime or size)."""
+
+    mtime_ns: int
+    size: int
+    inode: int
+    device: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> _FileVersion:
+        return cls(st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
+
+
+def _read_known_hosts(path: str, host: str) -> Tuple[KnownHosts, Optional[_FileVersion]]:
+    """The file parsed, and the version of it read (None: there is no file)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            version: Optional[_FileVersion] = _FileVersion.of(os.fstat(fh.fileno()))
+            text = fh.read()
+    except FileNotFoundError:
+        version, text = None, ""
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read known_hosts {path}: {exc.strerror or exc}", where=host
+        ) from None
+    return KnownHosts.parse(text, path), version
+
+
+class _CachedFile:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # one reader or writer of the file at a time
+        self.known: Optional[KnownHosts] = None
+        self.version: Optional[_FileVersion] = None
+
+
+class KnownHostsCache:
+    """The known_hosts files of this process, each parsed once and again only when it
+    changed on disk (its mtime, size or inode), shared by every connection: at a thousand
+    hosts a run reads the file once, not once per host. Thread-safe: the first connection
+    to ask parses while the others wait for it. New keys (`--accept-new-host-keys`) are
+    appended here, one writer at a time, and known at once to the following connections."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._files: Dict[str, _CachedFile] = {}
+
+    def _file(self, path: str) -> Tuple[str, _CachedFile]:
+        real = os.path.realpath(os.path.expanduser(path))
+        with self._lock:
+            return real, self._files.setdefault(real, _CachedFile())
+
+    @staticmethod
+    def _current(real: str, cached: _CachedFile, host: str) -> KnownHosts:
+        """The file as it is now (the caller holds `cached.lock`): one stat, and a parse
+        only when that found another version than the one parsed."""
+        try:
+            now: Optional[_FileVersion] = _FileVersion.of(os.stat(real))
+        except FileNotFoundError:
+            now = None
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read known_hosts {real}: {exc.strerror or exc}", where=host
+            ) from None
+        if cached.known is None or now != cached.version:
+            # Measured on the open file before reading it: a change made meanwhile leaves
+            # a version unlike the one stored, read again next time, never a stale one.
+            cached.known, cached.version = _read_known_hosts(real, host)
+        return cached.known
+
+    def get(self, path: str, host: str) -> KnownHosts:
+        """The keys of the known_hosts file at `path` (`~` expanded, symlinks followed);
+        none there: no keys; unreadable: a ConfigError naming `host`."""
+        real, cached = self._file(path)
+        with cached.lock:
+            return self._current(real, cached, host)
+
+    def accept(self, path: str, name: str, key: paramiko.PKey, host: str) -> None:
+        """Record `key` for `name` (trust on first use): appended to the file as one whole
+        line, unless the file, read again if it changed, has meanwhile got a key for `name`
+        (another connection to the same host). A revoked key is refused, and so is a key
+        other than the one recorded meanwhile (paramiko's BadHostKeyException)."""
+        real, cached = self._file(path)
+        with cached.lock:
+            known = self._current(real, cached, host)
+            refuse_revoked(known, name, key, host)
+            listed = [k for _, k in known.keys_for(name)]
+            if listed:
+                expected = next((k for k in listed if k.get_name() == key.get_name()), listed[0])
+                if expected.asbytes() == key.asbytes():
+                    return
+                raise paramiko.BadHostKeyException(name, key, expected)
+            line = f"{name} {key.get_name()} {key.get_base64()}\n".encode()
+            try:
+                before, after, line = _append_line(real, line)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot record the host key of {name} ({fingerprint(key)}) in {real}:"
+                    f" {exc.strerror or exc}",
+                    where=host,
+                    hint="make the known_hosts file writable, or add the key yourself",
+                ) from None
+            read_before = cached.version == _FileVersion.of(before) or (
+                cached.version is None and before.st_size == 0  # no file, or an empty one
+            )
+            if (
+                read_before
+                and after.st_size == before.st_size + len(line)
+                and after.st_ino == before.st_ino
+            ):
+                # Only our line was added: known without reading the file again.
+                known.add(name, key)
+                cached.version = _FileVersion.of(after)
+            else:
+                cached.known = None  # someone else wrote too: read it again next time
+
+
+def _append_line(path: str, line: bytes) -> Tuple[os.stat_result, os.stat_result, bytes]:
+    """Append `line` to the file (made if missing) with O_APPEND: the file before and
+    after, and the bytes written (a newline first if the file's last line had none)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        before = os.fstat(fd)
+        if before.st_size and os.pread(fd, 1, before.st_size - 1) != b"\n":
+            line = b"\n" + line  # a last line without its newline stays whole
+        written = 0
+        while written < len(line):  # one write() of a line, unless the disk is full
+            written += os.write(fd, line[written:])
+        return before, os.fstat(fd), line
+    finally:
+        os.close(fd)
+
+
+# The known_hosts files of this process (a run of the CLI), shared by its connections.
+KNOWN_HOSTS = KnownHostsCache()
 
 
 class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
     """What to do with a key known_hosts does not list for the host: refuse a revoked key
     (always), then refuse any other, or (opt-in trust on first use) record it."""
 
-    def __init__(self, known: KnownHosts, host: str, accept_new: bool):
+    def __init__(self, known: KnownHosts, host: str, accept_new: bool, cache: KnownHostsCache):
         self.known = known
         self.host = host
         self.accept_new = accept_new
+        self.cache = cache
 
     def missing_host_key(
         self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
@@ -210,10 +409,8 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
                 where=self.host,
                 hint="verify the host's key and add it, or pass --accept-new-host-keys",
             )
+        self.cache.accept(self.known.path, hostname, key, self.host)
         client.get_host_keys().add(hostname, key.get_name(), key)
-        os.makedirs(os.path.dirname(self.known.path) or ".", exist_ok=True)
-        with open(self.known.path, "a") as fh:
-            fh.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
 
 
 def refuse_revoked(known: KnownHosts, hostname: str, key: paramiko.PKey, host: str) -> None:
@@ -322,8 +519,10 @@ class Connection:
         accept_new_host_keys: bool = False,
         retry_delays: Sequence[float] = RETRY_DELAYS,
         sleep: Callable[[float], None] = time.sleep,
+        known_hosts: Optional[KnownHostsCache] = None,
     ):
         self.host = host
+        self.known_hosts = known_hosts if known_hosts is not None else KNOWN_HOSTS
         self.connect_timeout = connect_timeout
         self.accept_new = accept_new_host_keys
         self.retry_delays = tuple(retry_delays)
@@ -343,7 +542,7 @@ class Connection:
     ) -> paramiko.SSHClient:
         """A connected, authenticated client; a transient failure is tried again after each
         of `retry_delays` (`open_sock`: a new channel through the jump host each time)."""
-        known = KnownHosts.load(os.path.expanduser(self.host.known_hosts), self.host.name)
+        known = self.known_hosts.get(self.host.known_hosts, self.host.name)
         key_file = self.host.ssh_key
         if key_file is not None and not os.path.isfile(key_file):
             raise ConfigError(
@@ -376,9 +575,7 @@ class Connection:
     def _connect_once(self, known: KnownHosts, address: str, port: int, user: Optional[str],
                       login: Tuple[Optional[paramiko.PKey], Optional[str]],
                       open_sock: Optional[Callable[[], object]]) -> paramiko.SSHClient:  # fmt: skip
-        client = paramiko.SSHClient()
-        known.fill(client.get_host_keys())
-        client.set_missing_host_key_policy(_HostKeyPolicy(known, self.host.name, self.accept_new))
+        client = self.host_key_client(known, address, port)
         pkey, key_file = login
         try:
             sock = open_sock() if open_sock is not None else None
@@ -391,6 +588,16 @@ class Connection:
         except BaseException:
             client.close()  # its transport thread too
             raise
+        return client
+
+    def host_key_client(self, known: KnownHosts, address: str, port: int) -> paramiko.SSHClient:
+        """A new client that verifies the host key of address:port as known_hosts says: it
+        holds the keys paramiko will look up for the host (`_known_name`, as paramiko's
+        `SSHClient.connect` names it) and our policy for a key it does not find."""
+        client = paramiko.SSHClient()
+        known.fill(client.get_host_keys(), _known_name(address, port))
+        policy = _HostKeyPolicy(known, self.host.name, self.accept_new, self.known_hosts)
+        client.set_missing_host_key_policy(policy)
         return client
 
     def _refusal(

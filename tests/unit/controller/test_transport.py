@@ -24,6 +24,7 @@ from mlfleet.controller.transport import (
     HostKeyUnknown,
     HostUnreachable,
     KnownHosts,
+    KnownHostsCache,
     fingerprint,
     is_transient,
 )
@@ -191,6 +192,36 @@ def test_accept_new_records_an_unknown_key(tmp_path: Path, keys, server: Server)
         conn.connect()
     recorded = (tmp_path / "known_hosts").read_text()
     assert recorded == _line(f"[127.0.0.1]:{server.port}", keys[0]) + "\n"
+
+
+def test_a_hashed_name_is_found(tmp_path: Path, keys, server: Server) -> None:
+    name = paramiko.HostKeys.hash_host(f"[127.0.0.1]:{server.port}")
+    conn, _ = connection(tmp_path, server.port, _line(name, keys[0]) + "\n", keys[2])
+    with pytest.raises(HostUnreachable, match=r"login .* refused"):  # the key was accepted
+        conn.connect()
+
+
+def test_a_key_accepted_is_known_to_the_next_connection_of_the_run(
+    tmp_path: Path, keys, server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parsed: List[str] = []
+    parse = KnownHosts.parse.__func__  # type: ignore[attr-defined]
+
+    def counted(cls: type, text: str, path: str) -> KnownHosts:
+        parsed.append(path)
+        return parse(cls, text, path)
+
+    monkeypatch.setattr(KnownHosts, "parse", classmethod(counted))
+    first, _ = connection(tmp_path, server.port, "", keys[2], accept_new=True)
+    first.known_hosts = run = KnownHostsCache()
+    with pytest.raises(HostUnreachable, match=r"login .* refused"):
+        first.connect()
+    again = Connection(first.host, connect_timeout=5, known_hosts=run)  # new keys refused
+    with pytest.raises(HostUnreachable, match=r"login .* refused"):  # the key was known
+        again.connect()
+    kh = tmp_path / "known_hosts"
+    assert kh.read_text() == _line(f"[127.0.0.1]:{server.port}", keys[0]) + "\n"
+    assert (parsed, server.connections) == ([str(kh)], 2)
 
 
 def test_a_changed_host_key_is_refused_once(tmp_path: Path, keys, server: Server) -> None:
