@@ -126,31 +126,30 @@ class _HashedName:
     """A `|1|salt|hash` name of a known_hosts line (OpenSSH's HashKnownHosts): a name
     matches when its HMAC-SHA1 under the salt is the hash, as paramiko's lookup tests it."""
 
-    text: bytes  # the name as written in the file
-    prefix: str  # `|1|<salt>|`, the salt as paramiko's hash_host writes it
+    text: str  # the name as written in the file
     salt: bytes
+    digest: bytes
 
     @classmethod
     def read(cls, text: str) -> Optional[_HashedName]:
-        """The name's salt; None when it is no hashed name paramiko could test (a salt that
-        is not 20 bytes of base64 fails paramiko's own lookup with an AssertionError)."""
+        """Salt and hash of a hashed name; None when no name can match it in paramiko: a
+        salt that is not 20 bytes (its lookup fails with an AssertionError), or base64
+        other than the one paramiko writes (it compares the text it would write)."""
         fields = text.split("|")
-        if len(fields) != 4 or fields[:2] != ["", "1"]:
+        if len(fields) != 4:
             return None
         try:
-            salt = base64.decodebytes(fields[2].encode())
+            salt, digest = (base64.b64decode(f.encode(), validate=True) for f in fields[2:])
         except (binascii.Error, ValueError):
             return None
         if len(salt) != hashlib.sha1().digest_size:
             return None
-        return cls(text.encode(), "|1|" + base64.b64encode(salt).decode() + "|", salt)
+        if f"|1|{base64.b64encode(salt).decode()}|{base64.b64encode(digest).decode()}" != text:
+            return None
+        return cls(text, salt, digest)
 
-    def matches(self, name: str) -> bool:
-        """Whether `name` hashes to this name, compared as paramiko compares it: the text
-        `|1|salt|hash` it would write for `name`, against the file's."""
-        digest = hmac.digest(self.salt, name.encode(), "sha1")
-        mine = (self.prefix + base64.b64encode(digest).decode()).encode()
-        return hmac.compare_digest(mine, self.text)
+    def matches(self, name: bytes) -> bool:
+        return hmac.compare_digest(hmac.digest(self.salt, name, "sha1"), self.digest)
 
 
 @dataclass
@@ -235,7 +234,8 @@ class KnownHosts:
         `SSHClient.connect` looks it up)."""
         found = [(order, name, key) for order, key in self._by_name.get(name, ())]
         if not name.startswith("|1|"):  # paramiko tests no hash of a hashed name
-            found += [(o, h.text.decode(), k) for o, h, k in list(self._hashed) if h.matches(name)]
+            raw = name.encode()
+            found += [(o, h.text, k) for o, h, k in list(self._hashed) if h.matches(raw)]
         return [(listed, key) for _, listed, key in sorted(found, key=lambda f: f[0])]
 
     def fill(self, keys: paramiko.HostKeys, name: str) -> None:

@@ -215,13 +215,22 @@ def test_the_keys_looked_up_are_those_paramiko_finds_in_the_whole_file() -> None
     assert found(whole, "DB") is None  # its key is revoked
 
 
-def test_a_hashed_name_paramiko_cannot_test_matches_nothing() -> None:
-    # paramiko's own lookup fails on these with an AssertionError (a salt not of 20 bytes).
-    bad = ["|1|bm90IHR3ZW50eSBieXRlcw==|eA==", "|1|!!|x", "|1|", "|1|a|b|c"]
+def test_a_hashed_name_paramiko_cannot_match_matches_nothing() -> None:
+    _, _, salt, digest = hashed("web").split("|")
+    bad = [
+        # paramiko's own lookup fails on these with an AssertionError (a salt not of 20 bytes)
+        "|1|bm90IHR3ZW50eSBieXRlcw==|eA==", "|1|!!|x", "|1|",
+        # and never matches these: it compares the text it writes, canonical base64
+        f"|1|{salt[:4]}!{salt[4:]}|{digest}", f"|1|{salt}|{digest}|", f"|1|{salt}|{digest[:-1]}",
+    ]  # fmt: skip
+    assert paramiko.HostKeys.hash_host("web", salt) == f"|1|{salt}|{digest}"
     known = KnownHosts.parse("\n".join(line(b, POOL[0]) for b in bad) + "\n" +
-                             line(hashed("web"), POOL[1]), "kh")  # fmt: skip
-    assert known.keys_for("web") == [(known.entries[-1][0][0], POOL[1])]
+                             line(f"|1|{salt}|{digest}", POOL[1]), "kh")  # fmt: skip
+    assert known.keys_for("web") == [(f"|1|{salt}|{digest}", POOL[1])]
     assert [known.keys_for(b) for b in bad] == [[(b, POOL[0])] for b in bad]  # as written
+    paramikos = whole_file_store(KnownHosts.parse("\n".join(line(b, POOL[0]) for b in bad[3:]) +
+                                                  "\n" + line(hashed("web"), POOL[1]), "kh"))  # fmt: skip
+    assert found(paramikos, "web") == [(POOL[1].get_name(), POOL[1].asbytes())]
 
 
 # --- a file that changes -----------------------------------------------------------------
