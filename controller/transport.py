@@ -121,13 +121,22 @@ class RevokedKey:
     where: str  # file:line
 
 
+# HMAC's pads (RFC 2104), each byte of a key XORed with 0x36 and with 0x5c.
+_HMAC_IPAD = bytes(b ^ 0x36 for b in range(256))
+_HMAC_OPAD = bytes(b ^ 0x5C for b in range(256))
+
+
 @dataclass(frozen=True)
 class _HashedName:
     """A `|1|salt|hash` name of a known_hosts line (OpenSSH's HashKnownHosts): a name
-    matches when its HMAC-SHA1 under the salt is the hash, as paramiko's lookup tests it."""
+    matches when its HMAC-SHA1 under the salt is the hash, as paramiko's lookup tests it.
+    The salt's inner and outer SHA-1 states are computed once (RFC 2104: HMAC(K, m) =
+    H(K^opad, H(K^ipad, m))): a file's every hashed name is tried for every connection, and
+    a copy of each state costs less than half of a fresh `hmac.digest`."""
 
     text: str  # the name as written in the file
-    salt: bytes
+    inner: hashlib._Hash  # SHA-1 having read salt^ipad
+    outer: hashlib._Hash  # SHA-1 having read salt^opad
     digest: bytes
 
     @classmethod
@@ -146,10 +155,15 @@ class _HashedName:
             return None
         if f"|1|{base64.b64encode(salt).decode()}|{base64.b64encode(digest).decode()}" != text:
             return None
-        return cls(text, salt, digest)
+        block = salt.ljust(hashlib.sha1().block_size, b"\0")
+        inner, outer = hashlib.sha1(block.translate(_HMAC_IPAD)), hashlib.sha1(block.translate(_HMAC_OPAD))  # fmt: skip
+        return cls(text, inner, outer, digest)
 
     def matches(self, name: bytes) -> bool:
-        return hmac.compare_digest(hmac.digest(self.salt, name, "sha1"), self.digest)
+        inner, outer = self.inner.copy(), self.outer.copy()
+        inner.update(name)
+        outer.update(inner.digest())
+        return hmac.compare_digest(outer.digest(), self.digest)
 
 
 @dataclass
