@@ -533,10 +533,11 @@ class Connection:
         accept_new_host_keys: bool = False,
         retry_delays: Sequence[float] = RETRY_DELAYS,
         sleep: Callable[[float], None] = time.sleep,
-        known_hosts: Optional[KnownHostsCache] = None,
+        known_hosts_cache: Optional[KnownHostsCache] = None,
     ):
         self.host = host
-        self.known_hosts = known_hosts if known_hosts is not None else KNOWN_HOSTS
+        # The process's known_hosts files, unless a test brings its own.
+        self.known_hosts_cache = known_hosts_cache or KNOWN_HOSTS
         self.connect_timeout = connect_timeout
         self.accept_new = accept_new_host_keys
         self.retry_delays = tuple(retry_delays)
@@ -556,7 +557,7 @@ class Connection:
     ) -> paramiko.SSHClient:
         """A connected, authenticated client; a transient failure is tried again after each
         of `retry_delays` (`open_sock`: a new channel through the jump host each time)."""
-        known = self.known_hosts.get(self.host.known_hosts, self.host.name)
+        known = self.known_hosts_cache.get(self.host.known_hosts, self.host.name)
         key_file = self.host.ssh_key
         if key_file is not None and not os.path.isfile(key_file):
             raise ConfigError(
@@ -610,7 +611,7 @@ class Connection:
         `SSHClient.connect` names it) and our policy for a key it does not find."""
         client = paramiko.SSHClient()
         known.fill(client.get_host_keys(), _known_name(address, port))
-        policy = _HostKeyPolicy(known, self.host.name, self.accept_new, self.known_hosts)
+        policy = _HostKeyPolicy(known, self.host.name, self.accept_new, self.known_hosts_cache)
         client.set_missing_host_key_policy(policy)
         return client
 

@@ -77,7 +77,7 @@ def verdict(conn: Connection, server_key: paramiko.PKey) -> None:
     (client.py, SSHClient.connect, from `server_hostkey_name` to BadHostKeyException), a
     refusal said as `Connection._refusal` says it. Raises, or returns: accepted."""
     address, port = conn.host.address, conn.host.port
-    known = conn.known_hosts.get(conn.host.known_hosts, conn.host.name)
+    known = conn.known_hosts_cache.get(conn.host.known_hosts, conn.host.name)
     client = conn.host_key_client(known, address, port)
     name = known_name(address, port)  # paramiko: server_hostkey_name
     try:
@@ -125,7 +125,7 @@ def test_a_thousand_connections_parse_the_file_once_and_judge_each_key_right(
 ) -> None:
     kh, fleet = fleet_file(tmp_path)
     cache = KnownHostsCache()
-    conns = [Connection(host(f"h{i}", a, p, kh), known_hosts=cache)
+    conns = [Connection(host(f"h{i}", a, p, kh), known_hosts_cache=cache)
              for i, (a, p, _) in enumerate(fleet)]  # fmt: skip
     for conn, (_, _, key) in zip(conns, fleet):
         verdict(conn, key)  # the right key: accepted
@@ -148,11 +148,11 @@ def test_a_thousand_connections_parse_the_file_once_and_judge_each_key_right(
     for i in (0, 3):
         with pytest.raises(HostKeyRevoked, match=rf"marked @revoked in {re.escape(str(kh))}:3 "):
             verdict(conns[i], REVOKED)
-    stranger = Connection(host("new", "10.200.0.1", 22, kh), known_hosts=cache)
+    stranger = Connection(host("new", "10.200.0.1", 22, kh), known_hosts_cache=cache)
     with pytest.raises(HostKeyUnknown, match=r"host key of 10\.200\.0\.1 .* is not in "):
         verdict(stranger, POOL[0])
     # A name listed with port 22 is not the same host on another port, and back.
-    moved = Connection(host("h1-moved", fleet[1][0], 2222, kh), known_hosts=cache)
+    moved = Connection(host("h1-moved", fleet[1][0], 2222, kh), known_hosts_cache=cache)
     with pytest.raises(HostKeyUnknown):
         verdict(moved, fleet[1][2])
     assert parses == [str(kh)]
@@ -160,8 +160,10 @@ def test_a_thousand_connections_parse_the_file_once_and_judge_each_key_right(
 
 def test_a_client_gets_only_its_hosts_keys(tmp_path: Path) -> None:
     kh, fleet = fleet_file(tmp_path)
-    conn = Connection(host("h10", fleet[10][0], fleet[10][1], kh), known_hosts=KnownHostsCache())
-    known = conn.known_hosts.get(str(kh), "h10")
+    conn = Connection(
+        host("h10", fleet[10][0], fleet[10][1], kh), known_hosts_cache=KnownHostsCache()
+    )
+    known = conn.known_hosts_cache.get(str(kh), "h10")
     client = conn.host_key_client(known, fleet[10][0], fleet[10][1])
     held = client.get_host_keys()
     assert [(n, held[n].keys()) for n in held] == [
@@ -259,7 +261,7 @@ def test_a_file_changed_between_connections_is_read_again(
     old, new = POOL[1], POOL[2]
     kh.write_text(line("edge-1", old) + "\n")
     cache = KnownHostsCache()
-    conn = Connection(host("edge-1", "edge-1", 22, kh), known_hosts=cache)
+    conn = Connection(host("edge-1", "edge-1", 22, kh), known_hosts_cache=cache)
     verdict(conn, old)
     verdict(conn, old)
     assert len(parses) == 1  # unchanged: not read again
@@ -273,7 +275,7 @@ def test_a_file_changed_between_connections_is_read_again(
 
 def test_a_file_that_appears_or_goes_away_is_read_again(tmp_path: Path, parses: List[str]) -> None:
     kh = tmp_path / "ssh" / "known_hosts"
-    conn = Connection(host("edge-1", "edge-1", 22, kh), known_hosts=KnownHostsCache())
+    conn = Connection(host("edge-1", "edge-1", 22, kh), known_hosts_cache=KnownHostsCache())
     with pytest.raises(HostKeyUnknown):
         verdict(conn, POOL[1])
     kh.parent.mkdir()
@@ -330,7 +332,7 @@ def test_fifty_threads_looking_up_at_once_parse_once(tmp_path: Path, slow_parse:
 
     def look_up(i: int) -> None:
         address, port, key = picks[i]
-        conn = Connection(host(f"h{i}", address, port, kh), known_hosts=cache)
+        conn = Connection(host(f"h{i}", address, port, kh), known_hosts_cache=cache)
         verdict(conn, key)
         with pytest.raises(HostKeyChanged):
             verdict(conn, OTHER)
@@ -351,7 +353,7 @@ def test_new_keys_from_many_threads_are_written_once_each_as_whole_lines(
     def connect(i: int) -> None:
         address, port, key = hosts[i % 30]
         h = host(f"h{i}", address, port, kh)
-        verdict(Connection(h, accept_new_host_keys=True, known_hosts=cache), key)
+        verdict(Connection(h, accept_new_host_keys=True, known_hosts_cache=cache), key)
 
     assert in_threads(60, connect) == {}
     written = kh.read_text()
@@ -363,7 +365,7 @@ def test_new_keys_from_many_threads_are_written_once_each_as_whole_lines(
     # The same run knows them: the key accepted, another refused, nothing written.
     for i, (address, port, key) in enumerate(hosts):
         conn = Connection(host(f"again{i}", address, port, kh), accept_new_host_keys=True,
-                          known_hosts=cache)  # fmt: skip
+                          known_hosts_cache=cache)  # fmt: skip
         verdict(conn, key)
         with pytest.raises(HostKeyChanged):
             verdict(conn, OTHER)
@@ -383,7 +385,7 @@ def test_two_new_keys_for_one_host_at_once_record_one_and_refuse_the_other(
 
     def connect(i: int) -> None:
         conn = Connection(host(f"h{i}", "edge-1", 22, kh), accept_new_host_keys=True,
-                          known_hosts=cache)  # fmt: skip
+                          known_hosts_cache=cache)  # fmt: skip
         verdict(conn, shown[i])
 
     errors = in_threads(2, connect)
@@ -403,7 +405,7 @@ def test_a_key_that_cannot_be_recorded_is_said_so(
 
     monkeypatch.setattr(transport, "_append_line", disk_full)
     conn = Connection(host("h", "edge-1", 22, kh), accept_new_host_keys=True,
-                      known_hosts=KnownHostsCache())  # fmt: skip
+                      known_hosts_cache=KnownHostsCache())  # fmt: skip
     with pytest.raises(ConfigError) as caught:
         verdict(conn, POOL[1])
     assert str(caught.value).startswith(
@@ -415,7 +417,9 @@ def test_a_revoked_key_is_not_recorded_even_if_revoked_meanwhile(tmp_path: Path)
     kh = tmp_path / "known_hosts"
     kh.write_text("")
     cache = KnownHostsCache()
-    conn = Connection(host("h", "edge-1", 22, kh), accept_new_host_keys=True, known_hosts=cache)
+    conn = Connection(
+        host("h", "edge-1", 22, kh), accept_new_host_keys=True, known_hosts_cache=cache
+    )
     known = cache.get(str(kh), "h")  # the file as the connection started
     with kh.open("a") as fh:  # revoked by someone else meanwhile
         fh.write(f"@revoked * {REVOKED.get_name()} {REVOKED.get_base64()}\n")
@@ -431,9 +435,11 @@ def test_a_line_written_by_someone_else_meanwhile_is_read(
     kh = tmp_path / "known_hosts"
     kh.write_text(line("edge-0", POOL[0]) + "\n")
     cache = KnownHostsCache()
-    new = Connection(host("h1", "edge-1", 22, kh), accept_new_host_keys=True, known_hosts=cache)
+    new = Connection(
+        host("h1", "edge-1", 22, kh), accept_new_host_keys=True, known_hosts_cache=cache
+    )
     verdict(new, POOL[1])
     with kh.open("a") as fh:
         fh.write(line("edge-2", POOL[2]) + "\n")
-    verdict(Connection(host("h2", "edge-2", 22, kh), known_hosts=cache), POOL[2])
+    verdict(Connection(host("h2", "edge-2", 22, kh), known_hosts_cache=cache), POOL[2])
     assert len(parses) == 2

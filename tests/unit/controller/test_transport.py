@@ -213,10 +213,10 @@ def test_a_key_accepted_is_known_to_the_next_connection_of_the_run(
 
     monkeypatch.setattr(KnownHosts, "parse", classmethod(counted))
     first, _ = connection(tmp_path, server.port, "", keys[2], accept_new=True)
-    first.known_hosts = run = KnownHostsCache()
+    first.known_hosts_cache = run = KnownHostsCache()
     with pytest.raises(HostUnreachable, match=r"login .* refused"):
         first.connect()
-    again = Connection(first.host, connect_timeout=5, known_hosts=run)  # new keys refused
+    again = Connection(first.host, connect_timeout=5, known_hosts_cache=run)  # new keys refused
     with pytest.raises(HostUnreachable, match=r"login .* refused"):  # the key was known
         again.connect()
     kh = tmp_path / "known_hosts"
