@@ -52,20 +52,6 @@ def known_name(address: str, port: int) -> str:
     return address if port == 22 else f"[{address}]:{port}"
 
 
-@pytest.fixture
-def parses(monkeypatch: pytest.MonkeyPatch) -> List[str]:
-    """The path of each call of KnownHosts.parse (the real one, wrapped)."""
-    calls: List[str] = []
-    real = KnownHosts.parse.__func__  # type: ignore[attr-defined]
-
-    def counted(cls: type, text: str, path: str) -> KnownHosts:
-        calls.append(path)
-        return real(cls, text, path)
-
-    monkeypatch.setattr(KnownHosts, "parse", classmethod(counted))
-    return calls
-
-
 def host(name: str, address: str, port: int, kh: Path) -> Host:
     return Host(name, {"ansible_host": address, "ansible_port": port,
                        "mlfleet_known_hosts": str(kh)})  # fmt: skip

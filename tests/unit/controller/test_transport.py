@@ -202,16 +202,8 @@ def test_a_hashed_name_is_found(tmp_path: Path, keys, server: Server) -> None:
 
 
 def test_a_key_accepted_is_known_to_the_next_connection_of_the_run(
-    tmp_path: Path, keys, server: Server, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, keys, server: Server, parses: List[str]
 ) -> None:
-    parsed: List[str] = []
-    parse = KnownHosts.parse.__func__  # type: ignore[attr-defined]
-
-    def counted(cls: type, text: str, path: str) -> KnownHosts:
-        parsed.append(path)
-        return parse(cls, text, path)
-
-    monkeypatch.setattr(KnownHosts, "parse", classmethod(counted))
     first, _ = connection(tmp_path, server.port, "", keys[2], accept_new=True)
     first.known_hosts_cache = run = KnownHostsCache()
     with pytest.raises(HostUnreachable, match=r"login .* refused"):
@@ -221,7 +213,7 @@ def test_a_key_accepted_is_known_to_the_next_connection_of_the_run(
         again.connect()
     kh = tmp_path / "known_hosts"
     assert kh.read_text() == _line(f"[127.0.0.1]:{server.port}", keys[0]) + "\n"
-    assert (parsed, server.connections) == ([str(kh)], 2)
+    assert (parses, server.connections) == ([str(kh)], 2)
 
 
 def test_a_changed_host_key_is_refused_once(tmp_path: Path, keys, server: Server) -> None:
