@@ -479,7 +479,7 @@ _TRANSIENT_ERRNOS = frozenset(
 
 def is_transient(exc: BaseException) -> bool:
     """Whether a connect that failed with `exc` is worth another attempt (pure): refused,
-    reset or closed before or during the SSH banner. Never a timeout or an unreachable
+    reset or closed before or during the SSH banner or the key exchange. Never a timeout or an unreachable
     network, a refused login, a host key (unknown, changed, revoked) or a name that does
     not resolve."""
     if isinstance(exc, (MlfleetError, paramiko.AuthenticationException, paramiko.BadHostKeyException)):  # fmt: skip
@@ -489,7 +489,9 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, paramiko.ChannelException):  # through a jump host: 2 connect failed
         return exc.code in (2, 4)
     if isinstance(exc, paramiko.SSHException):
-        return str(exc).startswith("Error reading SSH protocol banner")
+        # Closed during the banner, or before the login could start ("No existing session":
+        # the host dropped the connection in the key exchange, as an overloaded one does).
+        return str(exc).startswith(("Error reading SSH protocol banner", "No existing session"))
     if isinstance(exc, (socket.gaierror, socket.timeout)):
         return False
     if isinstance(exc, (EOFError, ConnectionResetError, ConnectionRefusedError, ConnectionAbortedError, BrokenPipeError)):  # fmt: skip
