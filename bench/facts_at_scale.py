@@ -100,6 +100,11 @@ def bench_size(size: int, args: argparse.Namespace, work: Path) -> Dict[str, Any
                 sample = timed(list(argv), env, work / f"{name}.log")
                 sample["answered"] = answered(key, work / f"{name}.log", size)
                 runs[key].append(sample)
+                partial = work.parent / "partial.jsonl"  # kept if the run is cut short
+                with open(partial, "a") as fh:
+                    fh.write(json.dumps({"hosts": size, "tool": key, **sample}) + "\n")
+                if args.out:
+                    args.out.with_suffix(".partial.jsonl").write_text(partial.read_text())
                 log(f"{name}: {sample['wall_s']:.1f}s wall, {sample['cpu_s']:.1f}s controller "
                     f"CPU, {sample['rss_mib']:.0f} MiB, {sample['answered']}/{size} answered")  # fmt: skip
     finally:
