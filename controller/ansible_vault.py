@@ -31,7 +31,7 @@ import os
 import re
 import subprocess
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, hmac, padding
@@ -567,3 +567,20 @@ class Keyring:
 
 
 KEYRING = Keyring()  # the command's; cli.py configures it
+
+
+class RevealedVars(Mapping[str, Any]):
+    """A host's variables as a template reads them: a vault-encrypted one decrypted by
+    `keyring` when it is read (and not kept), the others as they are."""
+
+    def __init__(self, variables: Mapping[str, Any], host: str, keyring: Keyring) -> None:
+        self._vars, self._host, self._keyring = variables, host, keyring
+
+    def __getitem__(self, key: str) -> Any:
+        return self._keyring.reveal(self._vars[key], f"{key} of host {self._host}")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._vars)
+
+    def __len__(self) -> int:
+        return len(self._vars)

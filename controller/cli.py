@@ -313,11 +313,9 @@ def inventory_cmd(settings: Settings, as_json: bool) -> None:
 def _shown_setting(host: Any, setting: str, var: str) -> str:
     """A setting for the inventory table; one that is read only for a host a command works
     on (a template mlfleet does not evaluate, a vault value) is shown as written."""
-    from mlfleet.controller.hosts import UnevaluatedTemplate
-
     try:
         return str(getattr(host, setting))
-    except (UnevaluatedTemplate, ConfigError):
+    except ConfigError:  # UnevaluatedTemplate, VaultError
         value = host.vars.get(var)
         return "(vault-encrypted)" if not isinstance(value, str) else value
 

@@ -10,9 +10,9 @@ import re
 import shlex
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, Mapping, Optional, Set, Tuple
+from typing import Any, Dict, Mapping, Optional, Set, Tuple
 
-from mlfleet.controller.ansible_vault import KEYRING, Keyring, VaultValue
+from mlfleet.controller.ansible_vault import KEYRING, Keyring, RevealedVars, VaultValue
 from mlfleet.controller.errors import ConfigError
 from mlfleet.controller.templating import TemplateUnsupported, evaluate, is_template
 from mlfleet.controller.yamlsource import shown
@@ -28,23 +28,6 @@ _USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]*\$?")
 MAX_BWLIMIT_KBIT = 100_000_000  # 100 Gbit/s
 _TRUE = frozenset({"true", "yes", "on", "y", "t", "1"})
 _FALSE = frozenset({"false", "no", "off", "n", "f", "0"})
-
-
-class _Revealing(Mapping[str, Any]):
-    """A host's variables as a template reads them: vault-encrypted ones decrypted."""
-
-    def __init__(self, host: Host) -> None:
-        self._host = host
-
-    def __getitem__(self, key: str) -> Any:
-        value = self._host.vars[key]
-        return self._host.revealed(key) if isinstance(value, VaultValue) else value
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._host.vars)
-
-    def __len__(self) -> int:
-        return len(self._host.vars)
 
 
 class UnevaluatedTemplate(ConfigError):
@@ -329,19 +312,19 @@ class Host:
         for name in names:
             value = self.vars.get(name)
             if isinstance(value, VaultValue):
-                value = self.revealed(name)
+                value = self._revealed_vars()[name]
             if value is not None:
                 return name, self._evaluated(name, value) if is_template(value) else value
         return None, None
 
-    def revealed(self, var: str) -> Any:
-        """The variable's value with any vault-encrypted part decrypted: only for a value a
+    def _revealed_vars(self) -> RevealedVars:
+        """The variables with a vault-encrypted one decrypted when read: only for a value a
         command uses, at the moment it uses it (never stored)."""
-        return self.keyring.reveal(self.vars.get(var), f"{var} of host {self.name}")
+        return RevealedVars(self.vars, self.name, self.keyring)
 
     def _evaluated(self, var: str, text: str) -> str:
         try:
-            return evaluate(text, _Revealing(self), self.name, self.environ)
+            return evaluate(text, self._revealed_vars(), self.name, self.environ)
         except TemplateUnsupported as exc:
             raise UnevaluatedTemplate(
                 f"host {shown(self.name)}: `{var}` is a Jinja template mlfleet cannot evaluate:"

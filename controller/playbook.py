@@ -124,7 +124,7 @@ from mlfleet.agent.imageref import ImageRef, ImageRefError, is_tag
 from mlfleet.agent.variants import Variant, VariantError, parse_variants
 from mlfleet.controller import rollout
 from mlfleet.controller import yamlcheck as check
-from mlfleet.controller.ansible_vault import KEYRING, VaultValue
+from mlfleet.controller.ansible_vault import KEYRING, RevealedVars
 from mlfleet.controller.errors import ConfigError
 from mlfleet.controller.rollout import BatchSpec, Canary
 from mlfleet.controller.templating import TemplateUnsupported, evaluate, is_template
@@ -1013,8 +1013,9 @@ def _template(
 
 
 def _host_value(host_vars: Dict[str, Any], host_name: str, name: str, t: Template) -> str:
+    revealed = RevealedVars(host_vars, host_name, KEYRING)  # vault values decrypted when used
     if name in host_vars:
-        value = host_vars[name]
+        value = revealed[name]
     elif name == "inventory_hostname":
         return host_name
     else:
@@ -1026,8 +1027,6 @@ def _host_value(host_vars: Dict[str, Any], host_name: str, name: str, t: Templat
             where=t.where,
             hint=f"define {name} in the inventory, in the host's vars or a group's vars",
         )
-    if isinstance(value, VaultValue):  # decrypted for this value only, never kept
-        value = KEYRING.reveal(value, f"{name} of host {host_name}")
     if value is None or isinstance(value, (dict, list, tuple, set)):
         raise ConfigError(
             f"host {host_name}: `{t.path}` uses {{{{ {name} }}}}, which is {check.kind(value)}"
@@ -1036,10 +1035,6 @@ def _host_value(host_vars: Dict[str, Any], host_name: str, name: str, t: Templat
             hint=f"set {name} to a value for {host_name}",
         )
     if is_template(value):  # the inventory's value is a template too, as Ansible allows
-        revealed = {
-            k: KEYRING.reveal(v, f"{k} of host {host_name}") if isinstance(v, VaultValue) else v
-            for k, v in host_vars.items()
-        }
         try:
             return evaluate(value, revealed, host_name, os.environ)
         except TemplateUnsupported as exc:
