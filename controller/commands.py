@@ -180,15 +180,8 @@ def rollback_under_lock(session: FleetSession, app: str, tag: Optional[str]) -> 
     """`mlfleet rollback`: `rollback_fleet` holding the fleet lock, in the state DB and on
     every host, as a deployment holds it: a rollback and another controller's deployment
     never work on the same hosts at once (FleetLockHeld names the holder)."""
-    why = f"rollback {app}" + (f" to {tag}" if tag else "")
-    session.state.acquire_lock(why)
-    lock = fleet_lock.FleetLock(session.transport, session.each, session.hosts, why)
-    try:
-        lock.acquire()
+    with fleet_lock.held(session, f"rollback {app}" + (f" to {tag}" if tag else "")):
         return rollback_fleet(session, app, tag)
-    finally:
-        lock.release()
-        session.state.release_lock()
 
 
 def fleet_lock_status(session: FleetSession) -> List[Dict[str, Any]]:

@@ -25,7 +25,7 @@ from mlfleet.agent.selection import select_variant
 from mlfleet.agent.variants import Variant, VariantError, parse_variants
 from mlfleet.controller import hostops
 from mlfleet.controller.errors import ConfigError
-from mlfleet.controller.fleet_lock import FleetLock
+from mlfleet.controller.fleet_lock import FleetLock, held
 from mlfleet.controller.host_failure import host_failed
 from mlfleet.controller.hosts import Host
 from mlfleet.controller.outcomes import OUTCOME_OF_APPLY, DeployReport, HostResult, Outcome
@@ -255,14 +255,8 @@ def deploy(
     digests = check_images(session, playbook, tag, variant_of, facts_of)
     state = session.state
     why = f"deploy {playbook.app} {tag}"
-    state.acquire_lock(why)
-    lock = FleetLock(session.transport, session.each, session.hosts, why)
-    try:
-        lock.acquire()  # on every host: another controller's deployment stops this one here
-        for name, gone in sorted(lock.took_over.items()):
-            session.progress(
-                name, f"took over a stale fleet lock (its lease ran out): {gone.describe()}"
-            )
+    # On every host too: another controller's deployment stops this one here.
+    with held(session, why) as lock:
         for stale in state.mark_interrupted():
             state.event(
                 "interrupted", f"deployment {stale} was interrupted; a new deploy finishes the job"
@@ -285,9 +279,6 @@ def deploy(
         except BaseException as exc:
             state.finish_deployment(deployment_id, "interrupted", f"{type(exc).__name__}: {exc}")
             raise
-    finally:
-        lock.release()
-        state.release_lock()
     state.finish_deployment(deployment_id, status, reason)
     ordered = [results[h.name] for h in session.hosts if h.name in results]
     return DeployReport(status, deployment_id, tag, reason, ordered)

@@ -28,14 +28,29 @@ import os
 import secrets
 import socket
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    Optional,
+    Protocol,
+    Sequence,
+    Tuple,
+)
 
 from mlfleet.controller.errors import ExitCode, MlfleetError
 from mlfleet.controller.host_failure import on_host
 from mlfleet.controller.hosts import Host
 from mlfleet.controller.state import pid_alive
 from mlfleet.controller.transport import CommandResult, HostUnreachable
+
+if TYPE_CHECKING:
+    from mlfleet.controller.session import FleetSession
 
 LEASE_S = 3600.0
 RENEW_EVERY_S = 600.0
@@ -315,6 +330,25 @@ class FleetLock:
         hosts = [h for h in self.hosts if h.name in self.taken]
         self._each(lambda h: _quietly(lambda: release(self._connect(h), self.me.token)), hosts)
         self.taken = []
+
+
+@contextmanager
+def held(session: FleetSession, reason: str) -> Iterator[FleetLock]:
+    """The fleet lock for a command that changes hosts (deploy, rollback): in the state DB
+    (LockHeld names its holder), then on every host of the session (FleetLockHeld does); a
+    stale lock taken over is said per host. Both are given back however the command ends."""
+    session.state.acquire_lock(reason)
+    lock = FleetLock(session.transport, session.each, session.hosts, reason)
+    try:
+        lock.acquire()
+        for name, gone in sorted(lock.took_over.items()):
+            session.progress(
+                name, f"took over a stale fleet lock (its lease ran out): {gone.describe()}"
+            )
+        yield lock
+    finally:
+        lock.release()
+        session.state.release_lock()
 
 
 def _quietly(fn: Callable[[], object]) -> object:
