@@ -287,31 +287,28 @@ class Inventory:
         """Ansible's _enumerate_matches: the hosts of the groups `expr` matches, then (when
         no group matches, or it is a glob or regex) the hosts it matches by name; and
         whether any group matched (an empty group is no warning)."""
-        matches = self._matcher(expr)
-        is_pattern = expr.startswith("~") or any(c in expr for c in ".?*[")
         if not expr.startswith("~") and not any(c in expr for c in "?*["):
-            groups = [expr] if expr in self.groups else []  # a name: looked up, not scanned
-        else:
-            groups = [g for g in self.groups if matches(g)]
-        found: List[str] = []
-        for group in groups:
-            found.extend(self.ordered_members(group))
-        if not groups or is_pattern:
-            if not expr.startswith("~") and not any(c in expr for c in "?*["):
-                found.extend([expr] if expr in self.hosts else [])
-            else:
-                found.extend(h for h in self.hosts if matches(h))
+            # A name: looked up, not matched against every name. Ansible looks at the hosts
+            # too when no group has it, or when it holds a dot (`web1.example.com`).
+            groups = [expr] if expr in self.groups else []
+            found = list(self.ordered_members(expr)) if groups else []
+            if (not groups or "." in expr) and expr in self.hosts:
+                found.append(expr)
+            return found, bool(groups)
+        matches = self._matcher(expr)
+        groups = [g for g in self.groups if matches(g)]
+        found = [name for group in groups for name in self.ordered_members(group)]
+        found.extend(h for h in self.hosts if matches(h))  # a glob or regex: hosts as well
         return found, bool(groups)
 
     @staticmethod
     def _matcher(term: str) -> Callable[[str], bool]:
+        """A `~regex` or a glob (Ansible's _match_list: a regex matches from the start)."""
         if term.startswith("~"):
             regex = limit_regex(term)
             return lambda name: regex.match(name) is not None
-        if any(c in term for c in "*?["):
-            glob = re.compile(fnmatch.translate(term))
-            return lambda name: glob.match(name) is not None
-        return lambda name: name == term
+        glob = re.compile(fnmatch.translate(term))
+        return lambda name: glob.match(name) is not None
 
     def _names(self) -> List[str]:
         return [*self.groups, *self.hosts]
