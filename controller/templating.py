@@ -21,6 +21,7 @@ that into one line for the hosts a command touches, and leaves other hosts alone
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 MAX_DEPTH = 10  # variables referring to variables
@@ -56,68 +57,61 @@ def evaluate(
     variables: Mapping[str, Any],
     host_name: str,
     environ: Mapping[str, str],
-    depth: int = 0,
 ) -> str:
     """`text` with each supported `{{ ... }}` replaced by its value."""
-    if "{%" in text or "{#" in text:
-        raise TemplateUnsupported("Jinja statements ({% ... %}) and comments are not evaluated")
-    if depth > MAX_DEPTH:
-        raise TemplateUnsupported(f"variables refer to variables more than {MAX_DEPTH} deep")
-
-    def one(match: re.Match) -> str:
-        return _expression(match.group(1), variables, host_name, environ, depth)
-
-    return _EXPRESSION.sub(one, text)
+    return _Scope(variables, host_name, environ).evaluate(text, 0)
 
 
-def _expression(
-    source: str,
-    variables: Mapping[str, Any],
-    host_name: str,
-    environ: Mapping[str, str],
-    depth: int,
-) -> str:
-    body, fallback, also_empty = source, None, False
-    default = _DEFAULT.search(source)
-    if default is not None:
-        body = source[: default.start()]
-        fallback = _text(default.group(1), default.group(2))
-        also_empty = (default.group(3) or "").lower() == "true"
-    value = _value(body, variables, host_name, environ, depth)
-    if fallback is not None and (value is None or (also_empty and value == "")):
-        return fallback
-    if value is None:
-        raise TemplateUnsupported(f"{{{{{source}}}}} uses {body.strip()}, which is not defined")
-    return value
+@dataclass(frozen=True)
+class _Scope:
+    """What a host's templates are evaluated against."""
 
+    variables: Mapping[str, Any]
+    host_name: str
+    environ: Mapping[str, str]
 
-def _value(
-    body: str,
-    variables: Mapping[str, Any],
-    host_name: str,
-    environ: Mapping[str, str],
-    depth: int,
-) -> Optional[str]:
-    """The text of a variable or env lookup; None: undefined."""
-    env = _ENV.fullmatch(body)
-    if env is not None:
-        plugin = _text(env.group(1), env.group(2))
-        if plugin != "env":
-            raise TemplateUnsupported(f"lookup('{plugin}', ...) is not evaluated")
-        return environ.get(_text(env.group(3), env.group(4)), "")
-    name = _NAME.fullmatch(body)
-    if name is None:
-        raise TemplateUnsupported(f"{{{{{body}}}}} is not evaluated")
-    key = name.group(1)
-    if key not in variables:
-        return host_name if key == "inventory_hostname" else None
-    value = variables[key]
-    if value is None or isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        what = "null" if value is None else type(value).__name__
-        raise TemplateUnsupported(f"{{{{ {key} }}}} is {what}, not text")
-    if isinstance(value, str) and is_template(value):
-        return evaluate(value, variables, host_name, environ, depth + 1)
-    return str(value)
+    def evaluate(self, text: str, depth: int) -> str:
+        if "{%" in text or "{#" in text:
+            raise TemplateUnsupported("Jinja statements ({% ... %}) and comments are not evaluated")
+        if depth > MAX_DEPTH:
+            raise TemplateUnsupported(f"variables refer to variables more than {MAX_DEPTH} deep")
+        return _EXPRESSION.sub(lambda match: self._expression(match.group(1), depth), text)
+
+    def _expression(self, source: str, depth: int) -> str:
+        body, fallback, also_empty = source, None, False
+        default = _DEFAULT.search(source)
+        if default is not None:
+            body = source[: default.start()]
+            fallback = _text(default.group(1), default.group(2))
+            also_empty = (default.group(3) or "").lower() == "true"
+        value = self._value(body, depth)
+        if fallback is not None and (value is None or (also_empty and value == "")):
+            return fallback
+        if value is None:
+            raise TemplateUnsupported(f"{{{{{source}}}}} uses {body.strip()}, which is not defined")
+        return value
+
+    def _value(self, body: str, depth: int) -> Optional[str]:
+        """The text of a variable or env lookup; None: undefined."""
+        env = _ENV.fullmatch(body)
+        if env is not None:
+            plugin = _text(env.group(1), env.group(2))
+            if plugin != "env":
+                raise TemplateUnsupported(f"lookup('{plugin}', ...) is not evaluated")
+            return self.environ.get(_text(env.group(3), env.group(4)), "")
+        name = _NAME.fullmatch(body)
+        if name is None:
+            raise TemplateUnsupported(f"{{{{{body}}}}} is not evaluated")
+        key = name.group(1)
+        if key not in self.variables:
+            return self.host_name if key == "inventory_hostname" else None
+        value = self.variables[key]
+        if value is None or isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            what = "null" if value is None else type(value).__name__
+            raise TemplateUnsupported(f"{{{{ {key} }}}} is {what}, not text")
+        if isinstance(value, str) and is_template(value):
+            return self.evaluate(value, depth + 1)
+        return str(value)
 
 
 def _text(single: Optional[str], double: Optional[str]) -> str:
