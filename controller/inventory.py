@@ -99,7 +99,6 @@ from mlfleet.controller.yamlsource import (
     LocatedList,
     load_yaml_file,
     load_yaml_text,
-    plain,
     shown,
 )
 
@@ -233,7 +232,7 @@ class Inventory:
         """Plain data for `mlfleet inventory --json`."""
         return {
             "hosts": {
-                name: {"groups": list(host.groups), "vars": _listed(plain(host.vars))}
+                name: {"groups": list(host.groups), "vars": _listed(host.vars)}
                 for name, host in self.hosts.items()
             },
             "groups": {name: list(members) for name, members in self.groups.items()},
